@@ -1,0 +1,874 @@
+//! The HighLevel Contacts API v2 client.
+//!
+//! Every call is paced by a [`RateLimiter`] corrected from GHL's `X-RateLimit-*` headers, and
+//! retried with exponential backoff and full jitter on 429, 5xx and transport errors, within
+//! attempt and deadline bounds. Writes that are not idempotent (create contact, task, note) are
+//! never re-sent after an ambiguous failure: they end in [`GhlError::MayHaveWritten`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::Stream;
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::time::Instant;
+use url::Url;
+
+use super::error::GhlError;
+use super::models::*;
+use crate::pacing::{RateLimiter, RetryPolicy, parse_retry_after};
+
+/// The `Version` header every Contacts call carries.
+pub const API_VERSION: &str = "2021-07-28";
+/// GHL's production base URL.
+pub const DEFAULT_BASE_URL: &str = "https://services.leadconnectorhq.com";
+
+/// Supplies the bearer token, and a fresh one after a 401.
+#[async_trait]
+pub trait TokenProvider: Send + Sync {
+    /// The token to send now.
+    async fn token(&self) -> Result<SecretString, GhlError>;
+    /// Called once after a 401. Returns true when a different token is now available, so the
+    /// call is worth repeating.
+    async fn refresh_after_unauthorized(&self) -> bool;
+}
+
+/// A fixed token (a Private Integration Token from configuration).
+pub struct StaticToken(pub SecretString);
+
+#[async_trait]
+impl TokenProvider for StaticToken {
+    async fn token(&self) -> Result<SecretString, GhlError> {
+        Ok(self.0.clone())
+    }
+    async fn refresh_after_unauthorized(&self) -> bool {
+        false
+    }
+}
+
+/// Settings of a [`GhlClient`].
+#[derive(Debug, Clone)]
+pub struct GhlSettings {
+    pub base_url: Url,
+    pub location_id: String,
+    /// Burst budget per interval (GHL's default: 100 per 10 s).
+    pub burst_max: u32,
+    pub burst_interval: Duration,
+    /// This process's share of the burst budget (1 / number of concurrent workers).
+    pub budget_share: f64,
+    /// Per-attempt timeout.
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl GhlSettings {
+    pub fn new(base_url: Url, location_id: impl Into<String>) -> Self {
+        Self {
+            base_url,
+            location_id: location_id.into(),
+            burst_max: 100,
+            burst_interval: Duration::from_secs(10),
+            budget_share: 1.0,
+            request_timeout: Duration::from_secs(15),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Counters a caller can read for metrics.
+#[derive(Debug, Default)]
+pub struct GhlStats {
+    pub requests: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub retries: AtomicU64,
+    /// Last `X-RateLimit-Remaining` seen (u64::MAX until one is seen).
+    pub last_remaining: AtomicU64,
+    pub last_daily_remaining: AtomicU64,
+}
+
+impl GhlStats {
+    fn new() -> Self {
+        let s = Self::default();
+        s.last_remaining.store(u64::MAX, Ordering::Relaxed);
+        s.last_daily_remaining.store(u64::MAX, Ordering::Relaxed);
+        s
+    }
+}
+
+/// Whether a request may be sent again after an ambiguous failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    Safe,
+    /// Creates: a 5xx or a lost answer may mean the write happened.
+    Unsafe,
+}
+
+/// HighLevel Contacts client for one location. Cheap to clone.
+#[derive(Clone)]
+pub struct GhlClient {
+    http: reqwest::Client,
+    settings: Arc<GhlSettings>,
+    tokens: Arc<dyn TokenProvider>,
+    limiter: Arc<RateLimiter>,
+    stats: Arc<GhlStats>,
+}
+
+impl std::fmt::Debug for GhlClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GhlClient")
+            .field("base_url", &self.settings.base_url.as_str())
+            .field("location_id", &self.settings.location_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GhlClient {
+    pub fn new(settings: GhlSettings, tokens: Arc<dyn TokenProvider>) -> Result<Self, GhlError> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("sv-ghl-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GhlError::Transport(e.to_string()))?;
+        let limiter = Arc::new(RateLimiter::new(
+            settings.burst_max,
+            settings.burst_interval,
+            settings.budget_share,
+        ));
+        Ok(Self {
+            http,
+            settings: Arc::new(settings),
+            tokens,
+            limiter,
+            stats: Arc::new(GhlStats::new()),
+        })
+    }
+
+    /// The same client with another retry policy (for example a shorter deadline).
+    pub fn with_retry(&self, retry: RetryPolicy) -> Self {
+        let mut settings = (*self.settings).clone();
+        settings.retry = retry;
+        Self {
+            settings: Arc::new(settings),
+            ..self.clone()
+        }
+    }
+
+    pub fn location_id(&self) -> &str {
+        &self.settings.location_id
+    }
+
+    pub fn stats(&self) -> &GhlStats {
+        &self.stats
+    }
+
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    // ---- contacts -------------------------------------------------------------------------
+
+    pub async fn get_contact(&self, id: &str) -> Result<Contact, GhlError> {
+        let e: ContactEnvelope = self
+            .call(Method::GET, &["contacts", id], &[], None::<&()>, Replay::Safe)
+            .await?;
+        Ok(e.contact)
+    }
+
+    /// `POST /contacts/`. A duplicate on a location that forbids them is [`GhlError::Duplicate`]
+    /// with the existing id; an ambiguous failure is [`GhlError::MayHaveWritten`].
+    pub async fn create_contact(&self, body: &CreateContactDto) -> Result<Contact, GhlError> {
+        let e: ContactEnvelope = self
+            .call(Method::POST, &["contacts", ""], &[], Some(body), Replay::Unsafe)
+            .await?;
+        Ok(e.contact)
+    }
+
+    pub async fn update_contact(&self, id: &str, body: &UpdateContactDto) -> Result<Contact, GhlError> {
+        let e: ContactEnvelope = self
+            .call(Method::PUT, &["contacts", id], &[], Some(body), Replay::Safe)
+            .await?;
+        Ok(e.contact)
+    }
+
+    pub async fn delete_contact(&self, id: &str) -> Result<bool, GhlError> {
+        let s: Succeeded = self
+            .call(Method::DELETE, &["contacts", id], &[], None::<&()>, Replay::Safe)
+            .await?;
+        Ok(s.succeded)
+    }
+
+    /// `POST /contacts/upsert`: matches by the location's duplicate setting. Repeating the same
+    /// upsert leaves the same state, so it is retried like an idempotent call.
+    pub async fn upsert_contact(&self, body: &UpsertContactDto) -> Result<UpsertResponse, GhlError> {
+        self.call(Method::POST, &["contacts", "upsert"], &[], Some(body), Replay::Safe)
+            .await
+    }
+
+    /// `GET /contacts/search/duplicate` by email and/or E.164 phone (sent as `number`).
+    pub async fn find_duplicate(
+        &self,
+        email: Option<&str>,
+        phone: Option<&str>,
+    ) -> Result<Option<Contact>, GhlError> {
+        let mut q = vec![("locationId", self.settings.location_id.clone())];
+        if let Some(e) = email {
+            q.push(("email", e.to_string()));
+        }
+        if let Some(p) = phone {
+            q.push(("number", p.to_string()));
+        }
+        let e: MaybeContactEnvelope = self
+            .call(Method::GET, &["contacts", "search", "duplicate"], &q, None::<&()>, Replay::Safe)
+            .await?;
+        Ok(e.contact)
+    }
+
+    /// One page of `POST /contacts/search`. `locationId` is filled in from the client.
+    pub async fn search_page(&self, req: &SearchRequest) -> Result<SearchResponse, GhlError> {
+        let mut req = req.clone();
+        req.location_id = self.settings.location_id.clone();
+        self.call(Method::POST, &["contacts", "search"], &[], Some(&req), Replay::Safe)
+            .await
+    }
+
+    /// Every contact matching `req`, paging on its own. With [`SearchPaging::SearchAfter`] the
+    /// cursor is the last hit's `searchAfter` value, so it goes past the 10,000-result cap.
+    pub fn search(
+        &self,
+        req: SearchRequest,
+        paging: SearchPaging,
+    ) -> impl Stream<Item = Result<Contact, GhlError>> + Send + 'static {
+        struct St {
+            client: GhlClient,
+            req: SearchRequest,
+            paging: SearchPaging,
+            buf: std::collections::VecDeque<Contact>,
+            done: bool,
+            seen: u64,
+        }
+        let mut req = req;
+        match paging {
+            SearchPaging::Pages => {
+                req.page = Some(req.page.unwrap_or(1));
+                req.search_after = None;
+            }
+            SearchPaging::SearchAfter => req.page = None,
+        }
+        let st = St {
+            client: self.clone(),
+            req,
+            paging,
+            buf: Default::default(),
+            done: false,
+            seen: 0,
+        };
+        futures::stream::try_unfold(st, |mut st| async move {
+            loop {
+                if let Some(c) = st.buf.pop_front() {
+                    return Ok(Some((c, st)));
+                }
+                if st.done {
+                    return Ok(None);
+                }
+                let page = st.client.search_page(&st.req).await?;
+                let n = page.contacts.len() as u64;
+                st.seen += n;
+                let total = page.total.unwrap_or(u64::MAX);
+                if n == 0 || n < st.req.page_limit as u64 || st.seen >= total {
+                    st.done = true;
+                }
+                match st.paging {
+                    SearchPaging::Pages => st.req.page = Some(st.req.page.unwrap_or(1) + 1),
+                    SearchPaging::SearchAfter => {
+                        let cursor = page
+                            .contacts
+                            .last()
+                            .and_then(|c| c.extra.get("searchAfter"))
+                            .and_then(Value::as_array)
+                            .cloned();
+                        match cursor {
+                            Some(c) => st.req.search_after = Some(c),
+                            None => st.done = true,
+                        }
+                    }
+                }
+                st.buf.extend(page.contacts);
+            }
+        })
+    }
+
+    /// Every contact of the location through the deprecated `GET /contacts/`, sending
+    /// `locationId` and `limit` again with the cursor on every page.
+    pub fn list_contacts_legacy(
+        &self,
+        limit: u32,
+        query: Option<String>,
+    ) -> impl Stream<Item = Result<Contact, GhlError>> + Send + 'static {
+        let client = self.clone();
+        let limit = limit.clamp(1, 100);
+        let init = (client, None::<(String, String)>, std::collections::VecDeque::new(), false);
+        futures::stream::try_unfold(init, move |(client, cursor, mut buf, done)| {
+            let query = query.clone();
+            async move {
+                loop {
+                    if let Some(c) = buf.pop_front() {
+                        return Ok(Some((c, (client, cursor, buf, done))));
+                    }
+                    if done {
+                        return Ok(None);
+                    }
+                    let mut q = vec![
+                        ("locationId", client.settings.location_id.clone()),
+                        ("limit", limit.to_string()),
+                    ];
+                    if let Some(qs) = &query {
+                        q.push(("query", qs.clone()));
+                    }
+                    if let Some((after_id, after)) = &cursor {
+                        q.push(("startAfterId", after_id.clone()));
+                        q.push(("startAfter", after.clone()));
+                    }
+                    let page: ListResponse = client
+                        .call(Method::GET, &["contacts", ""], &q, None::<&()>, Replay::Safe)
+                        .await?;
+                    let n = page.contacts.len();
+                    let meta = page.meta.unwrap_or_default();
+                    let next = match (meta.start_after_id, meta.start_after) {
+                        (Some(id), Some(after)) if n == limit as usize => {
+                            let after = match after {
+                                Value::String(s) => s,
+                                v => v.to_string(),
+                            };
+                            Some((id, after))
+                        }
+                        _ => None,
+                    };
+                    let done = next.is_none() || next == cursor;
+                    buf.extend(page.contacts);
+                    return Ok(buf.pop_front().map(|c| (c, (client, next, buf, done))));
+                }
+            }
+        })
+    }
+
+    /// `GET /contacts/business/{businessId}`.
+    pub async fn contacts_by_business(
+        &self,
+        business_id: &str,
+        limit: u32,
+        skip: u32,
+    ) -> Result<BusinessContactsResponse, GhlError> {
+        let q = vec![
+            ("locationId", self.settings.location_id.clone()),
+            ("limit", limit.to_string()),
+            ("skip", skip.to_string()),
+        ];
+        self.call(
+            Method::GET,
+            &["contacts", "business", business_id],
+            &q,
+            None::<&()>,
+            Replay::Safe,
+        )
+        .await
+    }
+
+    // ---- tags -----------------------------------------------------------------------------
+
+    /// Adds tags (merging); returns the contact's tags afterwards.
+    pub async fn add_tags(&self, contact_id: &str, tags: &[String]) -> Result<Vec<String>, GhlError> {
+        let body = TagsDto { tags: tags.to_vec() };
+        let r: TagsResponse = self
+            .call(Method::POST, &["contacts", contact_id, "tags"], &[], Some(&body), Replay::Safe)
+            .await?;
+        Ok(r.tags)
+    }
+
+    /// Removes tags (a DELETE with a JSON body); returns the contact's tags afterwards.
+    pub async fn remove_tags(&self, contact_id: &str, tags: &[String]) -> Result<Vec<String>, GhlError> {
+        let body = TagsDto { tags: tags.to_vec() };
+        let r: TagsResponse = self
+            .call(Method::DELETE, &["contacts", contact_id, "tags"], &[], Some(&body), Replay::Safe)
+            .await?;
+        Ok(r.tags)
+    }
+
+    // ---- tasks ----------------------------------------------------------------------------
+
+    pub async fn list_tasks(&self, contact_id: &str) -> Result<Vec<Task>, GhlError> {
+        let e: TasksEnvelope = self
+            .call(Method::GET, &["contacts", contact_id, "tasks"], &[], None::<&()>, Replay::Safe)
+            .await?;
+        Ok(e.tasks)
+    }
+
+    pub async fn get_task(&self, contact_id: &str, task_id: &str) -> Result<Task, GhlError> {
+        let e: TaskEnvelope = self
+            .call(
+                Method::GET,
+                &["contacts", contact_id, "tasks", task_id],
+                &[],
+                None::<&()>,
+                Replay::Safe,
+            )
+            .await?;
+        Ok(e.task)
+    }
+
+    pub async fn create_task(&self, contact_id: &str, body: &CreateTaskParams) -> Result<Task, GhlError> {
+        let e: TaskEnvelope = self
+            .call(Method::POST, &["contacts", contact_id, "tasks"], &[], Some(body), Replay::Unsafe)
+            .await?;
+        Ok(e.task)
+    }
+
+    pub async fn update_task(
+        &self,
+        contact_id: &str,
+        task_id: &str,
+        body: &UpdateTaskBody,
+    ) -> Result<Task, GhlError> {
+        let e: TaskEnvelope = self
+            .call(
+                Method::PUT,
+                &["contacts", contact_id, "tasks", task_id],
+                &[],
+                Some(body),
+                Replay::Safe,
+            )
+            .await?;
+        Ok(e.task)
+    }
+
+    /// `PUT .../tasks/{taskId}/completed`.
+    pub async fn complete_task(&self, contact_id: &str, task_id: &str, completed: bool) -> Result<Task, GhlError> {
+        let body = serde_json::json!({ "completed": completed });
+        let e: TaskEnvelope = self
+            .call(
+                Method::PUT,
+                &["contacts", contact_id, "tasks", task_id, "completed"],
+                &[],
+                Some(&body),
+                Replay::Safe,
+            )
+            .await?;
+        Ok(e.task)
+    }
+
+    pub async fn delete_task(&self, contact_id: &str, task_id: &str) -> Result<bool, GhlError> {
+        let s: Succeeded = self
+            .call(
+                Method::DELETE,
+                &["contacts", contact_id, "tasks", task_id],
+                &[],
+                None::<&()>,
+                Replay::Safe,
+            )
+            .await?;
+        Ok(s.succeded)
+    }
+
+    // ---- notes ----------------------------------------------------------------------------
+
+    pub async fn list_notes(&self, contact_id: &str) -> Result<Vec<Note>, GhlError> {
+        let e: NotesEnvelope = self
+            .call(Method::GET, &["contacts", contact_id, "notes"], &[], None::<&()>, Replay::Safe)
+            .await?;
+        Ok(e.notes)
+    }
+
+    pub async fn get_note(&self, contact_id: &str, note_id: &str) -> Result<Note, GhlError> {
+        let e: NoteEnvelope = self
+            .call(
+                Method::GET,
+                &["contacts", contact_id, "notes", note_id],
+                &[],
+                None::<&()>,
+                Replay::Safe,
+            )
+            .await?;
+        Ok(e.note)
+    }
+
+    pub async fn create_note(&self, contact_id: &str, body: &NoteBody) -> Result<Note, GhlError> {
+        let e: NoteEnvelope = self
+            .call(Method::POST, &["contacts", contact_id, "notes"], &[], Some(body), Replay::Unsafe)
+            .await?;
+        Ok(e.note)
+    }
+
+    pub async fn update_note(&self, contact_id: &str, note_id: &str, body: &NoteBody) -> Result<Note, GhlError> {
+        let e: NoteEnvelope = self
+            .call(
+                Method::PUT,
+                &["contacts", contact_id, "notes", note_id],
+                &[],
+                Some(body),
+                Replay::Safe,
+            )
+            .await?;
+        Ok(e.note)
+    }
+
+    pub async fn delete_note(&self, contact_id: &str, note_id: &str) -> Result<bool, GhlError> {
+        let s: Succeeded = self
+            .call(
+                Method::DELETE,
+                &["contacts", contact_id, "notes", note_id],
+                &[],
+                None::<&()>,
+                Replay::Safe,
+            )
+            .await?;
+        Ok(s.succeded)
+    }
+
+    // ---- appointments, custom fields -------------------------------------------------------
+
+    pub async fn list_appointments(&self, contact_id: &str) -> Result<Vec<Appointment>, GhlError> {
+        let e: EventsEnvelope = self
+            .call(
+                Method::GET,
+                &["contacts", contact_id, "appointments"],
+                &[],
+                None::<&()>,
+                Replay::Safe,
+            )
+            .await?;
+        Ok(e.events)
+    }
+
+    /// Contact custom-field definitions of the location (`?model=contact`).
+    pub async fn custom_fields(&self) -> Result<Vec<CustomFieldDefinition>, GhlError> {
+        let loc = self.settings.location_id.clone();
+        let e: CustomFieldsEnvelope = self
+            .call(
+                Method::GET,
+                &["locations", &loc, "customFields"],
+                &[("model", "contact".to_string())],
+                None::<&()>,
+                Replay::Safe,
+            )
+            .await?;
+        Ok(e.custom_fields)
+    }
+
+    // ---- transport ------------------------------------------------------------------------
+
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
+        let mut url = self.settings.base_url.clone();
+        {
+            let mut p = url.path_segments_mut().expect("base URL can carry a path");
+            p.pop_if_empty();
+            for s in segments {
+                p.push(s);
+            }
+        }
+        if !query.is_empty() {
+            let mut qp = url.query_pairs_mut();
+            for (k, v) in query {
+                qp.append_pair(k, v);
+            }
+        }
+        url
+    }
+
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&B>,
+        replay: Replay,
+    ) -> Result<T, GhlError> {
+        let url = self.url(segments, query);
+        let body = match body {
+            Some(b) => Some(serde_json::to_vec(b).map_err(|e| GhlError::Decode(e.to_string()))?),
+            None => None,
+        };
+        let policy = &self.settings.retry;
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        loop {
+            attempt += 1;
+            self.limiter.acquire().await;
+            let token = self.tokens.token().await?;
+            let mut rb = self
+                .http
+                .request(method.clone(), url.clone())
+                .header("Authorization", format!("Bearer {}", token.expose_secret()))
+                .header("Version", API_VERSION)
+                .header("Accept", "application/json");
+            if let Some(b) = &body {
+                rb = rb.header("Content-Type", "application/json").body(b.clone());
+            }
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let outcome = rb.send().await;
+            // What to do next: Ok(value) ends, Err((error, Some(wait))) retries after `wait`.
+            let step: Result<T, (GhlError, Option<Duration>)> = match outcome {
+                Err(e) => {
+                    let never_sent = e.is_connect();
+                    let msg = transport_message(&e);
+                    if never_sent || replay == Replay::Safe {
+                        Err((GhlError::Transport(msg), Some(policy.backoff(attempt))))
+                    } else {
+                        Err((
+                            GhlError::MayHaveWritten {
+                                reason: format!("no answer to {method} {}: {msg}", url.path()),
+                            },
+                            None,
+                        ))
+                    }
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    self.observe_headers(&headers).await;
+                    let bytes = match resp.bytes().await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let msg = transport_message(&e);
+                            return if replay == Replay::Safe && attempt < policy.max_attempts {
+                                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(policy.backoff(attempt)).await;
+                                continue;
+                            } else if replay == Replay::Safe {
+                                Err(GhlError::Transport(msg))
+                            } else {
+                                Err(GhlError::MayHaveWritten {
+                                    reason: format!("answer to {method} {} was cut off: {msg}", url.path()),
+                                })
+                            };
+                        }
+                    };
+                    if status.is_success() {
+                        return serde_json::from_slice(&bytes).map_err(|e| GhlError::Decode(e.to_string()));
+                    }
+                    let err = classify(status, &bytes);
+                    match status {
+                        StatusCode::TOO_MANY_REQUESTS => {
+                            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                            let retry_after = parse_retry_after(
+                                headers.get("retry-after").and_then(|v| v.to_str().ok()),
+                            );
+                            let interval = header_u64(&headers, "x-ratelimit-interval-milliseconds")
+                                .map(Duration::from_millis);
+                            let wait = retry_after.or(interval).unwrap_or_else(|| policy.backoff(attempt));
+                            self.limiter.pause(wait).await;
+                            Err((GhlError::RateLimited { retry_after }, Some(wait)))
+                        }
+                        StatusCode::UNAUTHORIZED if !refreshed => {
+                            refreshed = true;
+                            if self.tokens.refresh_after_unauthorized().await {
+                                attempt -= 1;
+                                continue;
+                            }
+                            Err((err, None))
+                        }
+                        s if s.is_server_error() => {
+                            if replay == Replay::Safe {
+                                Err((err, Some(policy.backoff(attempt))))
+                            } else {
+                                Err((
+                                    GhlError::MayHaveWritten {
+                                        reason: format!("{method} {} answered {}: {err}", url.path(), s.as_u16()),
+                                    },
+                                    None,
+                                ))
+                            }
+                        }
+                        _ => Err((err, None)),
+                    }
+                }
+            };
+            match step {
+                Ok(v) => return Ok(v),
+                Err((e, None)) => return Err(e),
+                Err((e, Some(wait))) => {
+                    if attempt >= policy.max_attempts {
+                        return Err(e);
+                    }
+                    if !policy.fits(started, wait) {
+                        return Err(GhlError::DeadlineExceeded {
+                            attempts: attempt,
+                            last: e.to_string(),
+                        });
+                    }
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(attempt, wait_ms = wait.as_millis() as u64, error = %e, "retrying GHL call");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn observe_headers(&self, h: &reqwest::header::HeaderMap) {
+        let remaining = header_u64(h, "x-ratelimit-remaining");
+        let max = header_u64(h, "x-ratelimit-max");
+        let interval = header_u64(h, "x-ratelimit-interval-milliseconds").map(Duration::from_millis);
+        if let Some(r) = remaining {
+            self.stats.last_remaining.store(r, Ordering::Relaxed);
+        }
+        if let Some(d) = header_u64(h, "x-ratelimit-daily-remaining") {
+            self.stats.last_daily_remaining.store(d, Ordering::Relaxed);
+        }
+        if remaining.is_some() || max.is_some() || interval.is_some() {
+            self.limiter
+                .observe(
+                    max.map(|m| m.min(u32::MAX as u64) as u32),
+                    interval,
+                    remaining.map(|r| r.min(u32::MAX as u64) as u32),
+                )
+                .await;
+        }
+    }
+}
+
+fn header_u64(h: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Describes a transport error without echoing the URL's query or any header.
+fn transport_message(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "body error"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind} ({detail})")
+    }
+}
+
+/// Turns a non-2xx answer into a typed error.
+fn classify(status: StatusCode, bytes: &[u8]) -> GhlError {
+    let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_default();
+    let trace_id = body.trace_id.clone();
+    let messages = match body.message.clone() {
+        Some(m) => m.into_vec(),
+        None => {
+            let raw = String::from_utf8_lossy(bytes).chars().take(300).collect::<String>();
+            if raw.trim().is_empty() {
+                vec![status.canonical_reason().unwrap_or("error").to_string()]
+            } else {
+                vec![raw]
+            }
+        }
+    };
+    let message = messages.join("; ");
+    let code = status.as_u16();
+    match code {
+        401 => GhlError::Unauthorized { message, trace_id },
+        403 => GhlError::Forbidden { message, trace_id },
+        404 => GhlError::NotFound { message, trace_id },
+        400 => {
+            if let Some(meta) = body.meta.as_ref()
+                && let Some(id) = meta.get("contactId").and_then(Value::as_str)
+            {
+                return GhlError::Duplicate {
+                    contact_id: id.to_string(),
+                    matching_field: meta
+                        .get("matchingField")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown")
+                        .to_string(),
+                    trace_id,
+                };
+            }
+            if message.to_ascii_lowercase().contains("not found") {
+                GhlError::NotFound { message, trace_id }
+            } else {
+                GhlError::Invalid {
+                    status: code,
+                    messages,
+                    trace_id,
+                }
+            }
+        }
+        422 => GhlError::Invalid {
+            status: code,
+            messages,
+            trace_id,
+        },
+        429 => GhlError::RateLimited { retry_after: None },
+        s if s >= 500 => GhlError::Server {
+            status: code,
+            message,
+            trace_id,
+        },
+        _ => GhlError::Unexpected {
+            status: code,
+            message,
+            trace_id,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_body_is_recognised() {
+        let body = br#"{"statusCode":400,"message":"This location does not allow duplicated contacts.","meta":{"contactId":"abc","contactName":"A B","matchingField":"email"},"traceId":"t"}"#;
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST, body),
+            GhlError::Duplicate {
+                contact_id: "abc".into(),
+                matching_field: "email".into(),
+                trace_id: Some("t".into())
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_id_400_is_not_found_and_non_json_5xx_keeps_text() {
+        let e = classify(StatusCode::BAD_REQUEST, br#"{"message":"Contact with id x not found"}"#);
+        assert!(matches!(e, GhlError::NotFound { .. }));
+        let e = classify(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        assert!(matches!(e, GhlError::Server { status: 502, ref message, .. } if message.contains("bad gateway")));
+    }
+
+    #[test]
+    fn urls_keep_trailing_slash_and_encode_segments() {
+        let c = GhlClient::new(
+            GhlSettings::new(Url::parse("http://h/").unwrap(), "loc"),
+            Arc::new(StaticToken(SecretString::from("t"))),
+        )
+        .unwrap();
+        assert_eq!(c.url(&["contacts", ""], &[]).as_str(), "http://h/contacts/");
+        assert_eq!(
+            c.url(&["contacts", "search", "duplicate"], &[("number", "+1555".into())]).as_str(),
+            "http://h/contacts/search/duplicate?number=%2B1555"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let c = GhlClient::new(
+            GhlSettings::new(Url::parse("http://h/").unwrap(), "loc"),
+            Arc::new(StaticToken(SecretString::from("pit-very-secret"))),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("pit-very-secret"));
+    }
+}

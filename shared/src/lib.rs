@@ -1,0 +1,10 @@
+//! The library behind the SproutVideo → HighLevel sync.
+//!
+//! Lambda handlers in `functions/` are thin adapters over what lives here: the GHL and
+//! SproutVideo clients, identity parsing, the field mapping, the queue message model, the sync
+//! state store, and the intake, worker and reconciler logic. Nothing here sees a Lambda type.
+
+pub mod ghl;
+pub mod identity;
+pub mod pacing;
+pub mod sprout;

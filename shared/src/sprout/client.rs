@@ -1,0 +1,388 @@
+//! SproutVideo API v1 client: `SproutVideo-Api-Key` auth, paced to the account's request budget,
+//! retries on 429/5xx honouring `Retry-After`, and paging that builds every page request itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use thiserror::Error;
+use tokio::time::Instant;
+use url::Url;
+
+use super::models::*;
+use crate::pacing::{RateLimiter, RetryPolicy, parse_retry_after};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.sproutvideo.com/v1";
+/// Largest page SproutVideo serves.
+pub const MAX_PER_PAGE: u32 = 100;
+/// Safety stop for a runaway listing.
+pub const MAX_PAGES: u32 = 100_000;
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SproutError {
+    #[error("SproutVideo rejected the API key ({status}): {message}")]
+    Unauthorized { status: u16, message: String },
+    #[error("SproutVideo has no such record: {0}")]
+    NotFound(String),
+    #[error("SproutVideo refused the request ({status}): {message}")]
+    Invalid { status: u16, message: String },
+    #[error("SproutVideo rate limit still exceeded after retries")]
+    RateLimited,
+    #[error("SproutVideo server error ({status}) after retries: {message}")]
+    Server { status: u16, message: String },
+    #[error("could not reach SproutVideo: {0}")]
+    Transport(String),
+    #[error("SproutVideo call gave up at its deadline: {0}")]
+    DeadlineExceeded(String),
+    #[error("unreadable SproutVideo response: {0}")]
+    Decode(String),
+}
+
+impl SproutError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited | Self::Server { .. } | Self::Transport(_) | Self::DeadlineExceeded(_)
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SproutSettings {
+    pub base_url: Url,
+    /// Requests per minute for this process (SproutVideo documents 100 per account).
+    pub per_minute: u32,
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl SproutSettings {
+    pub fn new(base_url: Url) -> Self {
+        Self {
+            base_url,
+            per_minute: 100,
+            request_timeout: Duration::from_secs(20),
+            retry: RetryPolicy {
+                max_attempts: 6,
+                base: Duration::from_millis(500),
+                cap: Duration::from_secs(60),
+                deadline: Some(Duration::from_secs(180)),
+            },
+        }
+    }
+}
+
+/// Query parameters of an engagement-sessions listing.
+#[derive(Debug, Clone, Default)]
+pub struct SessionQuery {
+    /// `YYYY-MM-DD`.
+    pub start_date: Option<chrono::NaiveDate>,
+    pub end_date: Option<chrono::NaiveDate>,
+    pub vemail: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct SproutClient {
+    http: reqwest::Client,
+    settings: Arc<SproutSettings>,
+    key: SecretString,
+    limiter: Arc<RateLimiter>,
+    requests: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for SproutClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SproutClient")
+            .field("base_url", &self.settings.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SproutClient {
+    pub fn new(settings: SproutSettings, key: SecretString) -> Result<Self, SproutError> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("sv-ghl-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SproutError::Transport(e.to_string()))?;
+        let limiter = Arc::new(RateLimiter::new(
+            settings.per_minute.max(1),
+            Duration::from_secs(60),
+            1.0,
+        ));
+        Ok(Self {
+            http,
+            settings: Arc::new(settings),
+            key,
+            limiter,
+            requests: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Requests sent so far (every attempt counts).
+    pub fn requests_sent(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// `GET /account`: a cheap credential check.
+    pub async fn account(&self) -> Result<Account, SproutError> {
+        self.call(Method::GET, &["account"], &[], None::<&()>).await
+    }
+
+    pub async fn get_video(&self, id: &str) -> Result<Video, SproutError> {
+        self.call(Method::GET, &["videos", id], &[], None::<&()>).await
+    }
+
+    pub async fn list_videos(&self) -> Result<Vec<Video>, SproutError> {
+        self.all(&["videos"], "videos", &[]).await
+    }
+
+    pub async fn list_logins(&self) -> Result<Vec<Login>, SproutError> {
+        self.all(&["logins"], "logins", &[]).await
+    }
+
+    pub async fn logins_page(&self, page: u32, per_page: u32) -> Result<Page<Login>, SproutError> {
+        self.page(&["logins"], "logins", &[], page, per_page).await
+    }
+
+    pub async fn get_login(&self, id: &str) -> Result<Login, SproutError> {
+        self.call(Method::GET, &["logins", id], &[], None::<&()>).await
+    }
+
+    pub async fn create_login(&self, email: &str, password: &SecretString) -> Result<Login, SproutError> {
+        let body = serde_json::json!({ "email": email, "password": password.expose_secret() });
+        self.call(Method::POST, &["logins"], &[], Some(&body)).await
+    }
+
+    pub async fn update_login(&self, id: &str, fields: &Value) -> Result<Login, SproutError> {
+        self.call(Method::PUT, &["logins", id], &[], Some(fields)).await
+    }
+
+    pub async fn list_access_grants(&self) -> Result<Vec<AccessGrant>, SproutError> {
+        self.all(&["access_grants"], "access_grants", &[]).await
+    }
+
+    pub async fn create_access_grant(&self, video_id: &str, login_id: &str) -> Result<AccessGrant, SproutError> {
+        let body = serde_json::json!({ "video_id": video_id, "login_id": login_id });
+        self.call(Method::POST, &["access_grants"], &[], Some(&body)).await
+    }
+
+    /// One page of engagement sessions, account-wide or for one video.
+    pub async fn sessions_page(
+        &self,
+        video_id: Option<&str>,
+        q: &SessionQuery,
+        page: u32,
+        per_page: u32,
+    ) -> Result<Page<EngagementSession>, SproutError> {
+        let params = session_params(q);
+        match video_id {
+            Some(v) => {
+                self.page(&["stats", "engagement", v, "sessions"], "sessions", &params, page, per_page)
+                    .await
+            }
+            None => {
+                self.page(&["stats", "engagement", "sessions"], "sessions", &params, page, per_page)
+                    .await
+            }
+        }
+    }
+
+    /// Every engagement session matching `q`, account-wide or for one video.
+    pub async fn sessions(&self, video_id: Option<&str>, q: &SessionQuery) -> Result<Vec<EngagementSession>, SproutError> {
+        let params = session_params(q);
+        match video_id {
+            Some(v) => self.all(&["stats", "engagement", v, "sessions"], "sessions", &params).await,
+            None => self.all(&["stats", "engagement", "sessions"], "sessions", &params).await,
+        }
+    }
+
+    /// One page of a list. The request is built here (same path and filters, this page number);
+    /// the server's `next_page` URL is only read as "there is more".
+    pub async fn page<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        items_key: &str,
+        params: &[(&str, String)],
+        page: u32,
+        per_page: u32,
+    ) -> Result<Page<T>, SproutError> {
+        let mut q: Vec<(&str, String)> = params.to_vec();
+        q.push(("page", page.max(1).to_string()));
+        q.push(("per_page", per_page.clamp(1, MAX_PER_PAGE).to_string()));
+        let mut body: serde_json::Map<String, Value> = self.call(Method::GET, path, &q, None::<&()>).await?;
+        let items = match body.remove(items_key) {
+            Some(Value::Array(a)) => a
+                .into_iter()
+                .map(serde_json::from_value)
+                .collect::<Result<Vec<T>, _>>()
+                .map_err(|e| SproutError::Decode(format!("{items_key}: {e}")))?,
+            Some(Value::Null) | None => Vec::new(),
+            Some(other) => return Err(SproutError::Decode(format!("{items_key} is not a list: {other}"))),
+        };
+        let total = body.get("total").and_then(Value::as_u64);
+        let has_next = matches!(body.get("next_page"), Some(Value::String(s)) if !s.is_empty());
+        Ok(Page { items, total, has_next })
+    }
+
+    async fn all<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        items_key: &str,
+        params: &[(&str, String)],
+    ) -> Result<Vec<T>, SproutError> {
+        let mut out = Vec::new();
+        let mut page = 1;
+        loop {
+            let p: Page<T> = self.page(path, items_key, params, page, MAX_PER_PAGE).await?;
+            let n = p.items.len();
+            out.extend(p.items);
+            if !p.has_next || n == 0 || p.total.is_some_and(|t| out.len() as u64 >= t) || page >= MAX_PAGES {
+                return Ok(out);
+            }
+            page += 1;
+        }
+    }
+
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
+        let mut url = self.settings.base_url.clone();
+        {
+            let mut p = url.path_segments_mut().expect("base URL can carry a path");
+            p.pop_if_empty();
+            for s in segments {
+                p.push(s);
+            }
+        }
+        if !query.is_empty() {
+            let mut qp = url.query_pairs_mut();
+            for (k, v) in query {
+                qp.append_pair(k, v);
+            }
+        }
+        url
+    }
+
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<T, SproutError> {
+        let url = self.url(segments, query);
+        let body = match body {
+            Some(b) => Some(serde_json::to_vec(b).map_err(|e| SproutError::Decode(e.to_string()))?),
+            None => None,
+        };
+        // Only GET, PUT and DELETE are retried after a 5xx; a create is retried only on 429.
+        let replay_safe = method != Method::POST;
+        let policy = &self.settings.retry;
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.limiter.acquire().await;
+            let mut rb = self
+                .http
+                .request(method.clone(), url.clone())
+                .header("SproutVideo-Api-Key", self.key.expose_secret())
+                .header("Accept", "application/json");
+            if let Some(b) = &body {
+                rb = rb.header("Content-Type", "application/json;charset=utf-8").body(b.clone());
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let (err, wait) = match rb.send().await {
+                Err(e) => {
+                    let retry = e.is_connect() || replay_safe;
+                    let err = SproutError::Transport(if e.is_timeout() {
+                        "timed out".into()
+                    } else {
+                        "connection failed".into()
+                    });
+                    (err, retry.then(|| policy.backoff(attempt)))
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after =
+                        parse_retry_after(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()));
+                    let bytes = resp.bytes().await.unwrap_or_default();
+                    if status.is_success() {
+                        return serde_json::from_slice(&bytes).map_err(|e| SproutError::Decode(e.to_string()));
+                    }
+                    let message = error_message(&bytes, status);
+                    match status {
+                        StatusCode::TOO_MANY_REQUESTS => {
+                            let wait = retry_after.unwrap_or_else(|| policy.backoff(attempt));
+                            self.limiter.pause(wait).await;
+                            (SproutError::RateLimited, Some(wait))
+                        }
+                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                            return Err(SproutError::Unauthorized {
+                                status: status.as_u16(),
+                                message,
+                            });
+                        }
+                        StatusCode::NOT_FOUND => return Err(SproutError::NotFound(message)),
+                        s if s.is_server_error() => {
+                            let err = SproutError::Server {
+                                status: s.as_u16(),
+                                message,
+                            };
+                            let wait = retry_after.unwrap_or_else(|| policy.backoff(attempt));
+                            (err, replay_safe.then_some(wait))
+                        }
+                        s => {
+                            return Err(SproutError::Invalid {
+                                status: s.as_u16(),
+                                message,
+                            });
+                        }
+                    }
+                }
+            };
+            let Some(wait) = wait else { return Err(err) };
+            if attempt >= policy.max_attempts {
+                return Err(err);
+            }
+            if !policy.fits(started, wait) {
+                return Err(SproutError::DeadlineExceeded(err.to_string()));
+            }
+            tracing::debug!(attempt, wait_ms = wait.as_millis() as u64, error = %err, "retrying SproutVideo call");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn session_params(q: &SessionQuery) -> Vec<(&'static str, String)> {
+    let mut p = Vec::new();
+    if let Some(d) = q.start_date {
+        p.push(("start_date", d.format("%Y-%m-%d").to_string()));
+    }
+    if let Some(d) = q.end_date {
+        p.push(("end_date", d.format("%Y-%m-%d").to_string()));
+    }
+    if let Some(e) = &q.vemail {
+        p.push(("vemail", e.clone()));
+    }
+    p
+}
+
+fn error_message(bytes: &[u8], status: StatusCode) -> String {
+    match serde_json::from_slice::<SproutErrorBody>(bytes).ok().and_then(|b| b.error) {
+        Some(e) => e.into_vec().join("; "),
+        None => {
+            let raw: String = String::from_utf8_lossy(bytes).chars().take(200).collect();
+            if raw.trim().is_empty() {
+                status.canonical_reason().unwrap_or("error").to_string()
+            } else {
+                raw
+            }
+        }
+    }
+}

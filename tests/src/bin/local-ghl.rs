@@ -1,0 +1,43 @@
+//! `local-ghl`: the local HighLevel as a standalone server.
+//!
+//! `local-ghl [--listen 127.0.0.1:4010] [--tokens a,b] [--burst 100/10000]`
+//! (env `LOCAL_GHL_ADDR`, `LOCAL_GHL_TOKENS`, `LOCAL_GHL_BURST`).
+
+use sync_tests::local_ghl::{GhlBehaviour, LocalGhl};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut addr = std::env::var("LOCAL_GHL_ADDR").unwrap_or_else(|_| "127.0.0.1:4010".into());
+    let mut tokens = std::env::var("LOCAL_GHL_TOKENS").unwrap_or_default();
+    let mut burst = std::env::var("LOCAL_GHL_BURST").unwrap_or_default();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => addr = args.next().unwrap_or(addr),
+            "--tokens" => tokens = args.next().unwrap_or_default(),
+            "--burst" => burst = args.next().unwrap_or_default(),
+            "-h" | "--help" => {
+                println!("local-ghl [--listen ADDR] [--tokens T1,T2] [--burst MAX/INTERVAL_MS]");
+                return Ok(());
+            }
+            other => anyhow::bail!("unknown argument {other}; see --help"),
+        }
+    }
+    let mut b = GhlBehaviour {
+        valid_tokens: tokens.split(',').filter(|t| !t.is_empty()).map(str::to_string).collect(),
+        ..Default::default()
+    };
+    if let Some((max, ms)) = burst.split_once('/') {
+        b.burst_max = max.parse()?;
+        b.burst_interval_ms = ms.parse()?;
+    }
+    let ghl = LocalGhl::new(b);
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("local GHL listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, ghl.router())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

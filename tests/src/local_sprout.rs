@@ -1,0 +1,625 @@
+//! A local SproutVideo: videos, logins, access grants, engagement sessions and the account, with
+//! SproutVideo's habits (`SproutVideo-Api-Key`, the paging envelope with full-URL `next_page`,
+//! `null` rather than missing fields, `{"error": ...}` bodies), a real per-minute window that
+//! answers 429, fault injection, and admin paths:
+//! - `POST /_admin/videos`, `/_admin/logins`, `/_admin/sessions`: seed records (JSON object or array);
+//! - `POST /_admin/generate` `{viewers, videos, sessions_per_viewer, email_share}`: bulk data;
+//! - `POST /_admin/webhook` `{video_id, url}`: POST the video JSON to `url`, as SproutVideo does;
+//! - `PUT /_admin/faults`, `PUT /_admin/config`, `GET /_admin/requests`, `POST /_admin/reset`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use shared::sprout::session_fields;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SproutBehaviour {
+    /// Keys accepted; empty means any non-empty key.
+    pub api_keys: Vec<String>,
+    pub per_minute: u32,
+    /// Window length (60 s in SproutVideo; shorter for time-scaled tests).
+    pub window_ms: u64,
+    /// Write timestamps with a `-05:00` offset instead of `Z`.
+    pub offset_timestamps: bool,
+    /// `next_page` URLs leave out the request's filters (the reported trap).
+    pub next_page_drops_filters: bool,
+    /// Base URL written into `next_page`/`previous_page`.
+    pub public_base: String,
+}
+
+impl Default for SproutBehaviour {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            per_minute: 100,
+            window_ms: 60_000,
+            offset_timestamps: false,
+            next_page_drops_filters: true,
+            public_base: "http://127.0.0.1:4020/v1".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SproutFaults {
+    pub error_rate: f64,
+    pub rate_limit_rate: f64,
+    pub retry_after_secs: Option<u64>,
+    pub latency_ms: u64,
+    /// Statuses for the next requests, in order.
+    pub next_statuses: VecDeque<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SproutRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct Store {
+    behaviour: SproutBehaviour,
+    faults: SproutFaults,
+    videos: BTreeMap<String, Map<String, Value>>,
+    logins: BTreeMap<String, Map<String, Value>>,
+    grants: BTreeMap<String, Map<String, Value>>,
+    /// In creation order.
+    sessions: Vec<Map<String, Value>>,
+    window: VecDeque<Instant>,
+    log: Vec<SproutRequest>,
+    seq: u64,
+}
+
+#[derive(Clone)]
+pub struct LocalSprout {
+    store: Arc<Mutex<Store>>,
+    http: reqwest::Client,
+}
+
+/// Seed for one video.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VideoSeed {
+    pub id: Option<String>,
+    pub title: String,
+    pub duration: Option<f64>,
+    pub tags: Vec<String>,
+    pub require_email: bool,
+}
+
+/// Seed for one session.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionSeed {
+    pub video_id: String,
+    pub vemail: Option<String>,
+    pub seconds_watched: Option<f64>,
+    pub percent_watched: Option<f64>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Generate {
+    pub viewers: usize,
+    pub videos: usize,
+    pub sessions_per_viewer: usize,
+    /// Share of sessions that carry an email (the rest are anonymous).
+    pub email_share: f64,
+    /// Also create a login for every n-th viewer (0 = none).
+    pub login_every: usize,
+    pub email_domain: String,
+}
+
+impl Default for Generate {
+    fn default() -> Self {
+        Self {
+            viewers: 10,
+            videos: 3,
+            sessions_per_viewer: 2,
+            email_share: 1.0,
+            login_every: 0,
+            email_domain: "example.com".into(),
+        }
+    }
+}
+
+impl LocalSprout {
+    pub fn new(behaviour: SproutBehaviour) -> Self {
+        Self {
+            store: Arc::new(Mutex::new(Store {
+                behaviour,
+                ..Default::default()
+            })),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new().fallback(handle).with_state(self.clone())
+    }
+
+    /// Serves on `addr` in the background and points `next_page` links at it.
+    pub async fn spawn(&self, addr: &str) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        self.store.lock().await.behaviour.public_base = format!("http://{bound}/v1");
+        let app = self.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(bound)
+    }
+
+    pub async fn set_faults(&self, f: SproutFaults) {
+        self.store.lock().await.faults = f;
+    }
+
+    pub async fn update_behaviour(&self, f: impl FnOnce(&mut SproutBehaviour)) {
+        f(&mut self.store.lock().await.behaviour);
+    }
+
+    pub async fn requests(&self) -> Vec<SproutRequest> {
+        self.store.lock().await.log.clone()
+    }
+
+    pub async fn add_video(&self, v: VideoSeed) -> String {
+        let mut s = self.store.lock().await;
+        insert_video(&mut s, v)
+    }
+
+    pub async fn add_login(&self, email: &str) -> String {
+        let mut s = self.store.lock().await;
+        insert_login(&mut s, email)
+    }
+
+    pub async fn add_session(&self, seed: SessionSeed) -> String {
+        let mut s = self.store.lock().await;
+        insert_session(&mut s, seed)
+    }
+
+    pub async fn generate(&self, g: Generate) -> Value {
+        let mut s = self.store.lock().await;
+        generate(&mut s, &g)
+    }
+
+    /// The video JSON SproutVideo would POST to a webhook URL.
+    pub async fn video_json(&self, id: &str) -> Option<Value> {
+        let s = self.store.lock().await;
+        s.videos.get(id).map(|v| Value::Object(v.clone()))
+    }
+
+    /// Sends the video-processed webhook (the bare video JSON) to `url`; returns the status.
+    pub async fn send_webhook(&self, video_id: &str, url: &str) -> Result<u16, String> {
+        let body = self.video_json(video_id).await.ok_or("no such video")?;
+        let r = self.http.post(url).json(&body).send().await.map_err(|e| e.to_string())?;
+        Ok(r.status().as_u16())
+    }
+}
+
+fn hex_id(s: &mut Store, len: usize) -> String {
+    s.seq += 1;
+    let mut id = format!("{:x}", s.seq);
+    while id.len() < len {
+        id.insert(0, char::from_digit(fastrand::u32(..16), 16).expect("hex digit"));
+    }
+    id
+}
+
+fn ts(s: &Store, at: DateTime<Utc>) -> Value {
+    if s.behaviour.offset_timestamps {
+        let off = FixedOffset::west_opt(5 * 3600).expect("offset");
+        json!(at.with_timezone(&off).to_rfc3339_opts(SecondsFormat::Secs, false))
+    } else {
+        json!(at.to_rfc3339_opts(SecondsFormat::Secs, true))
+    }
+}
+
+fn insert_video(s: &mut Store, v: VideoSeed) -> String {
+    let id = v.id.clone().unwrap_or_else(|| hex_id(s, 18));
+    let now = ts(s, Utc::now());
+    let mut m = Map::new();
+    for (k, val) in [
+        ("id", json!(id)),
+        ("title", json!(v.title)),
+        ("description", json!("")),
+        ("created_at", now.clone()),
+        ("updated_at", now),
+        ("state", json!("deployed")),
+        ("privacy", json!(2)),
+        ("password", Value::Null),
+        ("duration", json!(v.duration)),
+        ("width", json!(1920)),
+        ("height", json!(1080)),
+        ("plays", json!(0)),
+        ("progress", json!(100)),
+        ("tags", json!(v.tags)),
+        ("folder_id", Value::Null),
+        ("embed_code", json!(format!("<iframe src='https://videos.sproutvideo.com/embed/{id}'></iframe>"))),
+        ("security_token", json!("7ca00d6d622a8e8d")),
+        ("embedded_url", Value::Null),
+        ("requires_signed_embeds", Value::Null),
+        ("require_email", json!(v.require_email)),
+        ("require_name", json!(false)),
+        ("hide_on_site", json!(false)),
+        ("assets", json!({"videos": {"720p": null, "source": null}, "thumbnails": [], "poster_frames": []})),
+    ] {
+        m.insert(k.into(), val);
+    }
+    s.videos.insert(id.clone(), m);
+    id
+}
+
+fn insert_login(s: &mut Store, email: &str) -> String {
+    let id = hex_id(s, 16);
+    let now = ts(s, Utc::now());
+    let mut m = Map::new();
+    m.insert("id".into(), json!(id));
+    m.insert("email".into(), json!(email));
+    m.insert("created_at".into(), now.clone());
+    m.insert("updated_at".into(), now);
+    s.logins.insert(id.clone(), m);
+    id
+}
+
+/// The session object, written with the first name of each field in [`session_fields`].
+fn insert_session(s: &mut Store, seed: SessionSeed) -> String {
+    let id = hex_id(s, 16);
+    let at = seed.created_at.unwrap_or_else(Utc::now);
+    let t = ts(s, at);
+    let mut m = Map::new();
+    m.insert(session_fields::ID[0].into(), json!(id));
+    m.insert(session_fields::VIDEO_ID[0].into(), json!(seed.video_id));
+    m.insert(session_fields::EMAIL[0].into(), json!(seed.vemail));
+    m.insert(session_fields::SECONDS[0].into(), json!(seed.seconds_watched));
+    m.insert(session_fields::PERCENT[0].into(), json!(seed.percent_watched));
+    m.insert(session_fields::CREATED[0].into(), t.clone());
+    m.insert(session_fields::UPDATED[0].into(), t);
+    m.insert("device_type".into(), json!("desktop"));
+    s.sessions.push(m);
+    id
+}
+
+fn generate(s: &mut Store, g: &Generate) -> Value {
+    let mut videos = Vec::new();
+    for i in 0..g.videos.max(1) {
+        let id = insert_video(
+            s,
+            VideoSeed {
+                title: format!("Lesson {}", i + 1),
+                duration: Some(600.0),
+                require_email: true,
+                ..Default::default()
+            },
+        );
+        videos.push(id);
+    }
+    let mut with_email = 0;
+    for v in 0..g.viewers {
+        let email = format!("viewer{v}@{}", g.email_domain);
+        if g.login_every > 0 && v % g.login_every == 0 {
+            insert_login(s, &email);
+        }
+        for k in 0..g.sessions_per_viewer.max(1) {
+            let video = videos[(v + k) % videos.len()].clone();
+            let gives_email = fastrand::f64() < g.email_share;
+            if gives_email {
+                with_email += 1;
+            }
+            insert_session(
+                s,
+                SessionSeed {
+                    video_id: video,
+                    vemail: gives_email.then(|| email.clone()),
+                    seconds_watched: Some((60 + (v * 37 + k * 101) % 540) as f64),
+                    percent_watched: None,
+                    created_at: Some(Utc::now() - chrono::Duration::minutes((v + k) as i64)),
+                },
+            );
+        }
+    }
+    json!({"videos": videos, "viewers": g.viewers, "sessions_with_email": with_email})
+}
+
+async fn handle(State(sv): State<LocalSprout>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path().to_string();
+    let query = uri.query().unwrap_or("").to_string();
+    if let Some(rest) = path.strip_prefix("/_admin/") {
+        return admin(&sv, &method, rest, &body).await;
+    }
+    let latency = {
+        let s = sv.store.lock().await;
+        Duration::from_millis(s.faults.latency_ms)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let mut s = sv.store.lock().await;
+    let (status, body, retry_after) = respond(&mut s, &method, &path, &query, &headers, &body);
+    s.log.push(SproutRequest {
+        method: method.to_string(),
+        path,
+        query,
+        status,
+    });
+    let mut resp = (StatusCode::from_u16(status).expect("status"), axum::Json(body)).into_response();
+    if let Some(ra) = retry_after {
+        resp.headers_mut().insert("retry-after", HeaderValue::from(ra));
+    }
+    resp
+}
+
+fn err(status: u16, msg: &str) -> (u16, Value, Option<u64>) {
+    (status, json!({"error": msg}), None)
+}
+
+fn respond(
+    s: &mut Store,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    raw: &[u8],
+) -> (u16, Value, Option<u64>) {
+    let key = headers.get("sproutvideo-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if key.is_empty() || (!s.behaviour.api_keys.is_empty() && !s.behaviour.api_keys.iter().any(|k| k == key)) {
+        return err(401, "Unauthorized");
+    }
+    let now = Instant::now();
+    let window = Duration::from_millis(s.behaviour.window_ms.max(1));
+    while s.window.front().is_some_and(|t| now.duration_since(*t) >= window) {
+        s.window.pop_front();
+    }
+    if s.window.len() as u32 >= s.behaviour.per_minute {
+        let wait = s.window.front().map(|t| (window - now.duration_since(*t)).as_secs().max(1));
+        return (429, json!({"error": "Too Many Requests"}), wait);
+    }
+    s.window.push_back(now);
+    if let Some(st) = s.faults.next_statuses.pop_front() {
+        return if st == 429 {
+            (429, json!({"error": "Too Many Requests"}), s.faults.retry_after_secs)
+        } else {
+            err(st, "Injected failure")
+        };
+    }
+    let roll = |p: f64| p > 0.0 && fastrand::f64() < p;
+    if roll(s.faults.rate_limit_rate) {
+        return (429, json!({"error": "Too Many Requests"}), s.faults.retry_after_secs);
+    }
+    if roll(s.faults.error_rate) {
+        return (500, Value::String("<html>Internal Server Error</html>".into()), None);
+    }
+    let q: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+    let segs: Vec<&str> = path.trim_start_matches("/v1/").trim_start_matches('/').split('/').collect();
+    if !path.starts_with("/v1/") {
+        return err(404, "Not Found");
+    }
+    match (method.as_str(), segs.as_slice()) {
+        ("GET", ["account"]) => (200, json!({"id": "acc1", "company": "Local SproutVideo", "first_name": null, "last_name": null}), None),
+        ("GET", ["videos"]) => {
+            let items: Vec<Value> = s.videos.values().cloned().map(Value::Object).collect();
+            paged(s, "videos", path, &q, items)
+        }
+        ("GET", ["videos", id]) => match s.videos.get(*id) {
+            Some(v) => (200, Value::Object(v.clone()), None),
+            None => err(404, "Not Found"),
+        },
+        ("GET", ["logins"]) => {
+            let items: Vec<Value> = s.logins.values().cloned().map(Value::Object).collect();
+            paged(s, "logins", path, &q, items)
+        }
+        ("GET", ["logins", id]) => match s.logins.get(*id) {
+            Some(v) => (200, Value::Object(v.clone()), None),
+            None => err(404, "Not Found"),
+        },
+        ("POST", ["logins"]) => {
+            let (Some(email), Some(_pw)) = (body["email"].as_str(), body["password"].as_str()) else {
+                return (422, json!({"error": ["email is required", "password is required"]}), None);
+            };
+            let id = insert_login(s, email);
+            (201, Value::Object(s.logins[&id].clone()), None)
+        }
+        ("PUT", ["logins", id]) => {
+            let stamp = ts(s, Utc::now());
+            match s.logins.get_mut(*id) {
+                Some(l) => {
+                    if let Some(e) = body["email"].as_str() {
+                        l.insert("email".into(), json!(e));
+                    }
+                    l.insert("updated_at".into(), stamp);
+                    (200, Value::Object(l.clone()), None)
+                }
+                None => err(404, "Not Found"),
+            }
+        }
+        ("GET", ["access_grants"]) => {
+            let items: Vec<Value> = s.grants.values().cloned().map(Value::Object).collect();
+            paged(s, "access_grants", path, &q, items)
+        }
+        ("POST", ["access_grants"]) => {
+            let (Some(v), Some(l)) = (body["video_id"].as_str(), body["login_id"].as_str()) else {
+                return (422, json!({"error": "video_id and login_id are required"}), None);
+            };
+            let id = hex_id(s, 16);
+            let mut m = Map::new();
+            for (k, val) in [
+                ("id", json!(id)),
+                ("video_id", json!(v)),
+                ("login_id", json!(l)),
+                ("allowed_plays", Value::Null),
+                ("access_ends_at", Value::Null),
+            ] {
+                m.insert(k.into(), val);
+            }
+            s.grants.insert(id, m.clone());
+            (201, Value::Object(m), None)
+        }
+        ("GET", ["stats", "engagement", "sessions"]) => {
+            let items = filter_sessions(s, None, &get);
+            paged(s, "sessions", path, &q, items)
+        }
+        ("GET", ["stats", "engagement", video, "sessions"]) => {
+            if !s.videos.contains_key(*video) {
+                return err(404, "Not Found");
+            }
+            let items = filter_sessions(s, Some(video), &get);
+            paged(s, "sessions", path, &q, items)
+        }
+        _ => err(404, "Not Found"),
+    }
+}
+
+fn filter_sessions(s: &Store, video: Option<&str>, get: &dyn Fn(&str) -> Option<String>) -> Vec<Value> {
+    let day = |k: &str| get(k).and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok());
+    let (start, end, vemail) = (day("start_date"), day("end_date"), get("vemail"));
+    s.sessions
+        .iter()
+        .filter(|m| video.is_none_or(|v| m[session_fields::VIDEO_ID[0]].as_str() == Some(v)))
+        .filter(|m| {
+            vemail
+                .as_deref()
+                .is_none_or(|e| m[session_fields::EMAIL[0]].as_str().is_some_and(|x| x.eq_ignore_ascii_case(e)))
+        })
+        .filter(|m| {
+            let d = m[session_fields::CREATED[0]]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc).date_naive());
+            match d {
+                Some(d) => start.is_none_or(|s| d >= s) && end.is_none_or(|e| d <= e),
+                None => true,
+            }
+        })
+        .cloned()
+        .map(Value::Object)
+        .collect()
+}
+
+fn paged(s: &Store, key: &str, path: &str, q: &[(String, String)], items: Vec<Value>) -> (u16, Value, Option<u64>) {
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.parse::<usize>().ok());
+    let page = get("page").unwrap_or(1).max(1);
+    let per_page = get("per_page").unwrap_or(25).clamp(1, 100);
+    let total = items.len();
+    let start = (page - 1) * per_page;
+    let slice: Vec<Value> = items.into_iter().skip(start).take(per_page).collect();
+    let link = |p: usize| {
+        let base = format!("{}{}", s.behaviour.public_base, path.trim_start_matches("/v1"));
+        let mut params: Vec<(String, String)> = if s.behaviour.next_page_drops_filters {
+            Vec::new()
+        } else {
+            q.iter().filter(|(k, _)| k != "page").cloned().collect()
+        };
+        params.push(("page".into(), p.to_string()));
+        let qs: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+        json!(format!("{base}?{qs}"))
+    };
+    let next = if start + per_page < total { link(page + 1) } else { Value::Null };
+    let prev = if page > 1 { link(page - 1) } else { Value::Null };
+    (200, json!({ key: slice, "total": total, "next_page": next, "previous_page": prev }), None)
+}
+
+async fn admin(sv: &LocalSprout, method: &Method, rest: &str, body: &[u8]) -> Response {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let items = |v: &Value| -> Vec<Value> {
+        match v {
+            Value::Array(a) => a.clone(),
+            Value::Null => vec![],
+            o => vec![o.clone()],
+        }
+    };
+    let bad = |m: String| (StatusCode::BAD_REQUEST, axum::Json(json!({"error": m}))).into_response();
+    match (method.as_str(), rest) {
+        ("POST", "videos") => {
+            let mut ids = Vec::new();
+            let mut s = sv.store.lock().await;
+            for it in items(&v) {
+                match serde_json::from_value::<VideoSeed>(it) {
+                    Ok(seed) => ids.push(insert_video(&mut s, seed)),
+                    Err(e) => return bad(format!("bad video: {e}")),
+                }
+            }
+            (StatusCode::CREATED, axum::Json(json!({"ids": ids}))).into_response()
+        }
+        ("POST", "logins") => {
+            let mut ids = Vec::new();
+            let mut s = sv.store.lock().await;
+            for it in items(&v) {
+                match it["email"].as_str() {
+                    Some(e) => ids.push(insert_login(&mut s, e)),
+                    None => return bad("email is required".into()),
+                }
+            }
+            (StatusCode::CREATED, axum::Json(json!({"ids": ids}))).into_response()
+        }
+        ("POST", "sessions") => {
+            let mut ids = Vec::new();
+            let mut s = sv.store.lock().await;
+            for it in items(&v) {
+                match serde_json::from_value::<SessionSeed>(it) {
+                    Ok(seed) => ids.push(insert_session(&mut s, seed)),
+                    Err(e) => return bad(format!("bad session: {e}")),
+                }
+            }
+            (StatusCode::CREATED, axum::Json(json!({"ids": ids}))).into_response()
+        }
+        ("POST", "generate") => match serde_json::from_value::<Generate>(if v.is_null() { json!({}) } else { v }) {
+            Ok(g) => {
+                let mut s = sv.store.lock().await;
+                (StatusCode::CREATED, axum::Json(generate(&mut s, &g))).into_response()
+            }
+            Err(e) => bad(format!("bad generate request: {e}")),
+        },
+        ("POST", "webhook") => {
+            let (Some(id), Some(url)) = (v["video_id"].as_str(), v["url"].as_str()) else {
+                return bad("video_id and url are required".into());
+            };
+            match sv.send_webhook(id, url).await {
+                Ok(status) => axum::Json(json!({"status": status})).into_response(),
+                Err(e) => (StatusCode::BAD_GATEWAY, axum::Json(json!({"error": e}))).into_response(),
+            }
+        }
+        ("PUT", "faults") => match serde_json::from_value::<SproutFaults>(v) {
+            Ok(f) => {
+                sv.store.lock().await.faults = f;
+                StatusCode::NO_CONTENT.into_response()
+            }
+            Err(e) => bad(format!("bad faults: {e}")),
+        },
+        ("PUT", "config") => match serde_json::from_value::<SproutBehaviour>(v) {
+            Ok(b) => {
+                sv.store.lock().await.behaviour = b;
+                StatusCode::NO_CONTENT.into_response()
+            }
+            Err(e) => bad(format!("bad config: {e}")),
+        },
+        ("GET", "requests") => axum::Json(json!({"requests": sv.store.lock().await.log})).into_response(),
+        ("POST", "reset") => {
+            let mut s = sv.store.lock().await;
+            let behaviour = s.behaviour.clone();
+            *s = Store {
+                behaviour,
+                ..Default::default()
+            };
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": "no such admin path"}))).into_response(),
+    }
+}

@@ -1,0 +1,495 @@
+//! The GHL client against the local GHL, with every request and response body held to
+//! HighLevel's published OpenAPI schemas.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use shared::ghl::*;
+use shared::pacing::RetryPolicy;
+use sync_tests::local_ghl::{FaultKind, GhlBehaviour, LocalGhl, LoggedRequest, ScriptedFault};
+use sync_tests::spec::{Spec, Strictness, template_for};
+use url::Url;
+
+const LOC: &str = "ve9EPM428h8vShlRW1KT";
+
+async fn start(b: GhlBehaviour) -> (LocalGhl, Url) {
+    let ghl = LocalGhl::new(b);
+    let addr = ghl.spawn("127.0.0.1:0").await.unwrap();
+    (ghl, Url::parse(&format!("http://{addr}/")).unwrap())
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(200),
+        deadline: Some(Duration::from_secs(20)),
+    }
+}
+
+fn client_with(url: &Url, tokens: Arc<dyn TokenProvider>) -> GhlClient {
+    let mut s = GhlSettings::new(url.clone(), LOC);
+    s.retry = fast_retry();
+    s.request_timeout = Duration::from_secs(3);
+    GhlClient::new(s, tokens).unwrap()
+}
+
+fn client(url: &Url) -> GhlClient {
+    client_with(url, Arc::new(StaticToken(SecretString::from("pit-test-token"))))
+}
+
+/// Every logged request body validates strictly against its DTO, and every documented answer
+/// against its response schema.
+fn assert_spec(log: &[LoggedRequest]) {
+    let contacts = Spec::load("contacts.json");
+    let locations = Spec::load("locations.json");
+    for r in log {
+        let template = template_for(&r.method, &r.path).unwrap_or_else(|| panic!("unknown path {}", r.path));
+        let spec = if template.starts_with("/locations") { &locations } else { &contacts };
+        if !r.body.is_null() {
+            if template == "/contacts/search" {
+                // The spec's search body schema is empty; GHL requires these two.
+                assert!(r.body["locationId"].is_string() && r.body["pageLimit"].is_number(), "{:?}", r.body);
+                assert!(!(r.body.get("page").is_some() && r.body.get("searchAfter").is_some()));
+            } else {
+                let schema = spec
+                    .request_schema(&r.method, template)
+                    .unwrap_or_else(|| panic!("{} {template} takes no body", r.method));
+                let errs = spec.validate(schema, &r.body, Strictness::Request);
+                assert!(errs.is_empty(), "{} {}: request {} invalid: {errs:?}", r.method, r.path, r.body);
+            }
+        }
+        if (200..300).contains(&r.status) {
+            assert!(
+                spec.documents_status(&r.method, template, r.status),
+                "{} {template} answered undocumented {}",
+                r.method,
+                r.status
+            );
+            if let Some(schema) = spec.response_schema(&r.method, template, r.status) {
+                let errs = spec.validate(schema, &r.response, Strictness::Response);
+                assert!(errs.is_empty(), "{} {}: response invalid: {errs:?}\n{}", r.method, r.path, r.response);
+            }
+        }
+    }
+}
+
+fn upsert_body(email: &str) -> UpsertContactDto {
+    UpsertContactDto {
+        location_id: LOC.into(),
+        email: Some(email.into()),
+        first_name: Some("Ada".into()),
+        last_name: Some("Lovelace".into()),
+        phone: Some("+14155552671".into()),
+        company_name: Some("Analytical Engines".into()),
+        source: Some("SproutVideo".into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn upsert_creates_then_updates() {
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    let c = client(&url);
+    let first = c.upsert_contact(&upsert_body("ada@example.com")).await.unwrap();
+    assert!(first.created);
+    let mut again = upsert_body("ada@example.com");
+    again.first_name = Some("Augusta Ada".into());
+    let second = c.upsert_contact(&again).await.unwrap();
+    assert!(!second.created);
+    assert_eq!(first.contact.id, second.contact.id);
+    assert_eq!(first.contact.id.len(), 20);
+    let got = c.get_contact(&first.contact.id).await.unwrap();
+    assert_eq!(got.first_name.as_deref(), Some("Augusta Ada"));
+    assert_eq!(got.phone.as_deref(), Some("+14155552671"));
+    let log = ghl.requests().await;
+    assert_eq!(log.iter().filter(|r| r.path == "/contacts/upsert").count(), 2);
+    assert_spec(&log);
+}
+
+#[tokio::test]
+async fn duplicate_create_is_recovered_through_meta_contact_id() {
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    let c = client(&url);
+    let body = CreateContactDto {
+        location_id: LOC.into(),
+        email: Some("grace@example.com".into()),
+        first_name: Some("Grace".into()),
+        ..Default::default()
+    };
+    let created = c.create_contact(&body).await.unwrap();
+    let err = c.create_contact(&body).await.unwrap_err();
+    let GhlError::Duplicate {
+        contact_id,
+        matching_field,
+        ..
+    } = err
+    else {
+        panic!("expected a duplicate, got {err:?}");
+    };
+    assert_eq!(contact_id, created.id);
+    assert_eq!(matching_field, "email");
+    let updated = c
+        .update_contact(
+            &contact_id,
+            &UpdateContactDto {
+                last_name: Some("Hopper".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.last_name.as_deref(), Some("Hopper"));
+    let dup = c.find_duplicate(Some("GRACE@example.com"), None).await.unwrap();
+    assert_eq!(dup.map(|d| d.id), Some(created.id));
+    assert!(c.find_duplicate(Some("nobody@example.com"), None).await.unwrap().is_none());
+    assert_spec(&ghl.requests().await);
+}
+
+#[tokio::test]
+async fn search_pages_in_both_modes_and_the_legacy_list_keeps_its_location() {
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    let c = client(&url);
+    for i in 0..25 {
+        let mut b = upsert_body(&format!("p{i}@example.com"));
+        b.phone = None;
+        b.tags = Some(vec!["sproutvideo".into()]);
+        c.upsert_contact(&b).await.unwrap();
+    }
+    c.upsert_contact(&UpsertContactDto {
+        location_id: LOC.into(),
+        email: Some("other@example.com".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    ghl.clear_requests().await;
+    let req = SearchRequest {
+        location_id: String::new(),
+        page_limit: 10,
+        page: None,
+        search_after: None,
+        query: None,
+        filters: vec![SearchFilter::eq("tags", "sproutvideo")],
+        sort: vec![],
+    };
+    let by_page: Vec<Contact> = c.search(req.clone(), SearchPaging::Pages).try_collect().await.unwrap();
+    assert_eq!(by_page.len(), 25);
+    let by_cursor: Vec<Contact> = c.search(req, SearchPaging::SearchAfter).try_collect().await.unwrap();
+    assert_eq!(by_cursor.len(), 25);
+    let mut ids: Vec<_> = by_cursor.iter().map(|c| c.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 25, "searchAfter paging must not repeat contacts");
+    let log = ghl.requests().await;
+    let searches: Vec<_> = log.iter().filter(|r| r.path == "/contacts/search").collect();
+    assert_eq!(searches.len(), 6, "3 pages each way");
+    assert!(searches[3..].iter().skip(1).all(|r| r.body["searchAfter"].is_array()));
+
+    ghl.clear_requests().await;
+    let all: Vec<Contact> = c.list_contacts_legacy(10, None).try_collect().await.unwrap();
+    assert_eq!(all.len(), 26);
+    let log = ghl.requests().await;
+    assert!(log.len() >= 3);
+    for r in &log {
+        assert!(r.query.contains(&format!("locationId={LOC}")), "page lost its location: {}", r.query);
+        assert_eq!(r.status, 200);
+    }
+    assert_spec(&ghl.requests().await);
+}
+
+#[tokio::test]
+async fn tasks_notes_tags_appointments_and_custom_fields_round_trip() {
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    let c = client(&url);
+    let field_id = ghl.define_custom_field(LOC, "Last video", "contact.sv_last_video", "TEXT").await;
+    let defs = c.custom_fields().await.unwrap();
+    assert_eq!(defs[0].field_key.as_deref(), Some("contact.sv_last_video"));
+    let mut body = upsert_body("tasks@example.com");
+    body.custom_fields = Some(vec![CustomFieldInput {
+        id: field_id.clone(),
+        field_value: json!("Pricing"),
+    }]);
+    let contact = c.upsert_contact(&body).await.unwrap().contact;
+    assert_eq!(contact.custom_fields[0].id, field_id);
+    let id = contact.id.clone();
+
+    let tags = c.add_tags(&id, &["a".into(), "b".into()]).await.unwrap();
+    assert_eq!(tags, vec!["a", "b"]);
+    let tags = c.remove_tags(&id, &["a".into()]).await.unwrap();
+    assert_eq!(tags, vec!["b"]);
+
+    let due = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:15:30.123Z").unwrap().to_utc();
+    let task = c
+        .create_task(
+            &id,
+            &CreateTaskParams {
+                title: "Call".into(),
+                body: Some("Follow up".into()),
+                due_date: due_date(due),
+                completed: false,
+                assigned_to: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(task.due_date.as_deref(), Some("2026-12-01T10:15:30Z"));
+    let t = c
+        .update_task(
+            &id,
+            &task.id,
+            &UpdateTaskBody {
+                title: Some("Call back".into()),
+                due_date: Some(due_date(due)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.title.as_deref(), Some("Call back"));
+    assert!(c.complete_task(&id, &task.id, true).await.unwrap().completed);
+    assert!(c.get_task(&id, &task.id).await.unwrap().completed);
+    assert_eq!(c.list_tasks(&id).await.unwrap().len(), 1);
+    assert!(c.delete_task(&id, &task.id).await.unwrap());
+    assert!(c.list_tasks(&id).await.unwrap().is_empty());
+
+    let note = c
+        .create_note(
+            &id,
+            &NoteBody {
+                body: Some("Watched 87%".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let n = c
+        .update_note(
+            &id,
+            &note.id,
+            &NoteBody {
+                body: Some("Watched 90%".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(n.body.as_deref(), Some("Watched 90%"));
+    assert_eq!(c.get_note(&id, &note.id).await.unwrap().body.as_deref(), Some("Watched 90%"));
+    assert_eq!(c.list_notes(&id).await.unwrap().len(), 1);
+    assert!(c.delete_note(&id, &note.id).await.unwrap());
+
+    assert!(c.list_appointments(&id).await.unwrap().is_empty());
+    assert!(c.contacts_by_business("biz1", 25, 0).await.unwrap().contacts.is_empty());
+    let err = c.get_task(&id, "nope").await.unwrap_err();
+    assert!(matches!(err, GhlError::NotFound { .. }), "{err:?}");
+    assert!(c.delete_contact(&id).await.unwrap());
+    let err = c.get_contact(&id).await.unwrap_err();
+    assert!(matches!(err, GhlError::NotFound { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    assert_spec(&ghl.requests().await);
+}
+
+#[tokio::test]
+async fn unknown_properties_get_422_with_messages_as_an_array() {
+    let (_ghl, url) = start(GhlBehaviour::default()).await;
+    let raw = reqwest::Client::new()
+        .put(url.join("contacts/abc").unwrap())
+        .header("Authorization", "Bearer x")
+        .header("Version", API_VERSION)
+        .json(&json!({"gender": "male", "locationId": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 422);
+    let body: Value = raw.json().await.unwrap();
+    assert!(body["message"].is_array());
+    assert!(body["traceId"].is_string());
+}
+
+#[tokio::test]
+async fn rate_limits_are_paced_and_429s_retried() {
+    let (ghl, url) = start(GhlBehaviour {
+        burst_max: 5,
+        burst_interval_ms: 500,
+        ..Default::default()
+    })
+    .await;
+    let mut s = GhlSettings::new(url.clone(), LOC);
+    s.retry = fast_retry();
+    s.burst_max = 5;
+    s.burst_interval = Duration::from_millis(500);
+    let c = GhlClient::new(s, Arc::new(StaticToken(SecretString::from("t")))).unwrap();
+    let started = std::time::Instant::now();
+    let calls = (0..12).map(|i| {
+        let c = c.clone();
+        async move { c.find_duplicate(Some(&format!("n{i}@example.com")), None).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        r.unwrap();
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1000), "12 calls at 5 per 500 ms take two windows");
+    let log = ghl.requests().await;
+    assert_eq!(log.iter().filter(|r| r.status == 429).count(), 0, "paced client never trips the window");
+
+    // Injected 429s, with and without Retry-After, are waited out and retried.
+    ghl.clear_requests().await;
+    for retry_after_secs in [Some(1), None] {
+        ghl.push_fault(ScriptedFault {
+            kind: FaultKind::RateLimit { retry_after_secs },
+            method: None,
+            path_contains: Some("/contacts/search/duplicate".into()),
+        })
+        .await;
+        let t = std::time::Instant::now();
+        c.find_duplicate(Some("x@example.com"), None).await.unwrap();
+        if retry_after_secs.is_some() {
+            assert!(t.elapsed() >= Duration::from_secs(1), "Retry-After honoured");
+        }
+    }
+    let statuses: Vec<u16> = ghl.requests().await.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![429, 200, 429, 200]);
+    assert_eq!(c.stats().rate_limited.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_only_where_safe() {
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    let c = client(&url);
+    let id = c.upsert_contact(&upsert_body("s@example.com")).await.unwrap().contact.id;
+    ghl.clear_requests().await;
+    // A read is retried through a 500 and a dropped connection.
+    for kind in [FaultKind::Status { status: 500 }, FaultKind::Drop] {
+        ghl.push_fault(ScriptedFault {
+            kind,
+            method: Some("GET".into()),
+            path_contains: None,
+        })
+        .await;
+    }
+    c.get_contact(&id).await.unwrap();
+    let statuses: Vec<u16> = ghl.requests().await.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![500, 0, 200]);
+
+    // A create is not: a 500 surfaces as "may have written" after one attempt.
+    ghl.clear_requests().await;
+    ghl.push_fault(ScriptedFault {
+        kind: FaultKind::Status { status: 503 },
+        method: Some("POST".into()),
+        path_contains: Some("/notes".into()),
+    })
+    .await;
+    let err = c
+        .create_note(
+            &id,
+            &NoteBody {
+                body: Some("hello".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GhlError::MayHaveWritten { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert_eq!(ghl.requests().await.len(), 1, "no blind re-send of a create");
+
+    // A dropped connection on a create is just as ambiguous.
+    ghl.push_fault(ScriptedFault {
+        kind: FaultKind::Drop,
+        method: Some("POST".into()),
+        path_contains: Some("/tasks".into()),
+    })
+    .await;
+    let err = c
+        .create_task(
+            &id,
+            &CreateTaskParams {
+                title: "t".into(),
+                body: None,
+                due_date: "2026-12-01T00:00:00Z".into(),
+                completed: false,
+                assigned_to: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GhlError::MayHaveWritten { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn write_then_fail_reports_a_possible_write_and_the_write_is_there() {
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    let c = client(&url);
+    let id = c.upsert_contact(&upsert_body("w@example.com")).await.unwrap().contact.id;
+    ghl.push_fault(ScriptedFault {
+        kind: FaultKind::WriteThenFail,
+        method: Some("POST".into()),
+        path_contains: Some("/notes".into()),
+    })
+    .await;
+    let err = c
+        .create_note(
+            &id,
+            &NoteBody {
+                body: Some("once".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GhlError::MayHaveWritten { .. }), "{err:?}");
+    assert_eq!(c.list_notes(&id).await.unwrap().len(), 1, "the write landed although GHL answered 500");
+}
+
+#[tokio::test]
+async fn unauthorized_is_surfaced_and_a_refresh_is_used_once() {
+    let (ghl, url) = start(GhlBehaviour {
+        valid_tokens: vec!["good-token".into()],
+        ..Default::default()
+    })
+    .await;
+    let c = client_with(&url, Arc::new(StaticToken(SecretString::from("stale-token"))));
+    let err = c.find_duplicate(Some("a@example.com"), None).await.unwrap_err();
+    assert!(matches!(err, GhlError::Unauthorized { .. }), "{err:?}");
+    assert!(!err.to_string().contains("stale-token"));
+
+    struct Rotating(AtomicBool);
+    #[async_trait::async_trait]
+    impl TokenProvider for Rotating {
+        async fn token(&self) -> Result<SecretString, GhlError> {
+            Ok(SecretString::from(if self.0.load(Ordering::SeqCst) { "good-token" } else { "stale-token" }))
+        }
+        async fn refresh_after_unauthorized(&self) -> bool {
+            !self.0.swap(true, Ordering::SeqCst)
+        }
+    }
+    ghl.clear_requests().await;
+    let c = client_with(&url, Arc::new(Rotating(AtomicBool::new(false))));
+    c.find_duplicate(Some("a@example.com"), None).await.unwrap();
+    let statuses: Vec<u16> = ghl.requests().await.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![401, 200]);
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_deadline() {
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    ghl.set_faults(sync_tests::local_ghl::Faults {
+        error_rate: 1.0,
+        ..Default::default()
+    })
+    .await;
+    let c = client(&url).with_retry(RetryPolicy {
+        max_attempts: 100,
+        base: Duration::from_millis(200),
+        cap: Duration::from_millis(400),
+        deadline: Some(Duration::from_millis(600)),
+    });
+    let t = std::time::Instant::now();
+    let err = c.get_contact("x").await.unwrap_err();
+    assert!(err.is_retryable());
+    assert!(t.elapsed() < Duration::from_secs(2), "gave up near the deadline");
+}
