@@ -8,3 +8,5 @@ pub mod ghl;
 pub mod identity;
 pub mod pacing;
 pub mod sprout;
+pub mod commands;
+pub mod mapping;

@@ -1,0 +1,183 @@
+//! The SproutVideo client against the local SproutVideo.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use shared::pacing::RetryPolicy;
+use shared::sprout::*;
+use sync_tests::local_sprout::{Generate, LocalSprout, SessionSeed, SproutBehaviour, SproutFaults, VideoSeed};
+use url::Url;
+
+async fn start(b: SproutBehaviour) -> (LocalSprout, Url) {
+    let sv = LocalSprout::new(b);
+    let addr = sv.spawn("127.0.0.1:0").await.unwrap();
+    (sv, Url::parse(&format!("http://{addr}/v1")).unwrap())
+}
+
+fn client(url: &Url, key: &str, per_minute: u32) -> SproutClient {
+    let mut s = SproutSettings::new(url.clone());
+    s.per_minute = per_minute;
+    s.retry = RetryPolicy {
+        max_attempts: 5,
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(200),
+        deadline: Some(Duration::from_secs(30)),
+    };
+    SproutClient::new(s, SecretString::from(key.to_string())).unwrap()
+}
+
+#[tokio::test]
+async fn pages_through_several_pages_building_each_request_itself() {
+    let (sv, url) = start(SproutBehaviour::default()).await;
+    let g = sv
+        .generate(Generate {
+            viewers: 130,
+            videos: 2,
+            sessions_per_viewer: 2,
+            email_share: 1.0,
+            login_every: 1,
+            ..Default::default()
+        })
+        .await;
+    let c = client(&url, "key", 1000);
+    let logins = c.list_logins().await.unwrap();
+    assert_eq!(logins.len(), 130);
+    let video = g["videos"][0].as_str().unwrap();
+    // The local SproutVideo's next_page drops filters; the client must keep its own.
+    let sessions = c.sessions(Some(video), &SessionQuery::default()).await.unwrap();
+    assert_eq!(sessions.len(), 130);
+    assert!(sessions.iter().all(|s| s.video_id.as_deref() == Some(video)));
+    let all = c.sessions(None, &SessionQuery::default()).await.unwrap();
+    assert_eq!(all.len(), 260);
+    let reqs = sv.requests().await;
+    let session_pages: Vec<_> = reqs.iter().filter(|r| r.path.contains(video)).collect();
+    assert_eq!(session_pages.len(), 2);
+    assert!(session_pages.iter().all(|r| r.query.contains("per_page=100")));
+    assert!(session_pages[1].query.contains("page=2"));
+    let one = c
+        .sessions(
+            Some(video),
+            &SessionQuery {
+                vemail: Some("viewer3@example.com".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].vemail.as_deref(), Some("viewer3@example.com"));
+}
+
+#[tokio::test]
+async fn requests_are_paced_to_the_per_minute_budget_and_429s_are_retried() {
+    // A time-scaled window: 10 requests per second.
+    let (sv, url) = start(SproutBehaviour {
+        per_minute: 10,
+        window_ms: 1000,
+        ..Default::default()
+    })
+    .await;
+    // Fill the server's window, then script a 429 (with Retry-After) and a 503 on top.
+    let c = client(&url, "k", 1000);
+    for _ in 0..10 {
+        c.account().await.unwrap();
+    }
+    sv.set_faults(SproutFaults {
+        next_statuses: [429, 503].into(),
+        retry_after_secs: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let t = std::time::Instant::now();
+    c.account().await.unwrap();
+    assert!(t.elapsed() >= Duration::from_secs(1), "Retry-After honoured");
+    let statuses: Vec<u16> = sv.requests().await.iter().map(|r| r.status).collect();
+    assert!(statuses.contains(&429));
+    assert_eq!(*statuses.last().unwrap(), 200);
+}
+
+#[tokio::test]
+async fn the_client_limiter_holds_calls_past_its_budget() {
+    let (sv, url) = start(SproutBehaviour::default()).await;
+    let c = client(&url, "k", 3);
+    for _ in 0..3 {
+        c.account().await.unwrap();
+    }
+    let blocked = tokio::time::timeout(Duration::from_millis(300), c.account()).await;
+    assert!(blocked.is_err(), "a fourth call inside the minute waits");
+    assert_eq!(sv.requests().await.len(), 3);
+}
+
+#[tokio::test]
+async fn nulls_offsets_and_unknown_fields_are_tolerated() {
+    let (sv, url) = start(SproutBehaviour {
+        offset_timestamps: true,
+        ..Default::default()
+    })
+    .await;
+    let id = sv
+        .add_video(VideoSeed {
+            title: "Intro".into(),
+            duration: None,
+            ..Default::default()
+        })
+        .await;
+    sv.add_session(SessionSeed {
+        video_id: id.clone(),
+        vemail: None,
+        seconds_watched: Some(12.0),
+        ..Default::default()
+    })
+    .await;
+    let c = client(&url, "k", 1000);
+    let v = c.get_video(&id).await.unwrap();
+    assert_eq!(v.duration, None);
+    assert!(v.created_at.is_some(), "offset timestamp parsed");
+    assert!(v.extra.contains_key("embed_code"));
+    let raw = sv.video_json(&id).await.unwrap();
+    assert!(raw["created_at"].as_str().unwrap().ends_with("-05:00"));
+    assert!(raw["folder_id"].is_null(), "null, not missing");
+    let s = &c.sessions(Some(&id), &SessionQuery::default()).await.unwrap()[0];
+    assert_eq!(s.vemail, None);
+    assert_eq!(s.watch_percent(v.duration), None);
+    assert!(s.created_at.is_some());
+    assert_eq!(c.list_videos().await.unwrap().len(), 1);
+    let err = c.get_video("nope").await.unwrap_err();
+    assert!(matches!(err, SproutError::NotFound(_)));
+}
+
+#[tokio::test]
+async fn a_bad_key_is_unauthorized_and_not_retried() {
+    let (sv, url) = start(SproutBehaviour {
+        api_keys: vec!["right".into()],
+        ..Default::default()
+    })
+    .await;
+    let err = client(&url, "wrong", 1000).account().await.unwrap_err();
+    assert!(matches!(err, SproutError::Unauthorized { status: 401, .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    assert!(!err.to_string().contains("wrong"));
+    assert_eq!(sv.requests().await.len(), 1);
+    client(&url, "right", 1000).account().await.unwrap();
+}
+
+#[tokio::test]
+async fn logins_and_access_grants_can_be_written() {
+    let (_sv, url) = start(SproutBehaviour::default()).await;
+    let c = client(&url, "k", 1000);
+    let login = c.create_login("new@example.com", &SecretString::from("pw")).await.unwrap();
+    assert_eq!(login.email.as_deref(), Some("new@example.com"));
+    let got = c.get_login(&login.id).await.unwrap();
+    assert_eq!(got.id, login.id);
+    let updated = c
+        .update_login(&login.id, &serde_json::json!({"email": "changed@example.com"}))
+        .await
+        .unwrap();
+    assert_eq!(updated.email.as_deref(), Some("changed@example.com"));
+    let grant = c.create_access_grant("vid1", &login.id).await.unwrap();
+    assert_eq!(grant.login_id.as_deref(), Some(login.id.as_str()));
+    assert_eq!(c.list_access_grants().await.unwrap().len(), 1);
+    let page = c.logins_page(1, 10).await.unwrap();
+    assert_eq!(page.total, Some(1));
+    assert!(!page.has_next);
+}
