@@ -4,3 +4,4 @@
 pub mod local_ghl;
 pub mod local_sprout;
 pub mod spec;
+pub mod aws;

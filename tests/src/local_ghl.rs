@@ -134,6 +134,9 @@ struct Store {
     log: Vec<LoggedRequest>,
     windows: HashMap<String, VecDeque<Instant>>,
     daily: HashMap<String, u64>,
+    /// Refresh tokens that are spent (GHL rotates them on every refresh).
+    spent_refresh_tokens: Vec<String>,
+    oauth_refreshes: u64,
 }
 
 /// A handle on a running local GHL.
@@ -195,6 +198,11 @@ impl LocalGhl {
     pub async fn define_custom_field(&self, location: &str, name: &str, field_key: &str, data_type: &str) -> String {
         let mut s = self.store.lock().await;
         add_custom_field(&mut s, location, name, field_key, data_type)
+    }
+
+    /// How many OAuth refreshes were served.
+    pub async fn oauth_refreshes(&self) -> u64 {
+        self.store.lock().await.oauth_refreshes
     }
 
     /// Changes a stored contact directly (for drift tests): merges `fields`.
@@ -294,6 +302,9 @@ async fn handle(State(ghl): State<LocalGhl>, method: Method, uri: Uri, headers: 
     let query = uri.query().unwrap_or("").to_string();
     if let Some(rest) = path.strip_prefix("/_admin/") {
         return admin(&ghl, &method, rest, &body).await.into_response();
+    }
+    if path == "/oauth/token" && method == Method::POST {
+        return oauth_token(&ghl, &body).await;
     }
     let parsed_body: Value = if body.is_empty() {
         Value::Null
@@ -521,6 +532,36 @@ async fn admin(ghl: &LocalGhl, method: &Method, rest: &str, body: &[u8]) -> Resp
         }
         _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": "no such admin path"}))).into_response(),
     }
+}
+
+/// `POST /oauth/token` with `grant_type=refresh_token`: issues a new access token (accepted from
+/// then on) and a new refresh token; the old refresh token is spent.
+async fn oauth_token(ghl: &LocalGhl, body: &[u8]) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    let mut s = ghl.store.lock().await;
+    let bad = |m: &str| (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_grant", "message": m}))).into_response();
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return bad("unsupported grant_type");
+    }
+    let Some(rt) = form.get("refresh_token").filter(|t| !t.is_empty()) else {
+        return bad("refresh_token is required");
+    };
+    if s.spent_refresh_tokens.contains(rt) {
+        return bad("refresh token already used");
+    }
+    s.spent_refresh_tokens.push(rt.clone());
+    s.oauth_refreshes += 1;
+    let access = format!("at-{}", new_id());
+    let refresh = format!("rt-{}", new_id());
+    if !s.behaviour.valid_tokens.is_empty() {
+        s.behaviour.valid_tokens.push(access.clone());
+    }
+    axum::Json(json!({
+        "access_token": access, "token_type": "Bearer", "expires_in": 86399, "refresh_token": refresh,
+        "scope": "contacts.readonly contacts.write", "userType": "Location", "locationId": "loc",
+        "userId": "u1"
+    }))
+    .into_response()
 }
 
 // ---- the API ------------------------------------------------------------------------------

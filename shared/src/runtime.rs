@@ -1,0 +1,63 @@
+//! Wiring shared by the three binaries: AWS clients, the cached secret, and the GHL and
+//! SproutVideo clients, all from one [`Config`].
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+
+use crate::config::Config;
+use crate::ghl::GhlClient;
+use crate::queue::SqsQueue;
+use crate::secrets::{SecretCache, SecretError, SecretTokenProvider, SecretsManagerSource};
+use crate::sprout::SproutClient;
+use crate::state::DynamoStore;
+
+pub struct Deps {
+    pub config: Config,
+    pub aws: aws_config::SdkConfig,
+    pub secrets: Arc<SecretCache>,
+    pub ghl: GhlClient,
+    pub queue: SqsQueue,
+    pub store: Arc<DynamoStore>,
+}
+
+impl Deps {
+    /// Builds every client; reads no secret yet (the first call that needs one does).
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        let aws = crate::queue::aws_config().await;
+        let sm = aws_sdk_secretsmanager::Client::new(&aws);
+        let secrets = Arc::new(SecretCache::new(
+            Arc::new(SecretsManagerSource::new(sm, config.secret_id.clone())),
+            config.secret_ttl,
+        ));
+        let tokens = Arc::new(SecretTokenProvider::new(secrets.clone(), &config.ghl_base_url));
+        let ghl = GhlClient::new(config.ghl_settings(), tokens)?;
+        let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), config.queue_url.clone(), config.dlq_url.clone());
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), config.table.clone()));
+        Ok(Self {
+            config,
+            aws,
+            secrets,
+            ghl,
+            queue,
+            store,
+        })
+    }
+
+    /// A SproutVideo client keyed from the secret, or `None` when the secret has no key.
+    pub async fn sprout(&self) -> Result<Option<SproutClient>, SecretError> {
+        let s = self.secrets.get().await?;
+        Ok(match &s.sproutvideo_api_key {
+            Some(k) => Some(
+                SproutClient::new(self.config.sprout_settings(), SecretString::from(secrecy::ExposeSecret::expose_secret(k).to_string()))
+                    .map_err(|e| SecretError::Unavailable(e.to_string()))?,
+            ),
+            None => None,
+        })
+    }
+}
+
+/// Whether this process runs inside Lambda (also true under `cargo lambda watch`).
+pub fn in_lambda() -> bool {
+    std::env::var("AWS_LAMBDA_RUNTIME_API").is_ok()
+}

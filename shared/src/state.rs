@@ -1,0 +1,356 @@
+//! The sync state table (DynamoDB, one string partition key `pk`, TTL attribute `expires_at`):
+//! - `person#<email>`: the GHL contact id, the hash and tags of the last applied state, and when;
+//! - `idem#<key>`: the idempotency ledger: "pending" with a lease, or "done" with the created id;
+//! - `kv#<name>`: small named values (task ids by external id, checkpoints, high-water marks).
+//!
+//! Conditional writes make two workers racing on one key safe: exactly one claims it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+use thiserror::Error;
+
+use crate::commands::IdempotencyKey;
+use crate::identity::Email;
+
+/// How long ledger entries are kept.
+pub const LEDGER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum StateError {
+    #[error("the state table is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the state table holds an unreadable item {0}")]
+    Corrupt(String),
+}
+
+/// What the sync last applied for one person.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PersonState {
+    pub contact_id: String,
+    pub state_hash: String,
+    pub tags: BTreeSet<String>,
+    pub phone: Option<String>,
+    pub applied_at: i64,
+}
+
+/// The answer to "may I perform this action now?".
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Nobody tried before: go ahead.
+    Fresh,
+    /// An earlier attempt did not finish (crashed, or its outcome was unknown): look in GHL
+    /// before writing. `attempts` counts this one.
+    Retake { attempts: u32 },
+    /// Already applied; `result` is what was recorded (e.g. the created note id).
+    Done { result: String },
+    /// Another worker holds the lease right now.
+    Busy,
+}
+
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    async fn person(&self, email: &Email) -> Result<Option<PersonState>, StateError>;
+    async fn put_person(&self, email: &Email, p: &PersonState) -> Result<(), StateError>;
+    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StateError>;
+    async fn complete(&self, key: &IdempotencyKey, result: &str) -> Result<(), StateError>;
+    /// Lets the next attempt take over at once (the outcome of this one is unknown).
+    async fn expire_claim(&self, key: &IdempotencyKey) -> Result<(), StateError>;
+    /// Forgets a claim whose attempt certainly wrote nothing.
+    async fn release(&self, key: &IdempotencyKey) -> Result<(), StateError>;
+    /// Whether an action was applied (read-only; used by the reconciler).
+    async fn is_done(&self, key: &IdempotencyKey) -> Result<bool, StateError>;
+    async fn get_value(&self, name: &str) -> Result<Option<String>, StateError>;
+    async fn put_value(&self, name: &str, value: &str, ttl: Option<Duration>) -> Result<(), StateError>;
+    async fn delete_value(&self, name: &str) -> Result<(), StateError>;
+}
+
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    async fn get(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, StateError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+        Ok(out.item)
+    }
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_string())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn get_s(item: &HashMap<String, AttributeValue>, k: &str) -> Option<String> {
+    item.get(k).and_then(|v| v.as_s().ok()).cloned()
+}
+
+fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
+    item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+fn ddb_error<E: std::error::Error + 'static, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> String {
+    use aws_sdk_dynamodb::error::SdkError;
+    match e {
+        SdkError::ServiceError(s) => s.err().to_string(),
+        SdkError::TimeoutError(_) => "timed out".into(),
+        SdkError::DispatchFailure(_) => "could not connect".into(),
+        other => other.to_string(),
+    }
+}
+
+fn idem_pk(key: &IdempotencyKey) -> String {
+    format!("idem#{}", key.as_str())
+}
+
+#[async_trait]
+impl StateStore for DynamoStore {
+    async fn person(&self, email: &Email) -> Result<Option<PersonState>, StateError> {
+        let Some(item) = self.get(&format!("person#{email}")).await? else {
+            return Ok(None);
+        };
+        let tags = match item.get("tags") {
+            Some(AttributeValue::L(l)) => l.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
+            _ => BTreeSet::new(),
+        };
+        Ok(Some(PersonState {
+            contact_id: get_s(&item, "contact_id").ok_or_else(|| StateError::Corrupt(format!("person#{email}")))?,
+            state_hash: get_s(&item, "state_hash").unwrap_or_default(),
+            tags,
+            phone: get_s(&item, "phone"),
+            applied_at: get_n(&item, "applied_at").unwrap_or_default(),
+        }))
+    }
+
+    async fn put_person(&self, email: &Email, p: &PersonState) -> Result<(), StateError> {
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&format!("person#{email}")))
+            .item("contact_id", s(&p.contact_id))
+            .item("state_hash", s(&p.state_hash))
+            .item("tags", AttributeValue::L(p.tags.iter().map(|t| s(t)).collect()))
+            .item("applied_at", n(p.applied_at));
+        if let Some(ph) = &p.phone {
+            req = req.item("phone", s(ph));
+        }
+        req.send().await.map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+        Ok(())
+    }
+
+    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StateError> {
+        let pk = idem_pk(key);
+        let lease_until = now_ms() + lease.as_millis() as i64;
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&pk))
+            .item("status", s("pending"))
+            .item("lease_until", n(lease_until))
+            .item("attempts", n(1))
+            .item("expires_at", n(now() + LEDGER_TTL.as_secs() as i64))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => return Ok(Claim::Fresh),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
+            Err(e) => return Err(StateError::Unavailable(ddb_error(&e))),
+        }
+        let Some(item) = self.get(&pk).await? else {
+            // Released between our put and get: try once more from the top next time.
+            return Ok(Claim::Busy);
+        };
+        if get_s(&item, "status").as_deref() == Some("done") {
+            return Ok(Claim::Done {
+                result: get_s(&item, "result").unwrap_or_default(),
+            });
+        }
+        let old_lease = get_n(&item, "lease_until").unwrap_or(0);
+        if old_lease > now_ms() {
+            return Ok(Claim::Busy);
+        }
+        let attempts = get_n(&item, "attempts").unwrap_or(1) + 1;
+        let upd = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .update_expression("SET lease_until = :new, attempts = :a")
+            .condition_expression("#st = :pending AND lease_until = :old")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":new", n(lease_until))
+            .expression_attribute_values(":a", n(attempts))
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":old", n(old_lease))
+            .send()
+            .await;
+        match upd {
+            Ok(_) => Ok(Claim::Retake {
+                attempts: attempts as u32,
+            }),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(Claim::Busy),
+            Err(e) => Err(StateError::Unavailable(ddb_error(&e))),
+        }
+    }
+
+    async fn complete(&self, key: &IdempotencyKey, result: &str) -> Result<(), StateError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&idem_pk(key)))
+            .update_expression("SET #st = :done, #res = :r, expires_at = :exp REMOVE lease_until")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#res", "result")
+            .expression_attribute_values(":done", s("done"))
+            .expression_attribute_values(":r", s(result))
+            .expression_attribute_values(":exp", n(now() + LEDGER_TTL.as_secs() as i64))
+            .send()
+            .await
+            .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+        Ok(())
+    }
+
+    async fn expire_claim(&self, key: &IdempotencyKey) -> Result<(), StateError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&idem_pk(key)))
+            .update_expression("SET lease_until = :zero")
+            .condition_expression("#st = :pending")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":pending", s("pending"))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(StateError::Unavailable(ddb_error(&e))),
+        }
+    }
+
+    async fn release(&self, key: &IdempotencyKey) -> Result<(), StateError> {
+        let r = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(&idem_pk(key)))
+            .condition_expression("#st = :pending")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":pending", s("pending"))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(StateError::Unavailable(ddb_error(&e))),
+        }
+    }
+
+    async fn is_done(&self, key: &IdempotencyKey) -> Result<bool, StateError> {
+        Ok(self
+            .get(&idem_pk(key))
+            .await?
+            .is_some_and(|i| get_s(&i, "status").as_deref() == Some("done")))
+    }
+
+    async fn get_value(&self, name: &str) -> Result<Option<String>, StateError> {
+        Ok(self.get(&format!("kv#{name}")).await?.and_then(|i| get_s(&i, "value")))
+    }
+
+    async fn put_value(&self, name: &str, value: &str, ttl: Option<Duration>) -> Result<(), StateError> {
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&format!("kv#{name}")))
+            .item("value", s(value));
+        if let Some(t) = ttl {
+            req = req.item("expires_at", n(now() + t.as_secs() as i64));
+        }
+        req.send().await.map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+        Ok(())
+    }
+
+    async fn delete_value(&self, name: &str) -> Result<(), StateError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(&format!("kv#{name}")))
+            .send()
+            .await
+            .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+        Ok(())
+    }
+}
+
+/// Creates the state table (for local runs and tests; production uses the SAM template).
+pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), StateError> {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification};
+    let r = client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("complete"),
+        )
+        .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().expect("complete"))
+        .send()
+        .await;
+    match r {
+        Ok(_) => {}
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => return Ok(()),
+        Err(e) => return Err(StateError::Unavailable(ddb_error(&e))),
+    }
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name("expires_at")
+                .enabled(true)
+                .build()
+                .expect("complete"),
+        )
+        .send()
+        .await
+        .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+    Ok(())
+}

@@ -1,0 +1,560 @@
+//! The sync worker against moto (SQS FIFO + DLQ, DynamoDB, Secrets Manager) and the local GHL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use shared::commands::{CommandBody, DesiredContact, SyncCommand};
+use shared::identity::{Email, Identity, Phone};
+use shared::queue::CommandQueue;
+use shared::worker::{QueueMessage, Worker};
+use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator, secret_json};
+use sync_tests::local_ghl::{FaultKind, Faults, GhlBehaviour, LocalGhl, ScriptedFault};
+use sync_tests::local_sprout::{LocalSprout, SessionSeed, SproutBehaviour, VideoSeed};
+
+const LOC: &str = "locWorkerTest0000001";
+
+struct Env {
+    ghl: LocalGhl,
+    ghl_url: String,
+    sprout: LocalSprout,
+    sprout_url: String,
+    stack: Stack,
+}
+
+impl Env {
+    async fn new(tag: &str, b: GhlBehaviour, secret: Option<String>) -> Self {
+        require_emulator();
+        let ghl = LocalGhl::new(b);
+        let ghl_url = format!("http://{}/", ghl.spawn("127.0.0.1:0").await.unwrap());
+        let sprout = LocalSprout::new(SproutBehaviour::default());
+        let sprout_url = format!("http://{}/v1", sprout.spawn("127.0.0.1:0").await.unwrap());
+        let secret = secret.unwrap_or_else(|| secret_json("wt", &["sig"], "rk", "pit-worker", Some("sv-key")));
+        let stack = Stack::create(
+            StackNames::unique(tag),
+            StackSettings {
+                visibility_timeout_secs: 1,
+                max_receive_count: 5,
+            },
+            Some(&secret),
+        )
+        .await
+        .unwrap();
+        Self {
+            ghl,
+            ghl_url,
+            sprout,
+            sprout_url,
+            stack,
+        }
+    }
+
+    async fn worker_with(&self, extra: &[(&str, &str)]) -> Arc<Worker> {
+        let config = self.stack.config(&self.ghl_url, &self.sprout_url, LOC, extra);
+        worker::build(config).await.unwrap().0
+    }
+
+    async fn worker(&self) -> Arc<Worker> {
+        self.worker_with(&[]).await
+    }
+
+    async fn contacts(&self) -> Vec<Value> {
+        let s = self.ghl.state().await;
+        s["locations"][LOC]["contacts"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn contact(&self, email: &str) -> Value {
+        self.contacts()
+            .await
+            .into_iter()
+            .find(|c| c["email"] == email)
+            .unwrap_or_else(|| panic!("no contact {email} in GHL"))
+    }
+}
+
+fn email(s: &str) -> Email {
+    Email::parse(s).unwrap()
+}
+
+fn identity(s: &str) -> Identity {
+    Identity {
+        email: email(s),
+        phone: None,
+    }
+}
+
+fn msg(id: &str, c: &SyncCommand) -> QueueMessage {
+    QueueMessage {
+        id: id.into(),
+        body: c.encode(),
+        receipt_handle: None,
+        group_id: Some(c.group_id()),
+        receive_count: 1,
+    }
+}
+
+fn upsert(event: &str, e: &str, first: Option<&str>) -> SyncCommand {
+    let mut d = DesiredContact::new(email(e));
+    d.first_name = first.map(str::to_string);
+    d.tags.insert("sproutvideo".into());
+    SyncCommand::new(event, "upsert_contact", Utc::now(), CommandBody::UpsertContact { contact: d })
+}
+
+fn note(event: &str, e: &str, body: &str) -> SyncCommand {
+    SyncCommand::new(
+        event,
+        "add_note",
+        Utc::now(),
+        CommandBody::AddNote {
+            identity: identity(e),
+            body: body.into(),
+        },
+    )
+}
+
+fn task(event: &str, e: &str, external_id: &str) -> SyncCommand {
+    SyncCommand::new(
+        event,
+        "create_task",
+        Utc::now(),
+        CommandBody::CreateTask {
+            identity: identity(e),
+            external_id: external_id.into(),
+            title: "Follow up".into(),
+            body: Some("Call them".into()),
+            due_at: Utc::now() + chrono::Duration::hours(24),
+            assigned_to: None,
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_command_delivered_twice_creates_one_note_and_one_task() {
+    let env = Env::new("twice", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    let cmds = [
+        upsert("e1", "ada@example.com", Some("Ada")),
+        note("e1", "ada@example.com", "Watched 87%"),
+        task("e1", "ada@example.com", "t-1"),
+    ];
+    let batch: Vec<_> = cmds.iter().enumerate().map(|(i, c)| msg(&format!("m{i}"), c)).collect();
+    let out = w.process_batch(batch.clone()).await;
+    assert_eq!((out.applied, out.failed.len()), (3, 0), "{out:?}");
+    let again = w.process_batch(batch).await;
+    assert_eq!((again.applied, again.unchanged), (0, 3), "{again:?}");
+    let c = env.contact("ada@example.com").await;
+    assert_eq!(c["notes"].as_array().unwrap().len(), 1);
+    assert_eq!(c["tasks"].as_array().unwrap().len(), 1);
+    assert!(c["notes"][0]["body"].as_str().unwrap().starts_with("Watched 87%"));
+    assert_eq!(c["tasks"][0]["dueDate"].as_str().unwrap().len(), 20, "whole seconds");
+
+    // Completing the task by its external id, twice, completes it once.
+    let done = SyncCommand::new(
+        "e2",
+        "complete_task",
+        Utc::now(),
+        CommandBody::CompleteTask {
+            identity: identity("ada@example.com"),
+            external_id: "t-1".into(),
+        },
+    );
+    env.ghl.clear_requests().await;
+    for _ in 0..2 {
+        let out = w.process_batch(vec![msg("c", &done)]).await;
+        assert!(out.failed.is_empty());
+    }
+    assert_eq!(env.ghl.requests().await.len(), 1, "the second completion makes no call");
+    assert_eq!(env.contact("ada@example.com").await["tasks"][0]["completed"], true);
+}
+
+#[tokio::test]
+async fn write_then_fail_on_note_creation_leaves_exactly_one_note() {
+    let env = Env::new("wtf", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    w.process_batch(vec![msg("u", &upsert("e1", "grace@example.com", None))]).await;
+    env.ghl
+        .push_fault(ScriptedFault {
+            kind: FaultKind::WriteThenFail,
+            method: Some("POST".into()),
+            path_contains: Some("/notes".into()),
+        })
+        .await;
+    let n = note("e1", "grace@example.com", "Hello");
+    let first = w.process_batch(vec![msg("n", &n)]).await;
+    assert_eq!(first.failed, vec!["n".to_string()], "ambiguous write is retried, not parked");
+    let second = w.process_batch(vec![msg("n", &n)]).await;
+    assert!(second.failed.is_empty(), "{second:?}");
+    let c = env.contact("grace@example.com").await;
+    assert_eq!(c["notes"].as_array().unwrap().len(), 1);
+    let posts = env
+        .ghl
+        .requests()
+        .await
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/notes"))
+        .count();
+    assert_eq!(posts, 1, "the retry looked before writing");
+}
+
+#[tokio::test]
+async fn two_workers_racing_on_one_key_create_one_note() {
+    let env = Env::new("race", GhlBehaviour::default(), None).await;
+    let (a, b) = (env.worker().await, env.worker().await);
+    a.process_batch(vec![msg("u", &upsert("e1", "race@example.com", None))]).await;
+    env.ghl
+        .set_faults(Faults {
+            latency_ms: 150,
+            ..Default::default()
+        })
+        .await;
+    let n = note("e9", "race@example.com", "Only once");
+    let (ra, rb) = tokio::join!(a.process_batch(vec![msg("n", &n)]), b.process_batch(vec![msg("n", &n)]));
+    assert_eq!(ra.failed.len() + rb.failed.len(), 1, "one wins, the other is told to retry: {ra:?} {rb:?}");
+    // The loser's retry finds the winner's record.
+    let retry = b.process_batch(vec![msg("n", &n)]).await;
+    assert!(retry.failed.is_empty());
+    assert_eq!(env.contact("race@example.com").await["notes"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unchanged_upsert_makes_no_call_and_a_changed_one_the_minimum() {
+    let env = Env::new("hash", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    w.process_batch(vec![msg("a", &upsert("e1", "min@example.com", Some("Min")))]).await;
+    env.ghl.clear_requests().await;
+    let same = w.process_batch(vec![msg("b", &upsert("e2", "min@example.com", Some("Min")))]).await;
+    assert_eq!(same.unchanged, 1);
+    assert!(env.ghl.requests().await.is_empty(), "no GHL call for an unchanged state");
+
+    let changed = w.process_batch(vec![msg("c", &upsert("e3", "min@example.com", Some("Minnie")))]).await;
+    assert_eq!(changed.applied, 1);
+    let log = env.ghl.requests().await;
+    assert_eq!(log.len(), 1, "one upsert, tags already present: {log:?}");
+    assert_eq!(log[0].path, "/contacts/upsert");
+    assert!(log[0].body.get("tags").is_none(), "tags never replace the list");
+    assert_eq!(env.contact("min@example.com").await["firstName"], "Minnie");
+
+    // A new tag costs one tags call more.
+    env.ghl.clear_requests().await;
+    let mut d = DesiredContact::new(email("min@example.com"));
+    d.first_name = Some("Minnie".into());
+    d.tags.extend(["sproutvideo".to_string(), "vip".to_string()]);
+    let c = SyncCommand::new("e4", "upsert_contact", Utc::now(), CommandBody::UpsertContact { contact: d });
+    w.process_batch(vec![msg("d", &c)]).await;
+    let paths: Vec<String> = env.ghl.requests().await.iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths.len(), 2);
+    assert!(paths[1].ends_with("/tags"));
+}
+
+#[tokio::test]
+async fn an_email_and_phone_of_two_different_contacts_are_not_merged() {
+    let env = Env::new("conflict", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    let phone = Phone::parse("+14155552671", "US").unwrap();
+    // Two people already in GHL: one with the email, another with the phone.
+    let mut other = DesiredContact::new(email("phone.owner@example.com"));
+    other.phone = Some(phone.clone());
+    w.process_batch(vec![
+        msg("a", &upsert("e1", "mail.owner@example.com", None)),
+        msg("b", &SyncCommand::new("e2", "upsert_contact", Utc::now(), CommandBody::UpsertContact { contact: other })),
+    ])
+    .await;
+    let mut both = DesiredContact::new(email("mail.owner@example.com"));
+    both.phone = Some(phone);
+    let c = SyncCommand::new("e3", "upsert_contact", Utc::now(), CommandBody::UpsertContact { contact: both });
+    let out = w.process_batch(vec![msg("c", &c)]).await;
+    assert_eq!(out.parked, 1, "{out:?}");
+    let parked = env.stack.receive(&env.stack.dlq_url, 10, 30).await.unwrap();
+    let reason = parked[0].message_attributes.as_ref().unwrap()["reason"].string_value().unwrap().to_string();
+    assert!(reason.contains("identity conflict"), "{reason}");
+    assert_eq!(env.contact("mail.owner@example.com").await["phone"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_batch_with_poison_a_422_and_a_429_reports_and_parks_the_right_ones() {
+    let env = Env::new("mixed", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    w.process_batch(vec![
+        msg("s1", &upsert("e0", "one@example.com", None)),
+        msg("s2", &upsert("e0", "two@example.com", None)),
+    ])
+    .await;
+    env.ghl
+        .push_fault(ScriptedFault {
+            kind: FaultKind::Status { status: 422 },
+            method: Some("POST".into()),
+            path_contains: Some("/contacts/upsert".into()),
+        })
+        .await;
+    for _ in 0..5 {
+        env.ghl
+            .push_fault(ScriptedFault {
+                kind: FaultKind::RateLimit { retry_after_secs: Some(0) },
+                method: Some("POST".into()),
+                path_contains: Some("/notes".into()),
+            })
+            .await;
+    }
+    let poison = QueueMessage {
+        id: "poison".into(),
+        body: "{\"v\":1,\"kind\":\"nonsense\"}".into(),
+        receipt_handle: None,
+        group_id: Some("x@example.com".into()),
+        receive_count: 1,
+    };
+    let bad = upsert("e1", "three@example.com", Some("Three"));
+    let limited = note("e2", "two@example.com", "Hi");
+    let out = w
+        .process_batch(vec![poison, msg("m422", &bad), msg("m429", &limited)])
+        .await;
+    assert_eq!(out.failed, vec!["m429".to_string()], "{out:?}");
+    assert_eq!(out.parked, 2);
+    let parked = env.stack.receive(&env.stack.dlq_url, 10, 30).await.unwrap();
+    assert_eq!(parked.len(), 2);
+    let reasons: Vec<String> = parked
+        .iter()
+        .map(|m| m.message_attributes.as_ref().unwrap()["reason"].string_value().unwrap().to_string())
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains("undecodable")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("422")), "{reasons:?}");
+    assert!(
+        parked.iter().any(|m| m.message_attributes.as_ref().unwrap().contains_key("ghl_trace_id")),
+        "the 422's traceId travels with it"
+    );
+    let later = w.process_batch(vec![msg("m429", &limited)]).await;
+    assert!(later.failed.is_empty());
+    assert_eq!(env.contact("two@example.com").await["notes"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_message_holds_back_the_rest_of_its_group() {
+    let env = Env::new("fifo", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    w.process_batch(vec![msg("u", &upsert("e0", "order@example.com", None))]).await;
+    for _ in 0..5 {
+        env.ghl
+            .push_fault(ScriptedFault {
+                kind: FaultKind::Status { status: 503 },
+                method: Some("POST".into()),
+                path_contains: Some("/notes".into()),
+            })
+            .await;
+    }
+    env.ghl.clear_requests().await;
+    let first = note("e1", "order@example.com", "first");
+    let second = SyncCommand::new(
+        "e2",
+        "add_tags",
+        Utc::now(),
+        CommandBody::AddTags {
+            identity: identity("order@example.com"),
+            tags: vec!["later".into()],
+        },
+    );
+    let other = upsert("e3", "someone.else@example.com", None);
+    let out = w
+        .process_batch(vec![msg("1", &first), msg("2", &second), msg("3", &other)])
+        .await;
+    assert_eq!(out.failed, vec!["1".to_string(), "2".to_string()]);
+    assert_eq!(out.applied, 1, "other groups go on");
+    let order_id = env.contact("order@example.com").await["id"].as_str().unwrap().to_string();
+    assert!(
+        !env.ghl.requests().await.iter().any(|r| r.path == format!("/contacts/{order_id}/tags")),
+        "the later command of the failed group was not applied out of order"
+    );
+}
+
+#[tokio::test]
+async fn a_401_after_a_rotation_recovers_by_rereading_the_secret() {
+    let env = Env::new(
+        "rotate",
+        GhlBehaviour {
+            valid_tokens: vec!["old-token".into()],
+            ..Default::default()
+        },
+        Some(secret_json("wt", &["sig"], "rk", "old-token", None)),
+    )
+    .await;
+    let w = env.worker().await;
+    w.process_batch(vec![msg("a", &upsert("e1", "rot@example.com", None))]).await;
+    // The token is rotated: GHL accepts only the new one, the secret holds it, the cache does not.
+    env.ghl
+        .set_behaviour(GhlBehaviour {
+            valid_tokens: vec!["new-token".into()],
+            ..Default::default()
+        })
+        .await;
+    env.stack.put_secret(&secret_json("wt", &["sig"], "rk", "new-token", None)).await.unwrap();
+    let out = w.process_batch(vec![msg("b", &note("e2", "rot@example.com", "after rotation"))]).await;
+    assert!(out.failed.is_empty() && out.parked == 0, "{out:?}");
+    let statuses: Vec<u16> = env.ghl.requests().await.iter().map(|r| r.status).collect();
+    assert!(statuses.contains(&401) && statuses.ends_with(&[201]), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn an_oauth_token_near_expiry_is_refreshed_once_for_many_callers() {
+    // The token URL is the local GHL's; it is known only once it listens, so the secret is put after.
+    let env = Env::new(
+        "oauth",
+        GhlBehaviour {
+            valid_tokens: vec!["unused".into()],
+            ..Default::default()
+        },
+        Some(secret_json("wt", &["sig"], "rk", "placeholder", None)),
+    )
+    .await;
+    let secret = json!({
+        "webhook_token": "wt", "signing_secrets": ["sig"], "read_api_key": "rk",
+        "ghl_oauth": {
+            "access_token": "at-old", "refresh_token": "rt-first",
+            "expires_at": Utc::now().timestamp() + 30,
+            "client_id": "cid", "client_secret": "csecret",
+            "token_url": format!("{}oauth/token", env.ghl_url)
+        }
+    });
+    env.stack.put_secret(&secret.to_string()).await.unwrap();
+    let w = env.worker_with(&[("WORKER_BATCH_CONCURRENCY", "8")]).await;
+    let batch: Vec<_> = (0..8)
+        .map(|i| msg(&format!("m{i}"), &upsert(&format!("e{i}"), &format!("p{i}@example.com"), None)))
+        .collect();
+    let out = w.process_batch(batch).await;
+    assert_eq!(out.applied, 8, "{out:?}");
+    assert_eq!(env.ghl.oauth_refreshes().await, 1, "single flight");
+    let stored = env
+        .stack
+        .sm
+        .get_secret_value()
+        .secret_id(&env.stack.names.secret)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
+    assert_ne!(v["ghl_oauth"]["refresh_token"], "rt-first", "the rotated refresh token was stored");
+    assert!(v["ghl_oauth"]["expires_at"].as_i64().unwrap() > Utc::now().timestamp() + 3600);
+}
+
+#[tokio::test]
+async fn workers_sharing_the_budget_never_trip_the_window() {
+    // GHL's window, time-scaled: 40 requests per 2 s, shared by 3 workers.
+    let env = Env::new(
+        "pace",
+        GhlBehaviour {
+            burst_max: 40,
+            burst_interval_ms: 2000,
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let extra = [("GHL_BURST_MAX", "40"), ("GHL_BURST_INTERVAL_MS", "2000"), ("WORKER_MAX_CONCURRENCY", "3")];
+    let workers = [env.worker_with(&extra).await, env.worker_with(&extra).await, env.worker_with(&extra).await];
+    let started = std::time::Instant::now();
+    let runs = workers.iter().enumerate().map(|(k, w)| {
+        let w = w.clone();
+        async move {
+            for b in 0..2 {
+                let batch: Vec<_> = (0..10)
+                    .map(|i| {
+                        let e = format!("w{k}b{b}i{i}@example.com");
+                        msg(&e.clone(), &upsert(&e, &e, None))
+                    })
+                    .collect();
+                let out = w.process_batch(batch).await;
+                assert!(out.failed.is_empty(), "{out:?}");
+            }
+        }
+    });
+    futures::future::join_all(runs).await;
+    let log = env.ghl.requests().await;
+    assert_eq!(log.iter().filter(|r| r.status == 429).count(), 0, "no 429 in a steady run");
+    assert_eq!(log.len(), 120, "an upsert and a tags call per new person");
+    assert!(started.elapsed() >= Duration::from_secs(4), "120 calls at 40 per 2 s span at least three windows");
+}
+
+#[tokio::test]
+async fn a_video_change_pulls_new_sessions_into_the_queue() {
+    let env = Env::new("video", GhlBehaviour::default(), None).await;
+    let vid = env
+        .sprout
+        .add_video(VideoSeed {
+            title: "Pricing walkthrough".into(),
+            duration: Some(200.0),
+            require_email: true,
+            ..Default::default()
+        })
+        .await;
+    for (e, secs) in [(Some("lead.one@example.com"), 190.0), (Some("lead.two@example.com"), 20.0), (None, 100.0)] {
+        env.sprout
+            .add_session(SessionSeed {
+                video_id: vid.clone(),
+                vemail: e.map(str::to_string),
+                seconds_watched: Some(secs),
+                ..Default::default()
+            })
+            .await;
+    }
+    let w = env.worker().await;
+    let c = SyncCommand::new("hook-1", "video_changed", Utc::now(), CommandBody::VideoChanged { video_id: vid.clone() });
+    let out = w.process_batch(vec![msg("v", &c)]).await;
+    assert_eq!(out.applied, 1, "{out:?}");
+    // lead.one passed the 75% rule: upsert, note, task; lead.two: upsert only.
+    let queued = env.stack.receive(&env.stack.queue_url, 20, 30).await.unwrap();
+    assert_eq!(queued.len(), 4, "{queued:?}");
+    let batch: Vec<QueueMessage> = queued
+        .iter()
+        .map(|m| QueueMessage {
+            id: m.message_id.clone().unwrap(),
+            body: m.body.clone().unwrap(),
+            receipt_handle: None,
+            group_id: None,
+            receive_count: 1,
+        })
+        .collect();
+    let applied = w.process_batch(batch).await;
+    assert_eq!(applied.applied, 4, "{applied:?}");
+    let one = env.contact("lead.one@example.com").await;
+    assert!(one["tags"].as_array().unwrap().iter().any(|t| t == "sv-completed:pricing walkthrough"));
+    assert_eq!(one["notes"].as_array().unwrap().len(), 1);
+    assert_eq!(one["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(env.contact("lead.two@example.com").await["notes"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn the_local_poller_applies_deletes_and_parks_like_the_event_source() {
+    let env = Env::new("poll", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    let q = shared::queue::SqsQueue::new(env.stack.sqs.clone(), env.stack.queue_url.clone(), Some(env.stack.dlq_url.clone()));
+    q.send(&[upsert("p1", "poll@example.com", Some("Poll")), note("p1", "poll@example.com", "polled")])
+        .await
+        .unwrap();
+    env.stack
+        .sqs
+        .send_message()
+        .queue_url(&env.stack.queue_url)
+        .message_body("garbage")
+        .message_group_id("g")
+        .message_deduplication_id("garbage-1")
+        .send()
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let poller = tokio::spawn(worker::run_local(w, env.stack.sqs.clone(), env.stack.queue_url.clone(), 1, async {
+        let _ = rx.await;
+    }));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let done = env.stack.depth(&env.stack.queue_url).await.unwrap() == 0
+            && env.contacts().await.iter().any(|c| c["email"] == "poll@example.com" && c["notes"].as_array().is_some_and(|n| n.len() == 1));
+        if done {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the poller did not drain the queue");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = tx.send(());
+    poller.await.unwrap();
+    let parked = env.stack.receive(&env.stack.dlq_url, 10, 30).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].body.as_deref(), Some("garbage"));
+}
