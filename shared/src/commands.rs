@@ -85,10 +85,7 @@ impl DesiredContact {
     }
 
     pub fn identity(&self) -> Identity {
-        Identity {
-            email: self.email.clone(),
-            phone: self.phone.clone(),
-        }
+        Identity { email: self.email.clone(), phone: self.phone.clone() }
     }
 
     /// Merges another desired state of the same person: later facts fill or replace fields,
@@ -195,11 +192,7 @@ impl SyncCommand {
             #[serde(flatten)]
             cmd: &'a SyncCommand,
         }
-        serde_json::to_string(&Wire {
-            v: COMMAND_VERSION,
-            cmd: self,
-        })
-        .expect("commands serialise")
+        serde_json::to_string(&Wire { v: COMMAND_VERSION, cmd: self }).expect("commands serialise")
     }
 
     pub fn decode(body: &str) -> Result<Self, DecodeError> {
@@ -239,10 +232,7 @@ mod tests {
 
     fn sample() -> Vec<SyncCommand> {
         let at = DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z").unwrap().to_utc();
-        let id = Identity {
-            email: email("a@example.com"),
-            phone: Some(Phone::parse("+14155552671", "US").unwrap()),
-        };
+        let id = Identity { email: email("a@example.com"), phone: Some(Phone::parse("+14155552671", "US").unwrap()) };
         let mut c = DesiredContact::new(email("a@example.com"));
         c.tags.insert("sproutvideo".into());
         c.custom_fields.insert("contact.x".into(), Value::from(3));

@@ -64,7 +64,11 @@ impl Config {
             let v = get(k).unwrap_or_else(|| default.to_string());
             Url::parse(&v).map_err(|e| ConfigError::Invalid(k, v, e.to_string()))
         };
-        fn num<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, k: &'static str, default: T) -> Result<T, ConfigError>
+        fn num<T: std::str::FromStr>(
+            get: &impl Fn(&str) -> Option<String>,
+            k: &'static str,
+            default: T,
+        ) -> Result<T, ConfigError>
         where
             T::Err: std::fmt::Display,
         {
@@ -75,7 +79,8 @@ impl Config {
         }
         let mapping = match get("SYNC_MAPPING_FILE") {
             Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::MappingFile(path.clone(), e.to_string()))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::MappingFile(path.clone(), e.to_string()))?;
                 Mapping::from_toml(&text)?
             }
             None => Mapping::default_mapping(),
@@ -146,12 +151,8 @@ mod tests {
         move |k| m.get(k).cloned()
     }
 
-    const BASE: &[(&str, &str)] = &[
-        ("SYNC_SECRET_ID", "sync"),
-        ("SYNC_QUEUE_URL", "http://q"),
-        ("SYNC_TABLE", "t"),
-        ("GHL_LOCATION_ID", "loc"),
-    ];
+    const BASE: &[(&str, &str)] =
+        &[("SYNC_SECRET_ID", "sync"), ("SYNC_QUEUE_URL", "http://q"), ("SYNC_TABLE", "t"), ("GHL_LOCATION_ID", "loc")];
 
     #[test]
     fn defaults_fill_the_rest() {

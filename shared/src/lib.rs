@@ -4,16 +4,17 @@
 //! SproutVideo clients, identity parsing, the field mapping, the queue message model, the sync
 //! state store, and the intake, worker and reconciler logic. Nothing here sees a Lambda type.
 
+pub mod commands;
+pub mod config;
 pub mod ghl;
 pub mod identity;
-pub mod pacing;
-pub mod sprout;
-pub mod commands;
+pub mod intake;
 pub mod mapping;
-pub mod config;
-pub mod queue;
-pub mod secrets;
-pub mod state;
+pub mod pacing;
 pub mod plan;
-pub mod worker;
+pub mod queue;
 pub mod runtime;
+pub mod secrets;
+pub mod sprout;
+pub mod state;
+pub mod worker;

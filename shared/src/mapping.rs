@@ -248,12 +248,7 @@ impl Mapping {
     /// Normalises an email, refusing blank, malformed and shared role addresses.
     pub fn email(&self, raw: &str) -> Result<Email, MappingError> {
         let e = Email::parse(raw)?;
-        if self
-            .refuse
-            .email_local_parts
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case(e.local_part()))
-        {
+        if self.refuse.email_local_parts.iter().any(|p| p.eq_ignore_ascii_case(e.local_part())) {
             return Err(MappingError::SharedIdentifier(e.to_string()));
         }
         Ok(e)
@@ -263,9 +258,8 @@ impl Mapping {
     pub fn phone(&self, raw: Option<&str>) -> Option<Phone> {
         let raw = raw.map(str::trim).filter(|p| !p.is_empty())?;
         match Phone::parse(raw, &self.default_region) {
-            Ok(p) if self.refuse.phones.iter().any(|r| {
-                Phone::parse(r, &self.default_region).is_ok_and(|rp| rp == p)
-            }) =>
+            Ok(p)
+                if self.refuse.phones.iter().any(|r| Phone::parse(r, &self.default_region).is_ok_and(|rp| rp == p)) =>
             {
                 tracing::warn!(phone = %crate::identity::redact_phone(raw), "dropping a shared phone number");
                 None
@@ -382,16 +376,18 @@ impl Mapping {
     }
 
     /// Custom fields over a person's whole history (used by the reconciler).
-    pub fn summary_fields(&self, videos_watched: usize, last: Option<&WatchFacts>, email: &Email) -> BTreeMap<String, Value> {
+    pub fn summary_fields(
+        &self,
+        videos_watched: usize,
+        last: Option<&WatchFacts>,
+        email: &Email,
+    ) -> BTreeMap<String, Value> {
         let mut vars: HashMap<&str, String> = HashMap::new();
         vars.insert("videos_watched", videos_watched.to_string());
         if let Some(w) = last {
             vars.extend(vars_for(email, w, w.percent.clamp(0.0, 100.0)));
         }
-        self.custom_fields
-            .iter()
-            .filter_map(|(k, t)| render(t, &vars).map(|v| (k.clone(), Value::String(v))))
-            .collect()
+        self.custom_fields.iter().filter_map(|(k, t)| render(t, &vars).map(|v| (k.clone(), Value::String(v)))).collect()
     }
 }
 
@@ -435,10 +431,7 @@ pub struct CustomFieldCatalog {
 
 impl CustomFieldCatalog {
     pub fn new(client: GhlClient) -> Self {
-        Self {
-            client,
-            cache: RwLock::new(None),
-        }
+        Self { client, cache: RwLock::new(None) }
     }
 
     async fn load(&self) -> Result<HashMap<String, (String, String)>, MappingError> {
@@ -467,10 +460,7 @@ impl CustomFieldCatalog {
             .iter()
             .map(|(key, value)| {
                 let (id, data_type) = defs.get(key).ok_or_else(|| MappingError::UnknownCustomField(key.clone()))?;
-                Ok(CustomFieldInput {
-                    id: id.clone(),
-                    field_value: typed_value(key, data_type, value)?,
-                })
+                Ok(CustomFieldInput { id: id.clone(), field_value: typed_value(key, data_type, value)? })
             })
             .collect()
     }
@@ -505,11 +495,7 @@ pub fn typed_value(key: &str, data_type: &str, value: &Value) -> Result<Value, M
                     .collect::<Result<_, _>>()?,
             ),
             Value::String(s) => Value::Array(
-                s.split(',')
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .map(|p| Value::String(p.to_string()))
-                    .collect(),
+                s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(|p| Value::String(p.to_string())).collect(),
             ),
             _ => return Err(mismatch()),
         },
@@ -536,10 +522,7 @@ mod tests {
     }
 
     fn input(email: &str) -> ContactInput {
-        ContactInput {
-            email: email.into(),
-            ..Default::default()
-        }
+        ContactInput { email: email.into(), ..Default::default() }
     }
 
     #[test]
@@ -635,13 +618,7 @@ mod tests {
         let mut with_shared_phone = Mapping::default_mapping();
         with_shared_phone.refuse.phones = vec!["+1 415 555 2671".into()];
         let d = with_shared_phone
-            .desired(
-                &ContactInput {
-                    phone: Some("4155552671".into()),
-                    ..input("a@example.com")
-                },
-                Origin::Lead,
-            )
+            .desired(&ContactInput { phone: Some("4155552671".into()), ..input("a@example.com") }, Origin::Lead)
             .unwrap();
         assert_eq!(d.phone, None);
     }
@@ -684,10 +661,7 @@ mod tests {
             at: Utc::now(),
         };
         assert!(m.watch(&email, &w).notes.is_empty());
-        let w = WatchFacts {
-            video_tags: vec!["tag-pricing".into()],
-            ..w
-        };
+        let w = WatchFacts { video_tags: vec!["tag-pricing".into()], ..w };
         assert_eq!(m.watch(&email, &w).notes.len(), 1);
     }
 

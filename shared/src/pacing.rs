@@ -33,11 +33,7 @@ struct Window {
 impl RateLimiter {
     /// `max` requests per `interval`, of which this process may use `share` (0 < share <= 1).
     pub fn new(max: u32, interval: Duration, share: f64) -> Self {
-        let share = if share.is_finite() && share > 0.0 {
-            share.min(1.0)
-        } else {
-            1.0
-        };
+        let share = if share.is_finite() && share > 0.0 { share.min(1.0) } else { 1.0 };
         Self {
             inner: Mutex::new(Window {
                 max: scaled(max, share),
@@ -164,9 +160,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Exponential backoff with full jitter for retry number `attempt` (1 = first retry).
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(u32::MAX));
+        let exp = self.base.saturating_mul(1u32.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(u32::MAX));
         let ceiling = exp.min(self.cap);
         let millis = ceiling.as_millis().min(u64::MAX as u128) as u64;
         Duration::from_millis(fastrand::u64(0..=millis))
@@ -187,10 +181,7 @@ pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    v.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    v.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
 }
 
 #[cfg(test)]

@@ -52,10 +52,7 @@ pub fn rule_commands(
             &rule_source(&rule, email, &watch.video_id),
             "add_note",
             occurred_at,
-            CommandBody::AddNote {
-                identity: identity.clone(),
-                body,
-            },
+            CommandBody::AddNote { identity: identity.clone(), body },
         ));
     }
     for (rule, t) in tasks {
@@ -85,15 +82,8 @@ mod tests {
     #[test]
     fn a_watch_past_the_rule_becomes_upsert_note_and_task_with_stable_keys() {
         let m = Mapping::default_mapping();
-        let d = m
-            .desired(
-                &ContactInput {
-                    email: "ada@example.com".into(),
-                    ..Default::default()
-                },
-                Origin::Lead,
-            )
-            .unwrap();
+        let d =
+            m.desired(&ContactInput { email: "ada@example.com".into(), ..Default::default() }, Origin::Lead).unwrap();
         let w = WatchFacts {
             video_id: "v1".into(),
             video_title: "Pricing".into(),

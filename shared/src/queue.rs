@@ -53,11 +53,7 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>, dlq_url: Option<String>) -> Self {
-        Self {
-            client,
-            queue_url: queue_url.into(),
-            dlq_url,
-        }
+        Self { client, queue_url: queue_url.into(), dlq_url }
     }
 
     pub fn client(&self) -> &aws_sdk_sqs::Client {

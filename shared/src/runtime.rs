@@ -34,14 +34,7 @@ impl Deps {
         let ghl = GhlClient::new(config.ghl_settings(), tokens)?;
         let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), config.queue_url.clone(), config.dlq_url.clone());
         let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), config.table.clone()));
-        Ok(Self {
-            config,
-            aws,
-            secrets,
-            ghl,
-            queue,
-            store,
-        })
+        Ok(Self { config, aws, secrets, ghl, queue, store })
     }
 
     /// A SproutVideo client keyed from the secret, or `None` when the secret has no key.
@@ -49,8 +42,11 @@ impl Deps {
         let s = self.secrets.get().await?;
         Ok(match &s.sproutvideo_api_key {
             Some(k) => Some(
-                SproutClient::new(self.config.sprout_settings(), SecretString::from(secrecy::ExposeSecret::expose_secret(k).to_string()))
-                    .map_err(|e| SecretError::Unavailable(e.to_string()))?,
+                SproutClient::new(
+                    self.config.sprout_settings(),
+                    SecretString::from(secrecy::ExposeSecret::expose_secret(k).to_string()),
+                )
+                .map_err(|e| SecretError::Unavailable(e.to_string()))?,
             ),
             None => None,
         })
@@ -60,4 +56,26 @@ impl Deps {
 /// Whether this process runs inside Lambda (also true under `cargo lambda watch`).
 pub fn in_lambda() -> bool {
     std::env::var("AWS_LAMBDA_RUNTIME_API").is_ok()
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
 }

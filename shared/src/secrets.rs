@@ -149,11 +149,7 @@ mod secret_vec {
         seq.end()
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
-        Ok(Vec::<String>::deserialize(d)?
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .map(SecretString::from)
-            .collect())
+        Ok(Vec::<String>::deserialize(d)?.into_iter().filter(|s| !s.is_empty()).map(SecretString::from).collect())
     }
 }
 
@@ -180,10 +176,7 @@ pub struct SecretsManagerSource {
 
 impl SecretsManagerSource {
     pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: impl Into<String>) -> Self {
-        Self {
-            client,
-            secret_id: secret_id.into(),
-        }
+        Self { client, secret_id: secret_id.into() }
     }
 }
 
@@ -247,21 +240,17 @@ pub fn aws_error_text<E: std::error::Error + 'static, R>(e: &aws_sdk_secretsmana
 pub struct SecretCache {
     source: Arc<dyn SecretSource>,
     ttl: Duration,
-    cached: RwLock<Option<(Arc<SyncSecrets>, Option<String>, Instant)>>,
+    cached: RwLock<Option<(Arc<SyncSecrets>, Instant)>>,
 }
 
 impl SecretCache {
     pub fn new(source: Arc<dyn SecretSource>, ttl: Duration) -> Self {
-        Self {
-            source,
-            ttl,
-            cached: RwLock::new(None),
-        }
+        Self { source, ttl, cached: RwLock::new(None) }
     }
 
     /// The secret, re-read when older than the TTL.
     pub async fn get(&self) -> Result<Arc<SyncSecrets>, SecretError> {
-        if let Some((s, _, at)) = &*self.cached.read().await
+        if let Some((s, at)) = &*self.cached.read().await
             && at.elapsed() < self.ttl
         {
             return Ok(s.clone());
@@ -273,7 +262,7 @@ impl SecretCache {
     pub async fn refresh(&self) -> Result<Arc<SyncSecrets>, SecretError> {
         let raw = self.source.read().await?;
         let parsed = Arc::new(SyncSecrets::parse(raw.value.expose_secret())?);
-        *self.cached.write().await = Some((parsed.clone(), raw.version_id, Instant::now()));
+        *self.cached.write().await = Some((parsed.clone(), Instant::now()));
         Ok(parsed)
     }
 
@@ -297,10 +286,7 @@ impl SecretTokenProvider {
         let default_token_url = ghl_base_url.join("oauth/token").map(|u| u.to_string()).unwrap_or_default();
         Self {
             cache,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .build()
-                .expect("HTTP client"),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("HTTP client"),
             default_token_url,
             refresh_lock: Mutex::new(()),
             refresh_ahead: Duration::from_secs(300),
@@ -333,13 +319,12 @@ impl SecretTokenProvider {
             ("refresh_token", o.refresh_token.expose_secret().to_string()),
             ("user_type", o.user_type.clone().unwrap_or_else(|| "Location".into())),
         ];
-        let resp = self
-            .http
-            .post(&url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| GhlError::Transport(format!("token refresh failed: {}", if e.is_timeout() { "timed out" } else { "connection failed" })))?;
+        let resp = self.http.post(&url).form(&form).send().await.map_err(|e| {
+            GhlError::Transport(format!(
+                "token refresh failed: {}",
+                if e.is_timeout() { "timed out" } else { "connection failed" }
+            ))
+        })?;
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         if !status.is_success() {
@@ -372,12 +357,17 @@ impl SecretTokenProvider {
         });
         // The write's idempotency token comes from the refresh token being replaced: a second
         // process that refreshed from the same token collides here and keeps what was stored.
-        let idem = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(o.refresh_token.expose_secret().as_bytes())[..16]);
+        let idem =
+            hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(o.refresh_token.expose_secret().as_bytes())[..16]);
         match self.cache.source().write(&next.to_json(), &format_uuid(&idem)).await {
             Ok(()) => {
                 let stored = self.cache.refresh().await.map_err(secret_to_ghl)?;
                 tracing::info!("refreshed the GHL OAuth token");
-                Ok(stored.ghl_oauth.as_ref().map(|o| o.access_token.clone()).unwrap_or(SecretString::from(access.to_string())))
+                Ok(stored
+                    .ghl_oauth
+                    .as_ref()
+                    .map(|o| o.access_token.clone())
+                    .unwrap_or(SecretString::from(access.to_string())))
             }
             Err(SecretError::Conflict) => {
                 let stored = self.cache.refresh().await.map_err(secret_to_ghl)?;
@@ -400,10 +390,7 @@ fn secret_to_ghl(e: SecretError) -> GhlError {
     if e.is_retryable() {
         GhlError::Transport(e.to_string())
     } else {
-        GhlError::Unauthorized {
-            message: e.to_string(),
-            trace_id: None,
-        }
+        GhlError::Unauthorized { message: e.to_string(), trace_id: None }
     }
 }
 
@@ -417,9 +404,7 @@ impl TokenProvider for SecretTokenProvider {
             }
             return Ok(o.access_token.clone());
         }
-        s.ghl_token
-            .clone()
-            .ok_or_else(|| secret_to_ghl(SecretError::Invalid("no GHL credential".into())))
+        s.ghl_token.clone().ok_or_else(|| secret_to_ghl(SecretError::Invalid("no GHL credential".into())))
     }
 
     async fn refresh_after_unauthorized(&self) -> bool {
@@ -430,7 +415,9 @@ impl TokenProvider for SecretTokenProvider {
                 .or_else(|| s.ghl_token.as_ref().map(|t| t.expose_secret().to_string()))
         };
         let before = self.cache.get().await.ok().as_deref().and_then(token_of);
-        let Ok(after) = self.cache.refresh().await else { return false };
+        let Ok(after) = self.cache.refresh().await else {
+            return false;
+        };
         if token_of(&after) != before {
             // The secret was rotated since it was cached.
             return true;
@@ -464,9 +451,10 @@ mod tests {
 
     #[test]
     fn bad_secrets_say_what_is_wrong_without_values() {
-        let e = SyncSecrets::parse(r#"{"webhook_token":"wt-123","signing_secrets":[],"read_api_key":"r","ghl_token":"p"}"#)
-            .unwrap_err()
-            .to_string();
+        let e =
+            SyncSecrets::parse(r#"{"webhook_token":"wt-123","signing_secrets":[],"read_api_key":"r","ghl_token":"p"}"#)
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("signing_secrets"), "{e}");
         let e = SyncSecrets::parse(r#"{"webhook_token":"wt-123","signing_secrets":["s"],"read_api_key":"r"}"#)
             .unwrap_err()

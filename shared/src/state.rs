@@ -74,10 +74,7 @@ pub struct DynamoStore {
 
 impl DynamoStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        Self {
-            client,
-            table: table.into(),
-        }
+        Self { client, table: table.into() }
     }
 
     async fn get(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, StateError> {
@@ -193,9 +190,7 @@ impl StateStore for DynamoStore {
             return Ok(Claim::Busy);
         };
         if get_s(&item, "status").as_deref() == Some("done") {
-            return Ok(Claim::Done {
-                result: get_s(&item, "result").unwrap_or_default(),
-            });
+            return Ok(Claim::Done { result: get_s(&item, "result").unwrap_or_default() });
         }
         let old_lease = get_n(&item, "lease_until").unwrap_or(0);
         if old_lease > now_ms() {
@@ -217,10 +212,10 @@ impl StateStore for DynamoStore {
             .send()
             .await;
         match upd {
-            Ok(_) => Ok(Claim::Retake {
-                attempts: attempts as u32,
-            }),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(Claim::Busy),
+            Ok(_) => Ok(Claim::Retake { attempts: attempts as u32 }),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+                Ok(Claim::Busy)
+            }
             Err(e) => Err(StateError::Unavailable(ddb_error(&e))),
         }
     }
@@ -281,10 +276,7 @@ impl StateStore for DynamoStore {
     }
 
     async fn is_done(&self, key: &IdempotencyKey) -> Result<bool, StateError> {
-        Ok(self
-            .get(&idem_pk(key))
-            .await?
-            .is_some_and(|i| get_s(&i, "status").as_deref() == Some("done")))
+        Ok(self.get(&idem_pk(key)).await?.is_some_and(|i| get_s(&i, "status").as_deref() == Some("done")))
     }
 
     async fn get_value(&self, name: &str) -> Result<Option<String>, StateError> {
@@ -292,12 +284,8 @@ impl StateStore for DynamoStore {
     }
 
     async fn put_value(&self, name: &str, value: &str, ttl: Option<Duration>) -> Result<(), StateError> {
-        let mut req = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(&format!("kv#{name}")))
-            .item("value", s(value));
+        let mut req =
+            self.client.put_item().table_name(&self.table).item("pk", s(&format!("kv#{name}"))).item("value", s(value));
         if let Some(t) = ttl {
             req = req.item("expires_at", n(now() + t.as_secs() as i64));
         }
@@ -319,7 +307,9 @@ impl StateStore for DynamoStore {
 
 /// Creates the state table (for local runs and tests; production uses the SAM template).
 pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), StateError> {
-    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification};
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+    };
     let r = client
         .create_table()
         .table_name(table)
@@ -336,18 +326,16 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Res
         .await;
     match r {
         Ok(_) => {}
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => return Ok(()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {
+            return Ok(());
+        }
         Err(e) => return Err(StateError::Unavailable(ddb_error(&e))),
     }
     client
         .update_time_to_live()
         .table_name(table)
         .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name("expires_at")
-                .enabled(true)
-                .build()
-                .expect("complete"),
+            TimeToLiveSpecification::builder().attribute_name("expires_at").enabled(true).build().expect("complete"),
         )
         .send()
         .await

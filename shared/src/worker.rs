@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tracing::Instrument;
 use serde_json::json;
 use thiserror::Error;
+use tracing::Instrument;
 
 use crate::commands::{CommandBody, DesiredContact, IdempotencyKey, SyncCommand};
 use crate::ghl::{CreateTaskParams, GhlClient, GhlError, NoteBody, UpsertContactDto, due_date};
@@ -41,16 +41,10 @@ pub enum ApplyError {
 
 impl ApplyError {
     fn transient(reason: impl Into<String>) -> Self {
-        Self::Transient {
-            reason: reason.into(),
-            trace_id: None,
-        }
+        Self::Transient { reason: reason.into(), trace_id: None }
     }
     fn permanent(reason: impl Into<String>) -> Self {
-        Self::Permanent {
-            reason: reason.into(),
-            trace_id: None,
-        }
+        Self::Permanent { reason: reason.into(), trace_id: None }
     }
 }
 
@@ -63,11 +57,7 @@ impl From<GhlError> for ApplyError {
             }
             _ => e.to_string(),
         };
-        if e.is_retryable() {
-            Self::Transient { reason, trace_id }
-        } else {
-            Self::Permanent { reason, trace_id }
-        }
+        if e.is_retryable() { Self::Transient { reason, trace_id } } else { Self::Permanent { reason, trace_id } }
     }
 }
 
@@ -85,21 +75,13 @@ impl From<QueueError> for ApplyError {
 
 impl From<SproutError> for ApplyError {
     fn from(e: SproutError) -> Self {
-        if e.is_retryable() {
-            Self::transient(e.to_string())
-        } else {
-            Self::permanent(e.to_string())
-        }
+        if e.is_retryable() { Self::transient(e.to_string()) } else { Self::permanent(e.to_string()) }
     }
 }
 
 impl From<MappingError> for ApplyError {
     fn from(e: MappingError) -> Self {
-        if e.is_retryable() {
-            Self::transient(e.to_string())
-        } else {
-            Self::permanent(e.to_string())
-        }
+        if e.is_retryable() { Self::transient(e.to_string()) } else { Self::permanent(e.to_string()) }
     }
 }
 
@@ -172,14 +154,7 @@ impl Worker {
             CommandBody::UpsertContact { contact } => self.upsert(contact).await,
             CommandBody::AddTags { identity, tags } => self.add_tags(identity, tags).await,
             CommandBody::AddNote { identity, body } => self.add_note(&cmd.key, identity, body).await,
-            CommandBody::CreateTask {
-                identity,
-                external_id,
-                title,
-                body,
-                due_at,
-                assigned_to,
-            } => {
+            CommandBody::CreateTask { identity, external_id, title, body, due_at, assigned_to } => {
                 let contact_id = self.contact_id(identity).await?;
                 let marker = reference(&cmd.key);
                 let full_body = match body {
@@ -222,7 +197,8 @@ impl Worker {
                         identity.email
                     )));
                 };
-                let (contact_id, task_id) = v.split_once('/').ok_or_else(|| ApplyError::permanent("corrupt task record"))?;
+                let (contact_id, task_id) =
+                    v.split_once('/').ok_or_else(|| ApplyError::permanent("corrupt task record"))?;
                 let (_, applied) = self
                     .once(
                         &cmd.key,
@@ -328,7 +304,8 @@ impl Worker {
     }
 
     async fn add_tags(&self, identity: &Identity, tags: &[String]) -> Result<Applied, ApplyError> {
-        let wanted: BTreeSet<String> = tags.iter().map(|t| crate::mapping::normalise_tag(t)).filter(|t| !t.is_empty()).collect();
+        let wanted: BTreeSet<String> =
+            tags.iter().map(|t| crate::mapping::normalise_tag(t)).filter(|t| !t.is_empty()).collect();
         let contact_id = self.contact_id(identity).await?;
         let mut person = self.store.person(&identity.email).await?.unwrap_or_default();
         let missing: Vec<String> = wanted.iter().filter(|t| !person.tags.contains(*t)).cloned().collect();
@@ -345,19 +322,13 @@ impl Worker {
     async fn add_note(&self, key: &IdempotencyKey, identity: &Identity, body: &str) -> Result<Applied, ApplyError> {
         let contact_id = self.contact_id(identity).await?;
         let marker = reference(key);
-        let note = NoteBody {
-            body: Some(format!("{body}\n\n{marker}")),
-            ..Default::default()
-        };
+        let note = NoteBody { body: Some(format!("{body}\n\n{marker}")), ..Default::default() };
         let (_, applied) = self
             .once(
                 key,
                 || async {
                     let notes = self.ghl.list_notes(&contact_id).await?;
-                    Ok(notes
-                        .into_iter()
-                        .find(|n| n.body.as_deref().is_some_and(|b| b.contains(&marker)))
-                        .map(|n| n.id))
+                    Ok(notes.into_iter().find(|n| n.body.as_deref().is_some_and(|b| b.contains(&marker))).map(|n| n.id))
                 },
                 || async { Ok(self.ghl.create_note(&contact_id, &note).await?.id) },
             )
@@ -367,7 +338,12 @@ impl Worker {
 
     /// Runs `create` at most once per key: claims the key, looks first when an earlier attempt
     /// may have written, and records the result.
-    async fn once<L, LF, C, CF>(&self, key: &IdempotencyKey, lookup: L, create: C) -> Result<(String, Applied), ApplyError>
+    async fn once<L, LF, C, CF>(
+        &self,
+        key: &IdempotencyKey,
+        lookup: L,
+        create: C,
+    ) -> Result<(String, Applied), ApplyError>
     where
         L: FnOnce() -> LF,
         LF: Future<Output = Result<Option<String>, ApplyError>>,
@@ -376,9 +352,15 @@ impl Worker {
     {
         match self.store.claim(key, self.lease).await? {
             Claim::Done { result } => return Ok((result, Applied::Unchanged)),
-            Claim::Busy => return Err(ApplyError::transient("another worker is applying this command right now")),
+            Claim::Busy => {
+                return Err(ApplyError::transient("another worker is applying this command right now"));
+            }
             Claim::Retake { attempts } => {
-                tracing::info!(key = key.short(), attempts, "taking over an unfinished attempt; looking before writing");
+                tracing::info!(
+                    key = key.short(),
+                    attempts,
+                    "taking over an unfinished attempt; looking before writing"
+                );
                 if let Some(id) = lookup().await? {
                     self.store.complete(key, &id).await?;
                     return Ok((id, Applied::Unchanged));
@@ -426,26 +408,18 @@ impl Worker {
             None => None,
         }
         .unwrap_or_else(|| (chrono::Utc::now() - chrono::Duration::days(self.lookback_days as i64)).date_naive());
-        let sessions = sprout
-            .sessions(
-                Some(video_id),
-                &SessionQuery {
-                    start_date: Some(since),
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let sessions =
+            sprout.sessions(Some(video_id), &SessionQuery { start_date: Some(since), ..Default::default() }).await?;
         let title = video.title.clone().unwrap_or_else(|| video_id.to_string());
         let mut commands = Vec::new();
         for s in &sessions {
-            let Some(raw) = s.vemail.as_deref() else { continue };
-            let desired = match self.mapping.desired(
-                &ContactInput {
-                    email: raw.to_string(),
-                    ..Default::default()
-                },
-                Origin::Lead,
-            ) {
+            let Some(raw) = s.vemail.as_deref() else {
+                continue;
+            };
+            let desired = match self
+                .mapping
+                .desired(&ContactInput { email: raw.to_string(), ..Default::default() }, Origin::Lead)
+            {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(reason = %e, "skipping a session email");
@@ -558,17 +532,7 @@ impl Worker {
             id.truncate(128);
             if id.is_empty() { "unknown".into() } else { id }
         });
-        match self
-            .queues
-            .park(Parked {
-                body: &m.body,
-                group_id: &group,
-                dedup_id: &dedup,
-                reason,
-                trace_id,
-            })
-            .await
-        {
+        match self.queues.park(Parked { body: &m.body, group_id: &group, dedup_id: &dedup, reason, trace_id }).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, "could not park the message; it will be delivered again");
@@ -579,7 +543,9 @@ impl Worker {
 
     /// Spreads retries out: the message stays hidden for an exponentially growing time.
     async fn delay(&self, m: &QueueMessage) {
-        let Some(handle) = &m.receipt_handle else { return };
+        let Some(handle) = &m.receipt_handle else {
+            return;
+        };
         let secs = retry_delay_secs(m.receive_count);
         if let Err(e) = self.queues.delay_retry(handle, secs).await {
             tracing::warn!(error = %e, "could not delay the retry");
@@ -645,12 +611,8 @@ mod tests {
     fn ghl_errors_map_to_transient_or_permanent() {
         let t: ApplyError = GhlError::MayHaveWritten { reason: "x".into() }.into();
         assert!(matches!(t, ApplyError::Transient { .. }));
-        let p: ApplyError = GhlError::Invalid {
-            status: 422,
-            messages: vec!["bad".into()],
-            trace_id: Some("tr".into()),
-        }
-        .into();
+        let p: ApplyError =
+            GhlError::Invalid { status: 422, messages: vec!["bad".into()], trace_id: Some("tr".into()) }.into();
         assert!(matches!(p, ApplyError::Permanent { trace_id: Some(ref t), .. } if t == "tr"));
     }
 }

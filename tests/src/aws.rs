@@ -52,10 +52,7 @@ pub struct StackSettings {
 impl Default for StackSettings {
     fn default() -> Self {
         // As in template.yaml.
-        Self {
-            visibility_timeout_secs: 360,
-            max_receive_count: 8,
-        }
+        Self { visibility_timeout_secs: 360, max_receive_count: 8 }
     }
 }
 
@@ -117,15 +114,7 @@ impl Stack {
             }
             req.send().await?;
         }
-        Ok(Self {
-            names,
-            sdk,
-            sqs,
-            ddb,
-            sm,
-            queue_url,
-            dlq_url,
-        })
+        Ok(Self { names, sdk, sqs, ddb, sm, queue_url, dlq_url })
     }
 
     /// The configuration the functions would read, pointed at this stack and the given GHL and
@@ -196,12 +185,19 @@ impl Stack {
             .attributes
             .unwrap_or_default();
         let get = |k: QueueAttributeName| a.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        Ok(get(QueueAttributeName::ApproximateNumberOfMessages) + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+        Ok(get(QueueAttributeName::ApproximateNumberOfMessages)
+            + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
     }
 }
 
 /// A secret value for tests and local runs.
-pub fn secret_json(webhook_token: &str, signing: &[&str], read_key: &str, ghl_token: &str, sprout_key: Option<&str>) -> String {
+pub fn secret_json(
+    webhook_token: &str,
+    signing: &[&str],
+    read_key: &str,
+    ghl_token: &str,
+    sprout_key: Option<&str>,
+) -> String {
     let mut v = serde_json::json!({
         "webhook_token": webhook_token,
         "signing_secrets": signing,

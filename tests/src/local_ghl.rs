@@ -147,12 +147,7 @@ pub struct LocalGhl {
 
 impl LocalGhl {
     pub fn new(behaviour: GhlBehaviour) -> Self {
-        Self {
-            store: Arc::new(Mutex::new(Store {
-                behaviour,
-                ..Default::default()
-            })),
-        }
+        Self { store: Arc::new(Mutex::new(Store { behaviour, ..Default::default() })) }
     }
 
     pub fn router(&self) -> Router {
@@ -208,7 +203,9 @@ impl LocalGhl {
     /// Changes a stored contact directly (for drift tests): merges `fields`.
     pub async fn edit_contact(&self, id: &str, fields: Value) -> bool {
         let mut s = self.store.lock().await;
-        let Some(loc) = s.owner.get(id).cloned() else { return false };
+        let Some(loc) = s.owner.get(id).cloned() else {
+            return false;
+        };
         let c = s.locations.get_mut(&loc).and_then(|l| l.contacts.get_mut(id)).expect("owner index");
         if let Value::Object(m) = fields {
             for (k, v) in m {
@@ -266,7 +263,14 @@ fn now_iso() -> String {
 }
 
 fn trace_id() -> String {
-    format!("{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}", fastrand::u32(..), fastrand::u16(..), fastrand::u16(..0x1000), fastrand::u16(..), fastrand::u64(..1 << 48))
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        fastrand::u32(..),
+        fastrand::u16(..),
+        fastrand::u16(..0x1000),
+        fastrand::u16(..),
+        fastrand::u64(..1 << 48)
+    )
 }
 
 struct Reply {
@@ -277,17 +281,15 @@ struct Reply {
 
 impl Reply {
     fn ok(status: u16, body: Value) -> Self {
-        Self {
-            status: StatusCode::from_u16(status).expect("valid status"),
-            body,
-            retry_after: None,
-        }
+        Self { status: StatusCode::from_u16(status).expect("valid status"), body, retry_after: None }
     }
     fn err(status: u16, message: impl Into<String>) -> Self {
         let message = message.into();
         let body = match status {
             401 => json!({"statusCode": 401, "message": message, "error": "Unauthorized"}),
-            422 => json!({"statusCode": 422, "message": [message], "error": "Unprocessable Entity"}),
+            422 => {
+                json!({"statusCode": 422, "message": [message], "error": "Unprocessable Entity"})
+            }
             _ => json!({"statusCode": status, "message": message}),
         };
         Self::ok(status, body)
@@ -397,9 +399,7 @@ fn take_fault(f: &mut Faults, method: &Method, path: &str) -> Option<FaultKind> 
     if roll(f.drop_rate) {
         Some(FaultKind::Drop)
     } else if roll(f.rate_limit_rate) {
-        Some(FaultKind::RateLimit {
-            retry_after_secs: f.retry_after_secs,
-        })
+        Some(FaultKind::RateLimit { retry_after_secs: f.retry_after_secs })
     } else if roll(f.error_rate) {
         Some(FaultKind::Status { status: 500 })
     } else if *method != Method::GET && roll(f.write_then_fail_rate) {
@@ -492,10 +492,7 @@ async fn admin(ghl: &LocalGhl, method: &Method, rest: &str, body: &[u8]) -> Resp
         },
         ("POST", ["reset"]) => {
             let behaviour = s.behaviour.clone();
-            *s = Store {
-                behaviour,
-                ..Default::default()
-            };
+            *s = Store { behaviour, ..Default::default() };
             StatusCode::NO_CONTENT.into_response()
         }
         ("POST", ["locations", loc, "custom-fields"]) => {
@@ -539,7 +536,9 @@ async fn admin(ghl: &LocalGhl, method: &Method, rest: &str, body: &[u8]) -> Resp
 async fn oauth_token(ghl: &LocalGhl, body: &[u8]) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     let mut s = ghl.store.lock().await;
-    let bad = |m: &str| (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_grant", "message": m}))).into_response();
+    let bad = |m: &str| {
+        (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_grant", "message": m}))).into_response()
+    };
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return bad("unsupported grant_type");
     }
@@ -567,9 +566,27 @@ async fn oauth_token(ghl: &LocalGhl, body: &[u8]) -> Response {
 // ---- the API ------------------------------------------------------------------------------
 
 const CONTACT_FIELDS: &[&str] = &[
-    "firstName", "lastName", "name", "email", "gender", "phone", "address1", "city", "state", "postalCode",
-    "website", "timezone", "dnd", "dndSettings", "inboundDndSettings", "tags", "customFields", "source",
-    "dateOfBirth", "country", "assignedTo",
+    "firstName",
+    "lastName",
+    "name",
+    "email",
+    "gender",
+    "phone",
+    "address1",
+    "city",
+    "state",
+    "postalCode",
+    "website",
+    "timezone",
+    "dnd",
+    "dndSettings",
+    "inboundDndSettings",
+    "tags",
+    "customFields",
+    "source",
+    "dateOfBirth",
+    "country",
+    "assignedTo",
 ];
 const TASK_FIELDS: &[&str] = &["title", "body", "dueDate", "completed", "assignedTo"];
 const NOTE_FIELDS: &[&str] = &["userId", "body", "title", "color", "pinned"];
@@ -644,9 +661,7 @@ fn route(s: &mut Store, method: &Method, path: &str, query: &str, body: &Value, 
         ("DELETE", ["contacts", id]) => delete_contact(s, id),
         ("POST", ["contacts", id, "tags"]) => tags(s, id, body, true),
         ("DELETE", ["contacts", id, "tags"]) => tags(s, id, body, false),
-        ("GET", ["contacts", id, "tasks"]) => with_contact(s, id, |c, _| {
-            Reply::ok(200, json!({"tasks": c.tasks}))
-        }),
+        ("GET", ["contacts", id, "tasks"]) => with_contact(s, id, |c, _| Reply::ok(200, json!({"tasks": c.tasks}))),
         ("POST", ["contacts", id, "tasks"]) => create_task(s, id, body),
         ("GET", ["contacts", id, "tasks", tid]) => child(s, id, "tasks", tid, |t| Reply::ok(200, json!({"task": t}))),
         ("PUT", ["contacts", id, "tasks", tid]) => update_child(s, id, "tasks", tid, body, TASK_FIELDS),
@@ -660,23 +675,19 @@ fn route(s: &mut Store, method: &Method, path: &str, query: &str, body: &Value, 
             }
             update_child(s, id, "tasks", tid, body, &["completed"])
         }
-        ("GET", ["contacts", id, "notes"]) => with_contact(s, id, |c, _| {
-            Reply::ok(200, json!({"notes": c.notes}))
-        }),
+        ("GET", ["contacts", id, "notes"]) => with_contact(s, id, |c, _| Reply::ok(200, json!({"notes": c.notes}))),
         ("POST", ["contacts", id, "notes"]) => create_note(s, id, body),
         ("GET", ["contacts", id, "notes", nid]) => child(s, id, "notes", nid, |n| Reply::ok(200, json!({"note": n}))),
         ("PUT", ["contacts", id, "notes", nid]) => update_child(s, id, "notes", nid, body, NOTE_FIELDS),
         ("DELETE", ["contacts", id, "notes", nid]) => delete_child(s, id, "notes", nid),
-        ("GET", ["contacts", id, "appointments"]) => with_contact(s, id, |c, _| {
-            Reply::ok(200, json!({"events": c.appointments}))
-        }),
+        ("GET", ["contacts", id, "appointments"]) => {
+            with_contact(s, id, |c, _| Reply::ok(200, json!({"events": c.appointments})))
+        }
         ("GET", ["locations", loc, "customFields"]) => {
             let defs = s.locations.get(*loc).map(|l| l.custom_fields.clone()).unwrap_or_default();
             let model = q.get("model");
-            let defs: Vec<Value> = defs
-                .into_iter()
-                .filter(|d| model.is_none_or(|m| d["model"].as_str() == Some(m.as_str())))
-                .collect();
+            let defs: Vec<Value> =
+                defs.into_iter().filter(|d| model.is_none_or(|m| d["model"].as_str() == Some(m.as_str()))).collect();
             Reply::ok(200, json!({"customFields": defs}))
         }
         _ => Reply::err(404, format!("Cannot {} {}", method, path)),
@@ -722,22 +733,24 @@ fn apply_fields(fields: &mut Map<String, Value>, body: &Value, custom_defs: &[Va
                 fields.insert(k, json!(tags));
             }
             "customFields" => {
-                let mut current: Vec<Value> = fields
-                    .get("customFields")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
+                let mut current: Vec<Value> =
+                    fields.get("customFields").and_then(Value::as_array).cloned().unwrap_or_default();
                 for item in v.as_array().into_iter().flatten() {
                     let id = match (item.get("id").and_then(Value::as_str), item.get("key").and_then(Value::as_str)) {
                         (Some(id), _) => id.to_string(),
                         (None, Some(key)) => {
-                            let key_full = if key.starts_with("contact.") { key.to_string() } else { format!("contact.{key}") };
+                            let key_full =
+                                if key.starts_with("contact.") { key.to_string() } else { format!("contact.{key}") };
                             match custom_defs.iter().find(|d| d["fieldKey"].as_str() == Some(key_full.as_str())) {
                                 Some(d) => d["id"].as_str().unwrap_or_default().to_string(),
-                                None => return Err(Reply::unprocessable(vec![format!("custom field {key} not found")])),
+                                None => {
+                                    return Err(Reply::unprocessable(vec![format!("custom field {key} not found")]));
+                                }
                             }
                         }
-                        _ => return Err(Reply::unprocessable(vec!["customFields item needs id or key".into()])),
+                        _ => {
+                            return Err(Reply::unprocessable(vec!["customFields item needs id or key".into()]));
+                        }
                     };
                     if !custom_defs.iter().any(|d| d["id"].as_str() == Some(id.as_str())) {
                         return Err(Reply::unprocessable(vec![format!("custom field {id} not found")]));
@@ -793,10 +806,8 @@ fn find_match(loc: &Location, email: Option<&str>, phone: Option<&str>) -> Optio
         return Some((id.clone(), "email"));
     }
     if let Some(p) = &phone
-        && let Some((id, _)) = loc
-            .contacts
-            .iter()
-            .find(|(_, c)| c.fields.get("phone").and_then(Value::as_str) == Some(p.as_str()))
+        && let Some((id, _)) =
+            loc.contacts.iter().find(|(_, c)| c.fields.get("phone").and_then(Value::as_str) == Some(p.as_str()))
     {
         return Some((id.clone(), "phone"));
     }
@@ -829,7 +840,8 @@ fn insert_new(s: &mut Store, loc_id: &str, body: &Value) -> Result<Map<String, V
 }
 
 fn create_contact(s: &mut Store, body: &Value) -> Reply {
-    if let Err(r) = reject_unknown(body, CONTACT_FIELDS, &["locationId", "companyName"]).and_then(|_| check_types(body)) {
+    if let Err(r) = reject_unknown(body, CONTACT_FIELDS, &["locationId", "companyName"]).and_then(|_| check_types(body))
+    {
         return r;
     }
     let loc_id = match location_of(body) {
@@ -1108,16 +1120,15 @@ fn list_contacts(s: &mut Store, q: &HashMap<String, String>) -> Reply {
     all.sort_by(|a, b| (a.added_ms, id_of(a)).cmp(&(b.added_ms, id_of(b))));
     let total = all.len();
     let rest: Vec<&StoredContact> = match (after_id, after) {
-        (Some(aid), Some(ams)) => all
-            .into_iter()
-            .filter(|c| (c.added_ms, id_of(c)) > (ams, aid.as_str()))
-            .collect(),
+        (Some(aid), Some(ams)) => all.into_iter().filter(|c| (c.added_ms, id_of(c)) > (ams, aid.as_str())).collect(),
         _ => all,
     };
     let page: Vec<&StoredContact> = rest.into_iter().take(limit).collect();
     let meta = match page.last() {
-        Some(last) => json!({"total": total, "startAfterId": id_of(last), "startAfter": last.added_ms,
-                             "currentPage": null, "nextPage": null, "prevPage": null, "nextPageUrl": null}),
+        Some(last) => {
+            json!({"total": total, "startAfterId": id_of(last), "startAfter": last.added_ms,
+                             "currentPage": null, "nextPage": null, "prevPage": null, "nextPageUrl": null})
+        }
         None => json!({"total": total}),
     };
     let contacts: Vec<Value> = page.iter().map(|c| Value::Object(c.fields.clone())).collect();
@@ -1212,9 +1223,24 @@ fn search(s: &mut Store, body: &Value) -> Reply {
         .map(|c| {
             let mut m = Map::new();
             for k in [
-                "id", "locationId", "firstNameLowerCase", "lastNameLowerCase", "email", "phone", "companyName",
-                "source", "tags", "customFields", "dateAdded", "dateUpdated", "type", "dnd", "assignedTo", "timezone",
-                "country", "businessId",
+                "id",
+                "locationId",
+                "firstNameLowerCase",
+                "lastNameLowerCase",
+                "email",
+                "phone",
+                "companyName",
+                "source",
+                "tags",
+                "customFields",
+                "dateAdded",
+                "dateUpdated",
+                "type",
+                "dnd",
+                "assignedTo",
+                "timezone",
+                "country",
+                "businessId",
             ] {
                 if let Some(v) = c.fields.get(k) {
                     m.insert(k.into(), v.clone());
@@ -1288,13 +1314,14 @@ fn matches(fields: &Map<String, Value>, f: &Value) -> Result<bool, String> {
             h => text(h).contains(&w),
         }
     };
+    let present = |v: &Value| !(v.as_array().is_some_and(|a| a.is_empty()) || v == &json!(""));
     Ok(match op {
         "eq" => have.is_some_and(eq),
         "not_eq" => !have.is_some_and(eq),
         "contains" => have.is_some_and(contains),
         "not_contains" => !have.is_some_and(contains),
-        "exists" => have.is_some_and(|v| !(v.as_array().is_some_and(|a| a.is_empty()) || v == &json!(""))),
-        "not_exists" => !have.is_some_and(|v| !(v.as_array().is_some_and(|a| a.is_empty()) || v == &json!(""))),
+        "exists" => have.is_some_and(present),
+        "not_exists" => !have.is_some_and(present),
         other => return Err(format!("operator {other} is not supported")),
     })
 }

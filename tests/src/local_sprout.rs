@@ -142,13 +142,7 @@ impl Default for Generate {
 
 impl LocalSprout {
     pub fn new(behaviour: SproutBehaviour) -> Self {
-        Self {
-            store: Arc::new(Mutex::new(Store {
-                behaviour,
-                ..Default::default()
-            })),
-            http: reqwest::Client::new(),
-        }
+        Self { store: Arc::new(Mutex::new(Store { behaviour, ..Default::default() })), http: reqwest::Client::new() }
     }
 
     pub fn router(&self) -> Router {
@@ -352,12 +346,7 @@ async fn handle(State(sv): State<LocalSprout>, method: Method, uri: Uri, headers
     }
     let mut s = sv.store.lock().await;
     let (status, body, retry_after) = respond(&mut s, &method, &path, &query, &headers, &body);
-    s.log.push(SproutRequest {
-        method: method.to_string(),
-        path,
-        query,
-        status,
-    });
+    s.log.push(SproutRequest { method: method.to_string(), path, query, status });
     let mut resp = (StatusCode::from_u16(status).expect("status"), axum::Json(body)).into_response();
     if let Some(ra) = retry_after {
         resp.headers_mut().insert("retry-after", HeaderValue::from(ra));
@@ -413,7 +402,9 @@ fn respond(
         return err(404, "Not Found");
     }
     match (method.as_str(), segs.as_slice()) {
-        ("GET", ["account"]) => (200, json!({"id": "acc1", "company": "Local SproutVideo", "first_name": null, "last_name": null}), None),
+        ("GET", ["account"]) => {
+            (200, json!({"id": "acc1", "company": "Local SproutVideo", "first_name": null, "last_name": null}), None)
+        }
         ("GET", ["videos"]) => {
             let items: Vec<Value> = s.videos.values().cloned().map(Value::Object).collect();
             paged(s, "videos", path, &q, items)
@@ -614,10 +605,7 @@ async fn admin(sv: &LocalSprout, method: &Method, rest: &str, body: &[u8]) -> Re
         ("POST", "reset") => {
             let mut s = sv.store.lock().await;
             let behaviour = s.behaviour.clone();
-            *s = Store {
-                behaviour,
-                ..Default::default()
-            };
+            *s = Store { behaviour, ..Default::default() };
             StatusCode::NO_CONTENT.into_response()
         }
         _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": "no such admin path"}))).into_response(),

@@ -25,9 +25,7 @@ impl Spec {
     pub fn load(name: &str) -> Self {
         let path = reference_dir().join("ghl-openapi").join(name);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        Self {
-            doc: serde_json::from_str(&text).expect("spec is JSON"),
-        }
+        Self { doc: serde_json::from_str(&text).expect("spec is JSON") }
     }
 
     /// The named component schema.

@@ -123,24 +123,13 @@ async fn duplicate_create_is_recovered_through_meta_contact_id() {
     };
     let created = c.create_contact(&body).await.unwrap();
     let err = c.create_contact(&body).await.unwrap_err();
-    let GhlError::Duplicate {
-        contact_id,
-        matching_field,
-        ..
-    } = err
-    else {
+    let GhlError::Duplicate { contact_id, matching_field, .. } = err else {
         panic!("expected a duplicate, got {err:?}");
     };
     assert_eq!(contact_id, created.id);
     assert_eq!(matching_field, "email");
     let updated = c
-        .update_contact(
-            &contact_id,
-            &UpdateContactDto {
-                last_name: Some("Hopper".into()),
-                ..Default::default()
-            },
-        )
+        .update_contact(&contact_id, &UpdateContactDto { last_name: Some("Hopper".into()), ..Default::default() })
         .await
         .unwrap();
     assert_eq!(updated.last_name.as_deref(), Some("Hopper"));
@@ -210,10 +199,7 @@ async fn tasks_notes_tags_appointments_and_custom_fields_round_trip() {
     let defs = c.custom_fields().await.unwrap();
     assert_eq!(defs[0].field_key.as_deref(), Some("contact.sv_last_video"));
     let mut body = upsert_body("tasks@example.com");
-    body.custom_fields = Some(vec![CustomFieldInput {
-        id: field_id.clone(),
-        field_value: json!("Pricing"),
-    }]);
+    body.custom_fields = Some(vec![CustomFieldInput { id: field_id.clone(), field_value: json!("Pricing") }]);
     let contact = c.upsert_contact(&body).await.unwrap().contact;
     assert_eq!(contact.custom_fields[0].id, field_id);
     let id = contact.id.clone();
@@ -242,11 +228,7 @@ async fn tasks_notes_tags_appointments_and_custom_fields_round_trip() {
         .update_task(
             &id,
             &task.id,
-            &UpdateTaskBody {
-                title: Some("Call back".into()),
-                due_date: Some(due_date(due)),
-                ..Default::default()
-            },
+            &UpdateTaskBody { title: Some("Call back".into()), due_date: Some(due_date(due)), ..Default::default() },
         )
         .await
         .unwrap();
@@ -257,25 +239,9 @@ async fn tasks_notes_tags_appointments_and_custom_fields_round_trip() {
     assert!(c.delete_task(&id, &task.id).await.unwrap());
     assert!(c.list_tasks(&id).await.unwrap().is_empty());
 
-    let note = c
-        .create_note(
-            &id,
-            &NoteBody {
-                body: Some("Watched 87%".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let note = c.create_note(&id, &NoteBody { body: Some("Watched 87%".into()), ..Default::default() }).await.unwrap();
     let n = c
-        .update_note(
-            &id,
-            &note.id,
-            &NoteBody {
-                body: Some("Watched 90%".into()),
-                ..Default::default()
-            },
-        )
+        .update_note(&id, &note.id, &NoteBody { body: Some("Watched 90%".into()), ..Default::default() })
         .await
         .unwrap();
     assert_eq!(n.body.as_deref(), Some("Watched 90%"));
@@ -313,12 +279,7 @@ async fn unknown_properties_get_422_with_messages_as_an_array() {
 
 #[tokio::test]
 async fn rate_limits_are_paced_and_429s_retried() {
-    let (ghl, url) = start(GhlBehaviour {
-        burst_max: 5,
-        burst_interval_ms: 500,
-        ..Default::default()
-    })
-    .await;
+    let (ghl, url) = start(GhlBehaviour { burst_max: 5, burst_interval_ms: 500, ..Default::default() }).await;
     let mut s = GhlSettings::new(url.clone(), LOC);
     s.retry = fast_retry();
     s.burst_max = 5;
@@ -364,12 +325,7 @@ async fn server_errors_are_retried_only_where_safe() {
     ghl.clear_requests().await;
     // A read is retried through a 500 and a dropped connection.
     for kind in [FaultKind::Status { status: 500 }, FaultKind::Drop] {
-        ghl.push_fault(ScriptedFault {
-            kind,
-            method: Some("GET".into()),
-            path_contains: None,
-        })
-        .await;
+        ghl.push_fault(ScriptedFault { kind, method: Some("GET".into()), path_contains: None }).await;
     }
     c.get_contact(&id).await.unwrap();
     let statuses: Vec<u16> = ghl.requests().await.iter().map(|r| r.status).collect();
@@ -383,16 +339,7 @@ async fn server_errors_are_retried_only_where_safe() {
         path_contains: Some("/notes".into()),
     })
     .await;
-    let err = c
-        .create_note(
-            &id,
-            &NoteBody {
-                body: Some("hello".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+    let err = c.create_note(&id, &NoteBody { body: Some("hello".into()), ..Default::default() }).await.unwrap_err();
     assert!(matches!(err, GhlError::MayHaveWritten { .. }), "{err:?}");
     assert!(err.is_retryable());
     assert_eq!(ghl.requests().await.len(), 1, "no blind re-send of a create");
@@ -431,27 +378,14 @@ async fn write_then_fail_reports_a_possible_write_and_the_write_is_there() {
         path_contains: Some("/notes".into()),
     })
     .await;
-    let err = c
-        .create_note(
-            &id,
-            &NoteBody {
-                body: Some("once".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+    let err = c.create_note(&id, &NoteBody { body: Some("once".into()), ..Default::default() }).await.unwrap_err();
     assert!(matches!(err, GhlError::MayHaveWritten { .. }), "{err:?}");
     assert_eq!(c.list_notes(&id).await.unwrap().len(), 1, "the write landed although GHL answered 500");
 }
 
 #[tokio::test]
 async fn unauthorized_is_surfaced_and_a_refresh_is_used_once() {
-    let (ghl, url) = start(GhlBehaviour {
-        valid_tokens: vec!["good-token".into()],
-        ..Default::default()
-    })
-    .await;
+    let (ghl, url) = start(GhlBehaviour { valid_tokens: vec!["good-token".into()], ..Default::default() }).await;
     let c = client_with(&url, Arc::new(StaticToken(SecretString::from("stale-token"))));
     let err = c.find_duplicate(Some("a@example.com"), None).await.unwrap_err();
     assert!(matches!(err, GhlError::Unauthorized { .. }), "{err:?}");
@@ -477,11 +411,7 @@ async fn unauthorized_is_surfaced_and_a_refresh_is_used_once() {
 #[tokio::test]
 async fn retries_stop_at_the_deadline() {
     let (ghl, url) = start(GhlBehaviour::default()).await;
-    ghl.set_faults(sync_tests::local_ghl::Faults {
-        error_rate: 1.0,
-        ..Default::default()
-    })
-    .await;
+    ghl.set_faults(sync_tests::local_ghl::Faults { error_rate: 1.0, ..Default::default() }).await;
     let c = client(&url).with_retry(RetryPolicy {
         max_attempts: 100,
         base: Duration::from_millis(200),

@@ -55,13 +55,7 @@ async fn pages_through_several_pages_building_each_request_itself() {
     assert!(session_pages.iter().all(|r| r.query.contains("per_page=100")));
     assert!(session_pages[1].query.contains("page=2"));
     let one = c
-        .sessions(
-            Some(video),
-            &SessionQuery {
-                vemail: Some("viewer3@example.com".into()),
-                ..Default::default()
-            },
-        )
+        .sessions(Some(video), &SessionQuery { vemail: Some("viewer3@example.com".into()), ..Default::default() })
         .await
         .unwrap();
     assert_eq!(one.len(), 1);
@@ -71,23 +65,14 @@ async fn pages_through_several_pages_building_each_request_itself() {
 #[tokio::test]
 async fn requests_are_paced_to_the_per_minute_budget_and_429s_are_retried() {
     // A time-scaled window: 10 requests per second.
-    let (sv, url) = start(SproutBehaviour {
-        per_minute: 10,
-        window_ms: 1000,
-        ..Default::default()
-    })
-    .await;
+    let (sv, url) = start(SproutBehaviour { per_minute: 10, window_ms: 1000, ..Default::default() }).await;
     // Fill the server's window, then script a 429 (with Retry-After) and a 503 on top.
     let c = client(&url, "k", 1000);
     for _ in 0..10 {
         c.account().await.unwrap();
     }
-    sv.set_faults(SproutFaults {
-        next_statuses: [429, 503].into(),
-        retry_after_secs: Some(1),
-        ..Default::default()
-    })
-    .await;
+    sv.set_faults(SproutFaults { next_statuses: [429, 503].into(), retry_after_secs: Some(1), ..Default::default() })
+        .await;
     let t = std::time::Instant::now();
     c.account().await.unwrap();
     assert!(t.elapsed() >= Duration::from_secs(1), "Retry-After honoured");
@@ -110,18 +95,8 @@ async fn the_client_limiter_holds_calls_past_its_budget() {
 
 #[tokio::test]
 async fn nulls_offsets_and_unknown_fields_are_tolerated() {
-    let (sv, url) = start(SproutBehaviour {
-        offset_timestamps: true,
-        ..Default::default()
-    })
-    .await;
-    let id = sv
-        .add_video(VideoSeed {
-            title: "Intro".into(),
-            duration: None,
-            ..Default::default()
-        })
-        .await;
+    let (sv, url) = start(SproutBehaviour { offset_timestamps: true, ..Default::default() }).await;
+    let id = sv.add_video(VideoSeed { title: "Intro".into(), duration: None, ..Default::default() }).await;
     sv.add_session(SessionSeed {
         video_id: id.clone(),
         vemail: None,
@@ -148,11 +123,7 @@ async fn nulls_offsets_and_unknown_fields_are_tolerated() {
 
 #[tokio::test]
 async fn a_bad_key_is_unauthorized_and_not_retried() {
-    let (sv, url) = start(SproutBehaviour {
-        api_keys: vec!["right".into()],
-        ..Default::default()
-    })
-    .await;
+    let (sv, url) = start(SproutBehaviour { api_keys: vec!["right".into()], ..Default::default() }).await;
     let err = client(&url, "wrong", 1000).account().await.unwrap_err();
     assert!(matches!(err, SproutError::Unauthorized { status: 401, .. }), "{err:?}");
     assert!(!err.is_retryable());
@@ -169,10 +140,7 @@ async fn logins_and_access_grants_can_be_written() {
     assert_eq!(login.email.as_deref(), Some("new@example.com"));
     let got = c.get_login(&login.id).await.unwrap();
     assert_eq!(got.id, login.id);
-    let updated = c
-        .update_login(&login.id, &serde_json::json!({"email": "changed@example.com"}))
-        .await
-        .unwrap();
+    let updated = c.update_login(&login.id, &serde_json::json!({"email": "changed@example.com"})).await.unwrap();
     assert_eq!(updated.email.as_deref(), Some("changed@example.com"));
     let grant = c.create_access_grant("vid1", &login.id).await.unwrap();
     assert_eq!(grant.login_id.as_deref(), Some(login.id.as_str()));

@@ -33,21 +33,12 @@ impl Env {
         let secret = secret.unwrap_or_else(|| secret_json("wt", &["sig"], "rk", "pit-worker", Some("sv-key")));
         let stack = Stack::create(
             StackNames::unique(tag),
-            StackSettings {
-                visibility_timeout_secs: 1,
-                max_receive_count: 5,
-            },
+            StackSettings { visibility_timeout_secs: 1, max_receive_count: 5 },
             Some(&secret),
         )
         .await
         .unwrap();
-        Self {
-            ghl,
-            ghl_url,
-            sprout,
-            sprout_url,
-            stack,
-        }
+        Self { ghl, ghl_url, sprout, sprout_url, stack }
     }
 
     async fn worker_with(&self, extra: &[(&str, &str)]) -> Arc<Worker> {
@@ -78,10 +69,7 @@ fn email(s: &str) -> Email {
 }
 
 fn identity(s: &str) -> Identity {
-    Identity {
-        email: email(s),
-        phone: None,
-    }
+    Identity { email: email(s), phone: None }
 }
 
 fn msg(id: &str, c: &SyncCommand) -> QueueMessage {
@@ -102,15 +90,7 @@ fn upsert(event: &str, e: &str, first: Option<&str>) -> SyncCommand {
 }
 
 fn note(event: &str, e: &str, body: &str) -> SyncCommand {
-    SyncCommand::new(
-        event,
-        "add_note",
-        Utc::now(),
-        CommandBody::AddNote {
-            identity: identity(e),
-            body: body.into(),
-        },
-    )
+    SyncCommand::new(event, "add_note", Utc::now(), CommandBody::AddNote { identity: identity(e), body: body.into() })
 }
 
 fn task(event: &str, e: &str, external_id: &str) -> SyncCommand {
@@ -154,10 +134,7 @@ async fn a_command_delivered_twice_creates_one_note_and_one_task() {
         "e2",
         "complete_task",
         Utc::now(),
-        CommandBody::CompleteTask {
-            identity: identity("ada@example.com"),
-            external_id: "t-1".into(),
-        },
+        CommandBody::CompleteTask { identity: identity("ada@example.com"), external_id: "t-1".into() },
     );
     env.ghl.clear_requests().await;
     for _ in 0..2 {
@@ -187,13 +164,7 @@ async fn write_then_fail_on_note_creation_leaves_exactly_one_note() {
     assert!(second.failed.is_empty(), "{second:?}");
     let c = env.contact("grace@example.com").await;
     assert_eq!(c["notes"].as_array().unwrap().len(), 1);
-    let posts = env
-        .ghl
-        .requests()
-        .await
-        .iter()
-        .filter(|r| r.method == "POST" && r.path.ends_with("/notes"))
-        .count();
+    let posts = env.ghl.requests().await.iter().filter(|r| r.method == "POST" && r.path.ends_with("/notes")).count();
     assert_eq!(posts, 1, "the retry looked before writing");
 }
 
@@ -202,12 +173,7 @@ async fn two_workers_racing_on_one_key_create_one_note() {
     let env = Env::new("race", GhlBehaviour::default(), None).await;
     let (a, b) = (env.worker().await, env.worker().await);
     a.process_batch(vec![msg("u", &upsert("e1", "race@example.com", None))]).await;
-    env.ghl
-        .set_faults(Faults {
-            latency_ms: 150,
-            ..Default::default()
-        })
-        .await;
+    env.ghl.set_faults(Faults { latency_ms: 150, ..Default::default() }).await;
     let n = note("e9", "race@example.com", "Only once");
     let (ra, rb) = tokio::join!(a.process_batch(vec![msg("n", &n)]), b.process_batch(vec![msg("n", &n)]));
     assert_eq!(ra.failed.len() + rb.failed.len(), 1, "one wins, the other is told to retry: {ra:?} {rb:?}");
@@ -305,9 +271,7 @@ async fn a_batch_with_poison_a_422_and_a_429_reports_and_parks_the_right_ones() 
     };
     let bad = upsert("e1", "three@example.com", Some("Three"));
     let limited = note("e2", "two@example.com", "Hi");
-    let out = w
-        .process_batch(vec![poison, msg("m422", &bad), msg("m429", &limited)])
-        .await;
+    let out = w.process_batch(vec![poison, msg("m422", &bad), msg("m429", &limited)]).await;
     assert_eq!(out.failed, vec!["m429".to_string()], "{out:?}");
     assert_eq!(out.parked, 2);
     let parked = env.stack.receive(&env.stack.dlq_url, 10, 30).await.unwrap();
@@ -347,15 +311,10 @@ async fn a_failed_message_holds_back_the_rest_of_its_group() {
         "e2",
         "add_tags",
         Utc::now(),
-        CommandBody::AddTags {
-            identity: identity("order@example.com"),
-            tags: vec!["later".into()],
-        },
+        CommandBody::AddTags { identity: identity("order@example.com"), tags: vec!["later".into()] },
     );
     let other = upsert("e3", "someone.else@example.com", None);
-    let out = w
-        .process_batch(vec![msg("1", &first), msg("2", &second), msg("3", &other)])
-        .await;
+    let out = w.process_batch(vec![msg("1", &first), msg("2", &second), msg("3", &other)]).await;
     assert_eq!(out.failed, vec!["1".to_string(), "2".to_string()]);
     assert_eq!(out.applied, 1, "other groups go on");
     let order_id = env.contact("order@example.com").await["id"].as_str().unwrap().to_string();
@@ -369,22 +328,14 @@ async fn a_failed_message_holds_back_the_rest_of_its_group() {
 async fn a_401_after_a_rotation_recovers_by_rereading_the_secret() {
     let env = Env::new(
         "rotate",
-        GhlBehaviour {
-            valid_tokens: vec!["old-token".into()],
-            ..Default::default()
-        },
+        GhlBehaviour { valid_tokens: vec!["old-token".into()], ..Default::default() },
         Some(secret_json("wt", &["sig"], "rk", "old-token", None)),
     )
     .await;
     let w = env.worker().await;
     w.process_batch(vec![msg("a", &upsert("e1", "rot@example.com", None))]).await;
     // The token is rotated: GHL accepts only the new one, the secret holds it, the cache does not.
-    env.ghl
-        .set_behaviour(GhlBehaviour {
-            valid_tokens: vec!["new-token".into()],
-            ..Default::default()
-        })
-        .await;
+    env.ghl.set_behaviour(GhlBehaviour { valid_tokens: vec!["new-token".into()], ..Default::default() }).await;
     env.stack.put_secret(&secret_json("wt", &["sig"], "rk", "new-token", None)).await.unwrap();
     let out = w.process_batch(vec![msg("b", &note("e2", "rot@example.com", "after rotation"))]).await;
     assert!(out.failed.is_empty() && out.parked == 0, "{out:?}");
@@ -397,10 +348,7 @@ async fn an_oauth_token_near_expiry_is_refreshed_once_for_many_callers() {
     // The token URL is the local GHL's; it is known only once it listens, so the secret is put after.
     let env = Env::new(
         "oauth",
-        GhlBehaviour {
-            valid_tokens: vec!["unused".into()],
-            ..Default::default()
-        },
+        GhlBehaviour { valid_tokens: vec!["unused".into()], ..Default::default() },
         Some(secret_json("wt", &["sig"], "rk", "placeholder", None)),
     )
     .await;
@@ -415,20 +363,12 @@ async fn an_oauth_token_near_expiry_is_refreshed_once_for_many_callers() {
     });
     env.stack.put_secret(&secret.to_string()).await.unwrap();
     let w = env.worker_with(&[("WORKER_BATCH_CONCURRENCY", "8")]).await;
-    let batch: Vec<_> = (0..8)
-        .map(|i| msg(&format!("m{i}"), &upsert(&format!("e{i}"), &format!("p{i}@example.com"), None)))
-        .collect();
+    let batch: Vec<_> =
+        (0..8).map(|i| msg(&format!("m{i}"), &upsert(&format!("e{i}"), &format!("p{i}@example.com"), None))).collect();
     let out = w.process_batch(batch).await;
     assert_eq!(out.applied, 8, "{out:?}");
     assert_eq!(env.ghl.oauth_refreshes().await, 1, "single flight");
-    let stored = env
-        .stack
-        .sm
-        .get_secret_value()
-        .secret_id(&env.stack.names.secret)
-        .send()
-        .await
-        .unwrap();
+    let stored = env.stack.sm.get_secret_value().secret_id(&env.stack.names.secret).send().await.unwrap();
     let v: Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
     assert_ne!(v["ghl_oauth"]["refresh_token"], "rt-first", "the rotated refresh token was stored");
     assert!(v["ghl_oauth"]["expires_at"].as_i64().unwrap() > Utc::now().timestamp() + 3600);
@@ -437,16 +377,8 @@ async fn an_oauth_token_near_expiry_is_refreshed_once_for_many_callers() {
 #[tokio::test]
 async fn workers_sharing_the_budget_never_trip_the_window() {
     // GHL's window, time-scaled: 40 requests per 2 s, shared by 3 workers.
-    let env = Env::new(
-        "pace",
-        GhlBehaviour {
-            burst_max: 40,
-            burst_interval_ms: 2000,
-            ..Default::default()
-        },
-        None,
-    )
-    .await;
+    let env =
+        Env::new("pace", GhlBehaviour { burst_max: 40, burst_interval_ms: 2000, ..Default::default() }, None).await;
     let extra = [("GHL_BURST_MAX", "40"), ("GHL_BURST_INTERVAL_MS", "2000"), ("WORKER_MAX_CONCURRENCY", "3")];
     let workers = [env.worker_with(&extra).await, env.worker_with(&extra).await, env.worker_with(&extra).await];
     let started = std::time::Instant::now();
@@ -495,7 +427,8 @@ async fn a_video_change_pulls_new_sessions_into_the_queue() {
             .await;
     }
     let w = env.worker().await;
-    let c = SyncCommand::new("hook-1", "video_changed", Utc::now(), CommandBody::VideoChanged { video_id: vid.clone() });
+    let c =
+        SyncCommand::new("hook-1", "video_changed", Utc::now(), CommandBody::VideoChanged { video_id: vid.clone() });
     let out = w.process_batch(vec![msg("v", &c)]).await;
     assert_eq!(out.applied, 1, "{out:?}");
     // lead.one passed the 75% rule: upsert, note, task; lead.two: upsert only.
@@ -524,10 +457,12 @@ async fn a_video_change_pulls_new_sessions_into_the_queue() {
 async fn the_local_poller_applies_deletes_and_parks_like_the_event_source() {
     let env = Env::new("poll", GhlBehaviour::default(), None).await;
     let w = env.worker().await;
-    let q = shared::queue::SqsQueue::new(env.stack.sqs.clone(), env.stack.queue_url.clone(), Some(env.stack.dlq_url.clone()));
-    q.send(&[upsert("p1", "poll@example.com", Some("Poll")), note("p1", "poll@example.com", "polled")])
-        .await
-        .unwrap();
+    let q = shared::queue::SqsQueue::new(
+        env.stack.sqs.clone(),
+        env.stack.queue_url.clone(),
+        Some(env.stack.dlq_url.clone()),
+    );
+    q.send(&[upsert("p1", "poll@example.com", Some("Poll")), note("p1", "poll@example.com", "polled")]).await.unwrap();
     env.stack
         .sqs
         .send_message()
@@ -545,7 +480,11 @@ async fn the_local_poller_applies_deletes_and_parks_like_the_event_source() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let done = env.stack.depth(&env.stack.queue_url).await.unwrap() == 0
-            && env.contacts().await.iter().any(|c| c["email"] == "poll@example.com" && c["notes"].as_array().is_some_and(|n| n.len() == 1));
+            && env
+                .contacts()
+                .await
+                .iter()
+                .any(|c| c["email"] == "poll@example.com" && c["notes"].as_array().is_some_and(|n| n.len() == 1));
         if done {
             break;
         }

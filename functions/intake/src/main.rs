@@ -1,1 +1,29 @@
-fn main() {}
+//! `sv-intake`: the webhook intake. Under Lambda (HTTP API payload v2 or a function URL) it
+//! serves the router through `lambda_http`; elsewhere it listens on `INTAKE_ADDR`
+//! (default 127.0.0.1:3000).
+
+use std::sync::Arc;
+
+use shared::config::{Config, init_tracing};
+use shared::runtime::Deps;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let deps = Deps::new(Config::from_env()?).await?;
+    let app = intake::router(intake::AppState {
+        secrets: deps.secrets.clone(),
+        queue: Arc::new(deps.queue.clone()),
+        mapping: deps.config.mapping.clone(),
+        ghl: deps.ghl.clone(),
+    });
+    if shared::runtime::in_lambda() {
+        lambda_http::run(app).await.map_err(|e| anyhow::anyhow!(e))
+    } else {
+        let addr = std::env::var("INTAKE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
+        let listener = tokio::net::TcpListener::bind(&addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "intake listening");
+        axum::serve(listener, app).with_graceful_shutdown(shared::runtime::shutdown_signal()).await?;
+        Ok(())
+    }
+}

@@ -73,7 +73,13 @@ pub async fn handle(worker: &Worker, event: SqsEvent) -> SqsBatchResponse {
 }
 
 /// Long-polls the queue and feeds batches to the same code, until `stop` resolves.
-pub async fn run_local(worker: Arc<Worker>, sqs: aws_sdk_sqs::Client, queue_url: String, wait_secs: i32, stop: impl Future<Output = ()>) {
+pub async fn run_local(
+    worker: Arc<Worker>,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    wait_secs: i32,
+    stop: impl Future<Output = ()>,
+) {
     tokio::pin!(stop);
     loop {
         let recv = sqs

@@ -18,21 +18,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         let wait = std::env::var("WORKER_POLL_WAIT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
         tracing::info!(queue = %deps.config.queue_url, "worker polling the queue (Ctrl-C to stop)");
-        let stop = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        let term = async {
-            #[cfg(unix)]
-            {
-                if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    s.recv().await;
-                }
-            }
-        };
-        let either = async {
-            tokio::select! { _ = stop => {}, _ = term => {} }
-        };
-        worker::run_local(worker, deps.queue.client().clone(), deps.config.queue_url.clone(), wait, either).await;
+        worker::run_local(
+            worker,
+            deps.queue.client().clone(),
+            deps.config.queue_url.clone(),
+            wait,
+            shared::runtime::shutdown_signal(),
+        )
+        .await;
         Ok(())
     }
 }

@@ -135,28 +135,15 @@ impl GhlClient {
             .user_agent(concat!("sv-ghl-sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| GhlError::Transport(e.to_string()))?;
-        let limiter = Arc::new(RateLimiter::new(
-            settings.burst_max,
-            settings.burst_interval,
-            settings.budget_share,
-        ));
-        Ok(Self {
-            http,
-            settings: Arc::new(settings),
-            tokens,
-            limiter,
-            stats: Arc::new(GhlStats::new()),
-        })
+        let limiter = Arc::new(RateLimiter::new(settings.burst_max, settings.burst_interval, settings.budget_share));
+        Ok(Self { http, settings: Arc::new(settings), tokens, limiter, stats: Arc::new(GhlStats::new()) })
     }
 
     /// The same client with another retry policy (for example a shorter deadline).
     pub fn with_retry(&self, retry: RetryPolicy) -> Self {
         let mut settings = (*self.settings).clone();
         settings.retry = retry;
-        Self {
-            settings: Arc::new(settings),
-            ..self.clone()
-        }
+        Self { settings: Arc::new(settings), ..self.clone() }
     }
 
     pub fn location_id(&self) -> &str {
@@ -174,48 +161,35 @@ impl GhlClient {
     // ---- contacts -------------------------------------------------------------------------
 
     pub async fn get_contact(&self, id: &str) -> Result<Contact, GhlError> {
-        let e: ContactEnvelope = self
-            .call(Method::GET, &["contacts", id], &[], None::<&()>, Replay::Safe)
-            .await?;
+        let e: ContactEnvelope = self.call(Method::GET, &["contacts", id], &[], None::<&()>, Replay::Safe).await?;
         Ok(e.contact)
     }
 
     /// `POST /contacts/`. A duplicate on a location that forbids them is [`GhlError::Duplicate`]
     /// with the existing id; an ambiguous failure is [`GhlError::MayHaveWritten`].
     pub async fn create_contact(&self, body: &CreateContactDto) -> Result<Contact, GhlError> {
-        let e: ContactEnvelope = self
-            .call(Method::POST, &["contacts", ""], &[], Some(body), Replay::Unsafe)
-            .await?;
+        let e: ContactEnvelope = self.call(Method::POST, &["contacts", ""], &[], Some(body), Replay::Unsafe).await?;
         Ok(e.contact)
     }
 
     pub async fn update_contact(&self, id: &str, body: &UpdateContactDto) -> Result<Contact, GhlError> {
-        let e: ContactEnvelope = self
-            .call(Method::PUT, &["contacts", id], &[], Some(body), Replay::Safe)
-            .await?;
+        let e: ContactEnvelope = self.call(Method::PUT, &["contacts", id], &[], Some(body), Replay::Safe).await?;
         Ok(e.contact)
     }
 
     pub async fn delete_contact(&self, id: &str) -> Result<bool, GhlError> {
-        let s: Succeeded = self
-            .call(Method::DELETE, &["contacts", id], &[], None::<&()>, Replay::Safe)
-            .await?;
+        let s: Succeeded = self.call(Method::DELETE, &["contacts", id], &[], None::<&()>, Replay::Safe).await?;
         Ok(s.succeded)
     }
 
     /// `POST /contacts/upsert`: matches by the location's duplicate setting. Repeating the same
     /// upsert leaves the same state, so it is retried like an idempotent call.
     pub async fn upsert_contact(&self, body: &UpsertContactDto) -> Result<UpsertResponse, GhlError> {
-        self.call(Method::POST, &["contacts", "upsert"], &[], Some(body), Replay::Safe)
-            .await
+        self.call(Method::POST, &["contacts", "upsert"], &[], Some(body), Replay::Safe).await
     }
 
     /// `GET /contacts/search/duplicate` by email and/or E.164 phone (sent as `number`).
-    pub async fn find_duplicate(
-        &self,
-        email: Option<&str>,
-        phone: Option<&str>,
-    ) -> Result<Option<Contact>, GhlError> {
+    pub async fn find_duplicate(&self, email: Option<&str>, phone: Option<&str>) -> Result<Option<Contact>, GhlError> {
         let mut q = vec![("locationId", self.settings.location_id.clone())];
         if let Some(e) = email {
             q.push(("email", e.to_string()));
@@ -223,9 +197,8 @@ impl GhlClient {
         if let Some(p) = phone {
             q.push(("number", p.to_string()));
         }
-        let e: MaybeContactEnvelope = self
-            .call(Method::GET, &["contacts", "search", "duplicate"], &q, None::<&()>, Replay::Safe)
-            .await?;
+        let e: MaybeContactEnvelope =
+            self.call(Method::GET, &["contacts", "search", "duplicate"], &q, None::<&()>, Replay::Safe).await?;
         Ok(e.contact)
     }
 
@@ -233,8 +206,7 @@ impl GhlClient {
     pub async fn search_page(&self, req: &SearchRequest) -> Result<SearchResponse, GhlError> {
         let mut req = req.clone();
         req.location_id = self.settings.location_id.clone();
-        self.call(Method::POST, &["contacts", "search"], &[], Some(&req), Replay::Safe)
-            .await
+        self.call(Method::POST, &["contacts", "search"], &[], Some(&req), Replay::Safe).await
     }
 
     /// Every contact matching `req`, paging on its own. With [`SearchPaging::SearchAfter`] the
@@ -260,14 +232,7 @@ impl GhlClient {
             }
             SearchPaging::SearchAfter => req.page = None,
         }
-        let st = St {
-            client: self.clone(),
-            req,
-            paging,
-            buf: Default::default(),
-            done: false,
-            seen: 0,
-        };
+        let st = St { client: self.clone(), req, paging, buf: Default::default(), done: false, seen: 0 };
         futures::stream::try_unfold(st, |mut st| async move {
             loop {
                 if let Some(c) = st.buf.pop_front() {
@@ -316,43 +281,37 @@ impl GhlClient {
         futures::stream::try_unfold(init, move |(client, cursor, mut buf, done)| {
             let query = query.clone();
             async move {
-                loop {
-                    if let Some(c) = buf.pop_front() {
-                        return Ok(Some((c, (client, cursor, buf, done))));
-                    }
-                    if done {
-                        return Ok(None);
-                    }
-                    let mut q = vec![
-                        ("locationId", client.settings.location_id.clone()),
-                        ("limit", limit.to_string()),
-                    ];
-                    if let Some(qs) = &query {
-                        q.push(("query", qs.clone()));
-                    }
-                    if let Some((after_id, after)) = &cursor {
-                        q.push(("startAfterId", after_id.clone()));
-                        q.push(("startAfter", after.clone()));
-                    }
-                    let page: ListResponse = client
-                        .call(Method::GET, &["contacts", ""], &q, None::<&()>, Replay::Safe)
-                        .await?;
-                    let n = page.contacts.len();
-                    let meta = page.meta.unwrap_or_default();
-                    let next = match (meta.start_after_id, meta.start_after) {
-                        (Some(id), Some(after)) if n == limit as usize => {
-                            let after = match after {
-                                Value::String(s) => s,
-                                v => v.to_string(),
-                            };
-                            Some((id, after))
-                        }
-                        _ => None,
-                    };
-                    let done = next.is_none() || next == cursor;
-                    buf.extend(page.contacts);
-                    return Ok(buf.pop_front().map(|c| (c, (client, next, buf, done))));
+                if let Some(c) = buf.pop_front() {
+                    return Ok(Some((c, (client, cursor, buf, done))));
                 }
+                if done {
+                    return Ok(None);
+                }
+                let mut q = vec![("locationId", client.settings.location_id.clone()), ("limit", limit.to_string())];
+                if let Some(qs) = &query {
+                    q.push(("query", qs.clone()));
+                }
+                if let Some((after_id, after)) = &cursor {
+                    q.push(("startAfterId", after_id.clone()));
+                    q.push(("startAfter", after.clone()));
+                }
+                let page: ListResponse =
+                    client.call(Method::GET, &["contacts", ""], &q, None::<&()>, Replay::Safe).await?;
+                let full_page = page.contacts.len() == limit as usize;
+                let meta = page.meta.unwrap_or_default();
+                let next = match (meta.start_after_id, meta.start_after) {
+                    (Some(id), Some(after)) if full_page => Some((
+                        id,
+                        match after {
+                            Value::String(s) => s,
+                            v => v.to_string(),
+                        },
+                    )),
+                    _ => None,
+                };
+                let done = next.is_none() || next == cursor;
+                buf.extend(page.contacts);
+                Ok(buf.pop_front().map(|c| (c, (client, next, buf, done))))
             }
         })
     }
@@ -369,14 +328,7 @@ impl GhlClient {
             ("limit", limit.to_string()),
             ("skip", skip.to_string()),
         ];
-        self.call(
-            Method::GET,
-            &["contacts", "business", business_id],
-            &q,
-            None::<&()>,
-            Replay::Safe,
-        )
-        .await
+        self.call(Method::GET, &["contacts", "business", business_id], &q, None::<&()>, Replay::Safe).await
     }
 
     // ---- tags -----------------------------------------------------------------------------
@@ -384,65 +336,42 @@ impl GhlClient {
     /// Adds tags (merging); returns the contact's tags afterwards.
     pub async fn add_tags(&self, contact_id: &str, tags: &[String]) -> Result<Vec<String>, GhlError> {
         let body = TagsDto { tags: tags.to_vec() };
-        let r: TagsResponse = self
-            .call(Method::POST, &["contacts", contact_id, "tags"], &[], Some(&body), Replay::Safe)
-            .await?;
+        let r: TagsResponse =
+            self.call(Method::POST, &["contacts", contact_id, "tags"], &[], Some(&body), Replay::Safe).await?;
         Ok(r.tags)
     }
 
     /// Removes tags (a DELETE with a JSON body); returns the contact's tags afterwards.
     pub async fn remove_tags(&self, contact_id: &str, tags: &[String]) -> Result<Vec<String>, GhlError> {
         let body = TagsDto { tags: tags.to_vec() };
-        let r: TagsResponse = self
-            .call(Method::DELETE, &["contacts", contact_id, "tags"], &[], Some(&body), Replay::Safe)
-            .await?;
+        let r: TagsResponse =
+            self.call(Method::DELETE, &["contacts", contact_id, "tags"], &[], Some(&body), Replay::Safe).await?;
         Ok(r.tags)
     }
 
     // ---- tasks ----------------------------------------------------------------------------
 
     pub async fn list_tasks(&self, contact_id: &str) -> Result<Vec<Task>, GhlError> {
-        let e: TasksEnvelope = self
-            .call(Method::GET, &["contacts", contact_id, "tasks"], &[], None::<&()>, Replay::Safe)
-            .await?;
+        let e: TasksEnvelope =
+            self.call(Method::GET, &["contacts", contact_id, "tasks"], &[], None::<&()>, Replay::Safe).await?;
         Ok(e.tasks)
     }
 
     pub async fn get_task(&self, contact_id: &str, task_id: &str) -> Result<Task, GhlError> {
-        let e: TaskEnvelope = self
-            .call(
-                Method::GET,
-                &["contacts", contact_id, "tasks", task_id],
-                &[],
-                None::<&()>,
-                Replay::Safe,
-            )
-            .await?;
+        let e: TaskEnvelope =
+            self.call(Method::GET, &["contacts", contact_id, "tasks", task_id], &[], None::<&()>, Replay::Safe).await?;
         Ok(e.task)
     }
 
     pub async fn create_task(&self, contact_id: &str, body: &CreateTaskParams) -> Result<Task, GhlError> {
-        let e: TaskEnvelope = self
-            .call(Method::POST, &["contacts", contact_id, "tasks"], &[], Some(body), Replay::Unsafe)
-            .await?;
+        let e: TaskEnvelope =
+            self.call(Method::POST, &["contacts", contact_id, "tasks"], &[], Some(body), Replay::Unsafe).await?;
         Ok(e.task)
     }
 
-    pub async fn update_task(
-        &self,
-        contact_id: &str,
-        task_id: &str,
-        body: &UpdateTaskBody,
-    ) -> Result<Task, GhlError> {
-        let e: TaskEnvelope = self
-            .call(
-                Method::PUT,
-                &["contacts", contact_id, "tasks", task_id],
-                &[],
-                Some(body),
-                Replay::Safe,
-            )
-            .await?;
+    pub async fn update_task(&self, contact_id: &str, task_id: &str, body: &UpdateTaskBody) -> Result<Task, GhlError> {
+        let e: TaskEnvelope =
+            self.call(Method::PUT, &["contacts", contact_id, "tasks", task_id], &[], Some(body), Replay::Safe).await?;
         Ok(e.task)
     }
 
@@ -450,26 +379,14 @@ impl GhlClient {
     pub async fn complete_task(&self, contact_id: &str, task_id: &str, completed: bool) -> Result<Task, GhlError> {
         let body = serde_json::json!({ "completed": completed });
         let e: TaskEnvelope = self
-            .call(
-                Method::PUT,
-                &["contacts", contact_id, "tasks", task_id, "completed"],
-                &[],
-                Some(&body),
-                Replay::Safe,
-            )
+            .call(Method::PUT, &["contacts", contact_id, "tasks", task_id, "completed"], &[], Some(&body), Replay::Safe)
             .await?;
         Ok(e.task)
     }
 
     pub async fn delete_task(&self, contact_id: &str, task_id: &str) -> Result<bool, GhlError> {
         let s: Succeeded = self
-            .call(
-                Method::DELETE,
-                &["contacts", contact_id, "tasks", task_id],
-                &[],
-                None::<&()>,
-                Replay::Safe,
-            )
+            .call(Method::DELETE, &["contacts", contact_id, "tasks", task_id], &[], None::<&()>, Replay::Safe)
             .await?;
         Ok(s.succeded)
     }
@@ -477,54 +394,32 @@ impl GhlClient {
     // ---- notes ----------------------------------------------------------------------------
 
     pub async fn list_notes(&self, contact_id: &str) -> Result<Vec<Note>, GhlError> {
-        let e: NotesEnvelope = self
-            .call(Method::GET, &["contacts", contact_id, "notes"], &[], None::<&()>, Replay::Safe)
-            .await?;
+        let e: NotesEnvelope =
+            self.call(Method::GET, &["contacts", contact_id, "notes"], &[], None::<&()>, Replay::Safe).await?;
         Ok(e.notes)
     }
 
     pub async fn get_note(&self, contact_id: &str, note_id: &str) -> Result<Note, GhlError> {
-        let e: NoteEnvelope = self
-            .call(
-                Method::GET,
-                &["contacts", contact_id, "notes", note_id],
-                &[],
-                None::<&()>,
-                Replay::Safe,
-            )
-            .await?;
+        let e: NoteEnvelope =
+            self.call(Method::GET, &["contacts", contact_id, "notes", note_id], &[], None::<&()>, Replay::Safe).await?;
         Ok(e.note)
     }
 
     pub async fn create_note(&self, contact_id: &str, body: &NoteBody) -> Result<Note, GhlError> {
-        let e: NoteEnvelope = self
-            .call(Method::POST, &["contacts", contact_id, "notes"], &[], Some(body), Replay::Unsafe)
-            .await?;
+        let e: NoteEnvelope =
+            self.call(Method::POST, &["contacts", contact_id, "notes"], &[], Some(body), Replay::Unsafe).await?;
         Ok(e.note)
     }
 
     pub async fn update_note(&self, contact_id: &str, note_id: &str, body: &NoteBody) -> Result<Note, GhlError> {
-        let e: NoteEnvelope = self
-            .call(
-                Method::PUT,
-                &["contacts", contact_id, "notes", note_id],
-                &[],
-                Some(body),
-                Replay::Safe,
-            )
-            .await?;
+        let e: NoteEnvelope =
+            self.call(Method::PUT, &["contacts", contact_id, "notes", note_id], &[], Some(body), Replay::Safe).await?;
         Ok(e.note)
     }
 
     pub async fn delete_note(&self, contact_id: &str, note_id: &str) -> Result<bool, GhlError> {
         let s: Succeeded = self
-            .call(
-                Method::DELETE,
-                &["contacts", contact_id, "notes", note_id],
-                &[],
-                None::<&()>,
-                Replay::Safe,
-            )
+            .call(Method::DELETE, &["contacts", contact_id, "notes", note_id], &[], None::<&()>, Replay::Safe)
             .await?;
         Ok(s.succeded)
     }
@@ -532,15 +427,8 @@ impl GhlClient {
     // ---- appointments, custom fields -------------------------------------------------------
 
     pub async fn list_appointments(&self, contact_id: &str) -> Result<Vec<Appointment>, GhlError> {
-        let e: EventsEnvelope = self
-            .call(
-                Method::GET,
-                &["contacts", contact_id, "appointments"],
-                &[],
-                None::<&()>,
-                Replay::Safe,
-            )
-            .await?;
+        let e: EventsEnvelope =
+            self.call(Method::GET, &["contacts", contact_id, "appointments"], &[], None::<&()>, Replay::Safe).await?;
         Ok(e.events)
     }
 
@@ -620,9 +508,7 @@ impl GhlClient {
                         Err((GhlError::Transport(msg), Some(policy.backoff(attempt))))
                     } else {
                         Err((
-                            GhlError::MayHaveWritten {
-                                reason: format!("no answer to {method} {}: {msg}", url.path()),
-                            },
+                            GhlError::MayHaveWritten { reason: format!("no answer to {method} {}: {msg}", url.path()) },
                             None,
                         ))
                     }
@@ -655,11 +541,10 @@ impl GhlClient {
                     match status {
                         StatusCode::TOO_MANY_REQUESTS => {
                             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                            let retry_after = parse_retry_after(
-                                headers.get("retry-after").and_then(|v| v.to_str().ok()),
-                            );
-                            let interval = header_u64(&headers, "x-ratelimit-interval-milliseconds")
-                                .map(Duration::from_millis);
+                            let retry_after =
+                                parse_retry_after(headers.get("retry-after").and_then(|v| v.to_str().ok()));
+                            let interval =
+                                header_u64(&headers, "x-ratelimit-interval-milliseconds").map(Duration::from_millis);
                             let wait = retry_after.or(interval).unwrap_or_else(|| policy.backoff(attempt));
                             self.limiter.pause(wait).await;
                             Err((GhlError::RateLimited { retry_after }, Some(wait)))
@@ -696,10 +581,7 @@ impl GhlClient {
                         return Err(e);
                     }
                     if !policy.fits(started, wait) {
-                        return Err(GhlError::DeadlineExceeded {
-                            attempts: attempt,
-                            last: e.to_string(),
-                        });
+                        return Err(GhlError::DeadlineExceeded { attempts: attempt, last: e.to_string() });
                     }
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(attempt, wait_ms = wait.as_millis() as u64, error = %e, "retrying GHL call");
@@ -752,11 +634,7 @@ fn transport_message(e: &reqwest::Error) -> String {
         detail = s.to_string();
         source = s.source();
     }
-    if detail.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind} ({detail})")
-    }
+    if detail.is_empty() { kind.to_string() } else { format!("{kind} ({detail})") }
 }
 
 /// Turns a non-2xx answer into a typed error.
@@ -786,40 +664,20 @@ fn classify(status: StatusCode, bytes: &[u8]) -> GhlError {
             {
                 return GhlError::Duplicate {
                     contact_id: id.to_string(),
-                    matching_field: meta
-                        .get("matchingField")
-                        .and_then(Value::as_str)
-                        .unwrap_or("unknown")
-                        .to_string(),
+                    matching_field: meta.get("matchingField").and_then(Value::as_str).unwrap_or("unknown").to_string(),
                     trace_id,
                 };
             }
             if message.to_ascii_lowercase().contains("not found") {
                 GhlError::NotFound { message, trace_id }
             } else {
-                GhlError::Invalid {
-                    status: code,
-                    messages,
-                    trace_id,
-                }
+                GhlError::Invalid { status: code, messages, trace_id }
             }
         }
-        422 => GhlError::Invalid {
-            status: code,
-            messages,
-            trace_id,
-        },
+        422 => GhlError::Invalid { status: code, messages, trace_id },
         429 => GhlError::RateLimited { retry_after: None },
-        s if s >= 500 => GhlError::Server {
-            status: code,
-            message,
-            trace_id,
-        },
-        _ => GhlError::Unexpected {
-            status: code,
-            message,
-            trace_id,
-        },
+        s if s >= 500 => GhlError::Server { status: code, message, trace_id },
+        _ => GhlError::Unexpected { status: code, message, trace_id },
     }
 }
 

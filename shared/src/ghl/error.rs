@@ -20,19 +20,11 @@ pub enum GhlError {
 
     /// 400 from a create on a location that does not allow duplicates.
     #[error("GHL already has this contact ({contact_id}, matched on {matching_field}){}", trace(.trace_id))]
-    Duplicate {
-        contact_id: String,
-        matching_field: String,
-        trace_id: Option<String>,
-    },
+    Duplicate { contact_id: String, matching_field: String, trace_id: Option<String> },
 
     /// 400/422: GHL refused the request as invalid. Sending it again will not help.
     #[error("GHL refused the request ({status}): {}{}", .messages.join("; "), trace(.trace_id))]
-    Invalid {
-        status: u16,
-        messages: Vec<String>,
-        trace_id: Option<String>,
-    },
+    Invalid { status: u16, messages: Vec<String>, trace_id: Option<String> },
 
     /// 429 after every allowed retry.
     #[error("GHL rate limit still exceeded after retries (retry after {retry_after:?})")]
@@ -40,11 +32,7 @@ pub enum GhlError {
 
     /// 5xx on a request that is safe to repeat, after every allowed retry.
     #[error("GHL server error ({status}) after retries: {message}{}", trace(.trace_id))]
-    Server {
-        status: u16,
-        message: String,
-        trace_id: Option<String>,
-    },
+    Server { status: u16, message: String, trace_id: Option<String> },
 
     /// A non-idempotent write (create contact, task or note) failed in a way that does not
     /// say whether GHL applied it. Look before writing again.
@@ -65,11 +53,7 @@ pub enum GhlError {
 
     /// Any other status.
     #[error("unexpected GHL status {status}: {message}{}", trace(.trace_id))]
-    Unexpected {
-        status: u16,
-        message: String,
-        trace_id: Option<String>,
-    },
+    Unexpected { status: u16, message: String, trace_id: Option<String> },
 }
 
 fn trace(t: &Option<String>) -> String {
@@ -125,22 +109,12 @@ mod tests {
             }
             .is_retryable()
         );
-        assert!(
-            !GhlError::Unauthorized {
-                message: "Invalid JWT".into(),
-                trace_id: None
-            }
-            .is_retryable()
-        );
+        assert!(!GhlError::Unauthorized { message: "Invalid JWT".into(), trace_id: None }.is_retryable());
     }
 
     #[test]
     fn messages_carry_the_trace_id() {
-        let e = GhlError::Invalid {
-            status: 422,
-            messages: vec!["a".into(), "b".into()],
-            trace_id: Some("abc".into()),
-        };
+        let e = GhlError::Invalid { status: 422, messages: vec!["a".into(), "b".into()], trace_id: Some("abc".into()) };
         assert_eq!(e.to_string(), "GHL refused the request (422): a; b (traceId abc)");
     }
 }

@@ -358,18 +358,10 @@ pub enum SearchFilter {
 
 impl SearchFilter {
     pub fn eq(field: &str, value: impl Into<Value>) -> Self {
-        Self::Condition {
-            field: field.into(),
-            operator: "eq".into(),
-            value: Some(value.into()),
-        }
+        Self::Condition { field: field.into(), operator: "eq".into(), value: Some(value.into()) }
     }
     pub fn contains(field: &str, value: impl Into<Value>) -> Self {
-        Self::Condition {
-            field: field.into(),
-            operator: "contains".into(),
-            value: Some(value.into()),
-        }
+        Self::Condition { field: field.into(), operator: "contains".into(), value: Some(value.into()) }
     }
 }
 
@@ -490,11 +482,8 @@ mod tests {
     fn update_dto_cannot_carry_location_or_company() {
         let v = serde_json::json!({"locationId": "x"});
         assert!(serde_json::from_value::<UpdateContactDto>(v).is_err());
-        let body = serde_json::to_value(UpdateContactDto {
-            first_name: Some("Ana".into()),
-            ..Default::default()
-        })
-        .unwrap();
+        let body =
+            serde_json::to_value(UpdateContactDto { first_name: Some("Ana".into()), ..Default::default() }).unwrap();
         assert_eq!(body, serde_json::json!({"firstName": "Ana"}));
     }
 

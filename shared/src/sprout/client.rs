@@ -45,10 +45,7 @@ pub enum SproutError {
 
 impl SproutError {
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::RateLimited | Self::Server { .. } | Self::Transport(_) | Self::DeadlineExceeded(_)
-        )
+        matches!(self, Self::RateLimited | Self::Server { .. } | Self::Transport(_) | Self::DeadlineExceeded(_))
     }
 }
 
@@ -97,9 +94,7 @@ pub struct SproutClient {
 
 impl std::fmt::Debug for SproutClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SproutClient")
-            .field("base_url", &self.settings.base_url.as_str())
-            .finish_non_exhaustive()
+        f.debug_struct("SproutClient").field("base_url", &self.settings.base_url.as_str()).finish_non_exhaustive()
     }
 }
 
@@ -111,18 +106,8 @@ impl SproutClient {
             .user_agent(concat!("sv-ghl-sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SproutError::Transport(e.to_string()))?;
-        let limiter = Arc::new(RateLimiter::new(
-            settings.per_minute.max(1),
-            Duration::from_secs(60),
-            1.0,
-        ));
-        Ok(Self {
-            http,
-            settings: Arc::new(settings),
-            key,
-            limiter,
-            requests: Arc::new(AtomicU64::new(0)),
-        })
+        let limiter = Arc::new(RateLimiter::new(settings.per_minute.max(1), Duration::from_secs(60), 1.0));
+        Ok(Self { http, settings: Arc::new(settings), key, limiter, requests: Arc::new(AtomicU64::new(0)) })
     }
 
     /// Requests sent so far (every attempt counts).
@@ -183,19 +168,17 @@ impl SproutClient {
     ) -> Result<Page<EngagementSession>, SproutError> {
         let params = session_params(q);
         match video_id {
-            Some(v) => {
-                self.page(&["stats", "engagement", v, "sessions"], "sessions", &params, page, per_page)
-                    .await
-            }
-            None => {
-                self.page(&["stats", "engagement", "sessions"], "sessions", &params, page, per_page)
-                    .await
-            }
+            Some(v) => self.page(&["stats", "engagement", v, "sessions"], "sessions", &params, page, per_page).await,
+            None => self.page(&["stats", "engagement", "sessions"], "sessions", &params, page, per_page).await,
         }
     }
 
     /// Every engagement session matching `q`, account-wide or for one video.
-    pub async fn sessions(&self, video_id: Option<&str>, q: &SessionQuery) -> Result<Vec<EngagementSession>, SproutError> {
+    pub async fn sessions(
+        &self,
+        video_id: Option<&str>,
+        q: &SessionQuery,
+    ) -> Result<Vec<EngagementSession>, SproutError> {
         let params = session_params(q);
         match video_id {
             Some(v) => self.all(&["stats", "engagement", v, "sessions"], "sessions", &params).await,
@@ -224,7 +207,9 @@ impl SproutClient {
                 .collect::<Result<Vec<T>, _>>()
                 .map_err(|e| SproutError::Decode(format!("{items_key}: {e}")))?,
             Some(Value::Null) | None => Vec::new(),
-            Some(other) => return Err(SproutError::Decode(format!("{items_key} is not a list: {other}"))),
+            Some(other) => {
+                return Err(SproutError::Decode(format!("{items_key} is not a list: {other}")));
+            }
         };
         let total = body.get("total").and_then(Value::as_u64);
         let has_next = matches!(body.get("next_page"), Some(Value::String(s)) if !s.is_empty());
@@ -323,25 +308,16 @@ impl SproutClient {
                             (SproutError::RateLimited, Some(wait))
                         }
                         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                            return Err(SproutError::Unauthorized {
-                                status: status.as_u16(),
-                                message,
-                            });
+                            return Err(SproutError::Unauthorized { status: status.as_u16(), message });
                         }
                         StatusCode::NOT_FOUND => return Err(SproutError::NotFound(message)),
                         s if s.is_server_error() => {
-                            let err = SproutError::Server {
-                                status: s.as_u16(),
-                                message,
-                            };
+                            let err = SproutError::Server { status: s.as_u16(), message };
                             let wait = retry_after.unwrap_or_else(|| policy.backoff(attempt));
                             (err, replay_safe.then_some(wait))
                         }
                         s => {
-                            return Err(SproutError::Invalid {
-                                status: s.as_u16(),
-                                message,
-                            });
+                            return Err(SproutError::Invalid { status: s.as_u16(), message });
                         }
                     }
                 }
@@ -378,11 +354,7 @@ fn error_message(bytes: &[u8], status: StatusCode) -> String {
         Some(e) => e.into_vec().join("; "),
         None => {
             let raw: String = String::from_utf8_lossy(bytes).chars().take(200).collect();
-            if raw.trim().is_empty() {
-                status.canonical_reason().unwrap_or("error").to_string()
-            } else {
-                raw
-            }
+            if raw.trim().is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { raw }
         }
     }
 }

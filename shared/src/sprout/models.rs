@@ -23,9 +23,7 @@ impl<'de> Deserialize<'de> for Timestamp {
 fn lenient_ts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
     let v = Option::<Value>::deserialize(d)?;
     Ok(match v {
-        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s.trim())
-            .ok()
-            .map(|t| Timestamp(t.with_timezone(&Utc))),
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s.trim()).ok().map(|t| Timestamp(t.with_timezone(&Utc))),
         _ => None,
     })
 }
@@ -151,9 +149,9 @@ impl<'de> Deserialize<'de> for EngagementSession {
         }
         fn ts(v: Option<Value>) -> Option<Timestamp> {
             match v? {
-                Value::String(s) => DateTime::parse_from_rfc3339(s.trim())
-                    .ok()
-                    .map(|t| Timestamp(t.with_timezone(&Utc))),
+                Value::String(s) => {
+                    DateTime::parse_from_rfc3339(s.trim()).ok().map(|t| Timestamp(t.with_timezone(&Utc)))
+                }
                 _ => None,
             }
         }
