@@ -11,7 +11,7 @@ moto_server -H 127.0.0.1 -p "$PORT" > target/moto.log 2>&1 &
 MOTO_PID=$!
 trap 'kill $MOTO_PID 2>/dev/null; wait $MOTO_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$PORT/moto-api/" && break
+  curl -fsS -o /dev/null "http://127.0.0.1:$PORT/moto-api/" 2>/dev/null && break
   sleep 0.1
 done
 curl -fsS -o /dev/null "http://127.0.0.1:$PORT/moto-api/" || { echo "moto did not start; see target/moto.log" >&2; exit 1; }

@@ -105,8 +105,11 @@ impl DesiredContact {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CommandBody {
-    /// Create or update the person's contact and add its tags.
+    /// Create or update the person's contact and add its tags (skipped when the same state
+    /// was applied last).
     UpsertContact { contact: DesiredContact },
+    /// Upsert even if the state was applied before: GHL drifted from it (from the reconciler).
+    RepairContact { contact: DesiredContact },
     /// Add tags to the person's contact.
     AddTags { identity: Identity, tags: Vec<String> },
     /// Write a note on the person's contact (once per key).
@@ -133,6 +136,7 @@ impl CommandBody {
     pub fn action_name(&self) -> &'static str {
         match self {
             Self::UpsertContact { .. } => "upsert_contact",
+            Self::RepairContact { .. } => "repair_contact",
             Self::AddTags { .. } => "add_tags",
             Self::AddNote { .. } => "add_note",
             Self::CreateTask { .. } => "create_task",
@@ -144,7 +148,7 @@ impl CommandBody {
     /// The person the command is about (none for a video change).
     pub fn email(&self) -> Option<&Email> {
         match self {
-            Self::UpsertContact { contact } => Some(&contact.email),
+            Self::UpsertContact { contact } | Self::RepairContact { contact } => Some(&contact.email),
             Self::AddTags { identity, .. }
             | Self::AddNote { identity, .. }
             | Self::CreateTask { identity, .. }

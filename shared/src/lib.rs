@@ -13,6 +13,7 @@ pub mod mapping;
 pub mod pacing;
 pub mod plan;
 pub mod queue;
+pub mod reconcile;
 pub mod runtime;
 pub mod secrets;
 pub mod sprout;

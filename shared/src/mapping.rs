@@ -449,7 +449,9 @@ impl CustomFieldCatalog {
         if values.is_empty() {
             return Ok(Vec::new());
         }
-        let mut defs = match self.cache.read().await.clone() {
+        // Bind the cached copy first: the read guard must be gone before `load` takes the write lock.
+        let cached = self.cache.read().await.clone();
+        let mut defs = match cached {
             Some(d) => d,
             None => self.load().await?,
         };

@@ -65,6 +65,10 @@ pub trait StateStore: Send + Sync {
     async fn get_value(&self, name: &str) -> Result<Option<String>, StateError>;
     async fn put_value(&self, name: &str, value: &str, ttl: Option<Duration>) -> Result<(), StateError>;
     async fn delete_value(&self, name: &str) -> Result<(), StateError>;
+    /// Many named values at once (missing names are left out of the answer).
+    async fn get_values(&self, names: &[String]) -> Result<HashMap<String, String>, StateError>;
+    /// Many named values at once.
+    async fn put_values(&self, values: &[(String, String)], ttl: Option<Duration>) -> Result<(), StateError>;
 }
 
 pub struct DynamoStore {
@@ -293,6 +297,50 @@ impl StateStore for DynamoStore {
         Ok(())
     }
 
+    async fn get_values(&self, names: &[String]) -> Result<HashMap<String, String>, StateError> {
+        let items = self.batch_get(names.iter().map(|n| format!("kv#{n}")).collect()).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|i| Some((get_s(&i, "pk")?.strip_prefix("kv#")?.to_string(), get_s(&i, "value")?)))
+            .collect())
+    }
+
+    async fn put_values(&self, values: &[(String, String)], ttl: Option<Duration>) -> Result<(), StateError> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        for chunk in values.chunks(25) {
+            let mut reqs: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|(k, v)| {
+                    let mut item =
+                        HashMap::from([("pk".to_string(), s(&format!("kv#{k}"))), ("value".to_string(), s(v))]);
+                    if let Some(t) = ttl {
+                        item.insert("expires_at".into(), n(now() + t.as_secs() as i64));
+                    }
+                    WriteRequest::builder()
+                        .put_request(PutRequest::builder().set_item(Some(item)).build().expect("item is set"))
+                        .build()
+                })
+                .collect();
+            for _ in 0..10 {
+                if reqs.is_empty() {
+                    break;
+                }
+                let r = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, std::mem::take(&mut reqs))
+                    .send()
+                    .await
+                    .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+                reqs = r.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
+            }
+            if !reqs.is_empty() {
+                return Err(StateError::Unavailable("the table kept throttling a batch write".into()));
+            }
+        }
+        Ok(())
+    }
+
     async fn delete_value(&self, name: &str) -> Result<(), StateError> {
         self.client
             .delete_item()
@@ -302,6 +350,48 @@ impl StateStore for DynamoStore {
             .await
             .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+trait BatchOps {
+    async fn batch_get(&self, pks: Vec<String>) -> Result<Vec<HashMap<String, AttributeValue>>, StateError>;
+}
+
+#[async_trait]
+impl BatchOps for DynamoStore {
+    async fn batch_get(&self, pks: Vec<String>) -> Result<Vec<HashMap<String, AttributeValue>>, StateError> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let mut out = Vec::new();
+        for chunk in pks.chunks(100) {
+            let mut keys: Vec<HashMap<String, AttributeValue>> =
+                chunk.iter().map(|pk| HashMap::from([("pk".to_string(), s(pk))])).collect();
+            for _ in 0..10 {
+                if keys.is_empty() {
+                    break;
+                }
+                let ka = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut keys)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| StateError::Unavailable(e.to_string()))?;
+                let r = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, ka)
+                    .send()
+                    .await
+                    .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+                if let Some(mut resp) = r.responses {
+                    out.extend(resp.remove(&self.table).unwrap_or_default());
+                }
+                keys = r.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).map(|k| k.keys).unwrap_or_default();
+            }
+            if !keys.is_empty() {
+                return Err(StateError::Unavailable("the table kept throttling a batch read".into()));
+            }
+        }
+        Ok(out)
     }
 }
 

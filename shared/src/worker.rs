@@ -151,7 +151,8 @@ impl Worker {
     /// Applies one command.
     pub async fn apply(&self, cmd: &SyncCommand) -> Result<Applied, ApplyError> {
         match &cmd.body {
-            CommandBody::UpsertContact { contact } => self.upsert(contact).await,
+            CommandBody::UpsertContact { contact } => self.upsert(contact, false).await,
+            CommandBody::RepairContact { contact } => self.upsert(contact, true).await,
             CommandBody::AddTags { identity, tags } => self.add_tags(identity, tags).await,
             CommandBody::AddNote { identity, body } => self.add_note(&cmd.key, identity, body).await,
             CommandBody::CreateTask { identity, external_id, title, body, due_at, assigned_to } => {
@@ -215,10 +216,10 @@ impl Worker {
         }
     }
 
-    async fn upsert(&self, desired: &DesiredContact) -> Result<Applied, ApplyError> {
+    async fn upsert(&self, desired: &DesiredContact, force: bool) -> Result<Applied, ApplyError> {
         let hash = desired.state_hash();
         let prev = self.store.person(&desired.email).await?;
-        if prev.as_ref().is_some_and(|p| p.state_hash == hash) {
+        if !force && prev.as_ref().is_some_and(|p| p.state_hash == hash) {
             return Ok(Applied::Unchanged);
         }
         let phone = desired.phone.as_ref().map(|p| p.as_str().to_string());

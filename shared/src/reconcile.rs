@@ -1,0 +1,756 @@
+//! Scheduled reconciliation: works out what GHL should hold for every SproutVideo person, reads
+//! what GHL does hold in bulk, and queues only the difference, as the same commands the intake
+//! sends.
+//!
+//! A run moves through stages, each a sequence of pages, and saves a checkpoint after every page
+//! in the state table, so a run cut short by its deadline (or `max_steps`) continues where it
+//! stopped on the next invocation without reading or queueing anything twice:
+//! 1. `videos`: every video (titles, tags, durations);
+//! 2. `logins`: every viewer login;
+//! 3. `sessions`: engagement sessions in the look-back window, aggregated per person (best watch
+//!    percent per video, last activity), kept per person in the state table for the run;
+//! 4. `diff`: per person, desired state and rule actions against GHL (read in bulk with search
+//!    by the sync tag, `searchAfter` paging) and the idempotency ledger; differences are queued;
+//! 5. `orphans`: contacts tagged as logins that no longer exist in SproutVideo (reported; deleted
+//!    only when configured).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{NaiveDate, Utc};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+use tokio::time::Instant;
+
+use crate::commands::{CommandBody, DesiredContact, IdempotencyKey, SyncCommand};
+use crate::ghl::{Contact, GhlClient, GhlError, SearchFilter, SearchPaging, SearchRequest};
+use crate::identity::Email;
+use crate::mapping::{ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, WatchFacts};
+use crate::plan::{rule_commands, rule_source};
+use crate::queue::{CommandQueue, QueueError};
+use crate::sprout::{MAX_PER_PAGE, SessionQuery, SproutClient, SproutError};
+use crate::state::{StateError, StateStore};
+
+const CHECKPOINT: &str = "reconcile#checkpoint";
+const LAST_REPORT: &str = "reconcile#last";
+/// Scratch data of a run lives this long.
+const SCRATCH_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
+/// GHL search page size for the bulk read (the largest GHL is known to serve).
+pub const SEARCH_PAGE: u32 = 500;
+
+/// What an invocation was asked to do (the Lambda input, or the local command's flags).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileInput {
+    /// Plan only: report what would change, queue nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Backfill: look at sessions since this day instead of the look-back window.
+    #[serde(default)]
+    pub since: Option<NaiveDate>,
+    /// Only these people.
+    #[serde(default)]
+    pub emails: Option<Vec<String>>,
+    /// Stop after this many pages of work; the next invocation continues.
+    #[serde(default)]
+    pub max_steps: Option<u32>,
+    /// Drop an unfinished run and start over.
+    #[serde(default)]
+    pub restart: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Sprout(#[from] SproutError),
+    #[error(transparent)]
+    Ghl(#[from] GhlError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+/// One line of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanLine {
+    pub email: String,
+    pub action: String,
+    pub reason: String,
+}
+
+/// The summary a run returns and logs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub run_id: String,
+    pub dry_run: bool,
+    /// False when the run stopped at its deadline and continues next time.
+    pub complete: bool,
+    pub since: Option<NaiveDate>,
+    pub until: Option<NaiveDate>,
+    pub people_seen: u64,
+    pub in_sync: u64,
+    pub to_create: u64,
+    pub to_update: u64,
+    pub actions_pending: u64,
+    pub orphans: u64,
+    pub orphans_deleted: u64,
+    pub commands_queued: u64,
+    pub ghl_calls: u64,
+    pub sproutvideo_calls: u64,
+    pub duration_ms: u64,
+    pub plan: Vec<PlanLine>,
+    /// Plan lines left out beyond the configured limit.
+    pub plan_omitted: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Stage {
+    Videos,
+    Logins,
+    Sessions,
+    Diff,
+    Orphans,
+    Done,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    input: ReconcileInput,
+    stage: Stage,
+    /// Next page of the current listing stage.
+    page: u32,
+    /// Video pages stored for this run.
+    video_pages: u32,
+    /// Names of the per-page lists of people first seen on that page, in order.
+    people_pages: Vec<String>,
+    /// Next entry of `people_pages` to diff.
+    diff_index: usize,
+    started_at: i64,
+    report: Report,
+}
+
+/// What SproutVideo says about one person in this run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Aggregate {
+    #[serde(default)]
+    login: bool,
+    #[serde(default)]
+    lead: bool,
+    /// video id → (best percent, last activity as unix seconds)
+    #[serde(default)]
+    videos: BTreeMap<String, (f64, i64)>,
+}
+
+impl Aggregate {
+    fn merge(&mut self, o: &Aggregate) {
+        self.login |= o.login;
+        self.lead |= o.lead;
+        for (v, (p, at)) in &o.videos {
+            let e = self.videos.entry(v.clone()).or_insert((0.0, 0));
+            e.0 = e.0.max(*p);
+            e.1 = e.1.max(*at);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct VideoInfo {
+    title: String,
+    duration: Option<f64>,
+    tags: Vec<String>,
+}
+
+pub struct Reconciler {
+    pub sprout: SproutClient,
+    pub ghl: GhlClient,
+    pub catalog: Arc<CustomFieldCatalog>,
+    pub store: Arc<dyn StateStore>,
+    pub queue: Arc<dyn CommandQueue>,
+    pub mapping: Arc<Mapping>,
+    pub lookback_days: u32,
+    pub plan_lines: usize,
+    pub delete_orphans: bool,
+    /// Stop this long before the deadline.
+    pub safety_margin: Duration,
+    /// Contacts per GHL search page ([`SEARCH_PAGE`]).
+    pub search_page_size: u32,
+}
+
+struct Run<'a> {
+    r: &'a Reconciler,
+    cp: Checkpoint,
+    run_id: String,
+    filter: Option<BTreeSet<String>>,
+    deadline: Option<Instant>,
+    steps_left: Option<u32>,
+    videos: HashMap<String, VideoInfo>,
+    actual: Option<HashMap<String, Contact>>,
+}
+
+impl Reconciler {
+    /// Runs (or continues) a reconciliation until it is done, `deadline` is near, or the
+    /// input's `max_steps` are spent. `progress` receives one line per page.
+    pub async fn run(
+        &self,
+        input: ReconcileInput,
+        deadline: Option<Instant>,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Report, ReconcileError> {
+        let started = Instant::now();
+        let ghl_before = self.ghl.stats().requests.load(Ordering::Relaxed);
+        let sprout_before = self.sprout.requests_sent();
+        let existing = match self.store.get_value(CHECKPOINT).await? {
+            Some(raw) if !input.restart => serde_json::from_str::<Checkpoint>(&raw).ok(),
+            _ => None,
+        };
+        let cp = match existing {
+            Some(cp) if cp.stage != Stage::Done => {
+                progress(&format!("continuing run {} at stage {:?}", cp.report.run_id, cp.stage));
+                let mut cp = cp;
+                cp.input.max_steps = input.max_steps;
+                cp
+            }
+            _ => self.new_checkpoint(input)?,
+        };
+        let run_id = cp.report.run_id.clone();
+        let filter = cp
+            .input
+            .emails
+            .as_ref()
+            .map(|l| l.iter().filter_map(|e| Email::parse(e).ok()).map(|e| e.to_string()).collect());
+        let steps_left = cp.input.max_steps;
+        let mut run = Run { r: self, cp, run_id, filter, deadline, steps_left, videos: HashMap::new(), actual: None };
+        let finished = run.drive(progress).await?;
+        let mut report = run.cp.report.clone();
+        report.ghl_calls += self.ghl.stats().requests.load(Ordering::Relaxed) - ghl_before;
+        report.sproutvideo_calls += self.sprout.requests_sent() - sprout_before;
+        report.duration_ms += started.elapsed().as_millis() as u64;
+        report.complete = finished;
+        if finished {
+            self.store.delete_value(CHECKPOINT).await?;
+            let mut last = report.clone();
+            last.plan.clear();
+            self.store.put_value(LAST_REPORT, &serde_json::to_string(&last).expect("report"), None).await?;
+        } else {
+            run.cp.report = report.clone();
+            self.save(&run.cp).await?;
+        }
+        Ok(report)
+    }
+
+    fn new_checkpoint(&self, input: ReconcileInput) -> Result<Checkpoint, ReconcileError> {
+        let today = Utc::now().date_naive();
+        let since = input.since.unwrap_or_else(|| today - chrono::Duration::days(self.lookback_days as i64));
+        if since > today {
+            return Err(ReconcileError::Input(format!("since {since} is in the future")));
+        }
+        let run_id = format!("{}-{:04x}", Utc::now().format("%Y%m%dT%H%M%S"), fastrand::u16(..));
+        Ok(Checkpoint {
+            stage: Stage::Videos,
+            page: 1,
+            video_pages: 0,
+            people_pages: Vec::new(),
+            diff_index: 0,
+            started_at: Utc::now().timestamp(),
+            report: Report {
+                run_id,
+                dry_run: input.dry_run,
+                since: Some(since),
+                until: Some(today),
+                ..Default::default()
+            },
+            input,
+        })
+    }
+
+    async fn save(&self, cp: &Checkpoint) -> Result<(), ReconcileError> {
+        let mut slim = cp.clone();
+        slim.report.plan.truncate(self.plan_lines);
+        self.store.put_value(CHECKPOINT, &serde_json::to_string(&slim).expect("checkpoint"), Some(SCRATCH_TTL)).await?;
+        Ok(())
+    }
+}
+
+impl Run<'_> {
+    fn key(&self, what: &str) -> String {
+        format!("recon#{}#{what}", self.run_id)
+    }
+
+    /// One unit of work was done; false when the run must stop here.
+    fn may_continue(&mut self) -> bool {
+        if let Some(s) = &mut self.steps_left {
+            *s = s.saturating_sub(1);
+            if *s == 0 {
+                return false;
+            }
+        }
+        match self.deadline {
+            Some(d) => Instant::now() + self.r.safety_margin < d,
+            None => true,
+        }
+    }
+
+    async fn checkpoint(&mut self) -> Result<(), ReconcileError> {
+        self.r.save(&self.cp).await
+    }
+
+    /// Returns true when the run finished.
+    async fn drive(&mut self, progress: &(dyn Fn(&str) + Sync)) -> Result<bool, ReconcileError> {
+        loop {
+            let stage = self.cp.stage;
+            match stage {
+                Stage::Videos => {
+                    let page = self
+                        .r
+                        .sprout
+                        .page::<crate::sprout::Video>(&["videos"], "videos", &[], self.cp.page, MAX_PER_PAGE)
+                        .await?;
+                    let infos: HashMap<String, VideoInfo> = page
+                        .items
+                        .iter()
+                        .map(|v| {
+                            let info = VideoInfo {
+                                title: v.title.clone().unwrap_or_else(|| v.id.clone()),
+                                duration: v.duration,
+                                tags: v.tags.clone(),
+                            };
+                            (v.id.clone(), info)
+                        })
+                        .collect();
+                    if !infos.is_empty() {
+                        let name = self.key(&format!("videos#{}", self.cp.page));
+                        self.r
+                            .store
+                            .put_value(&name, &serde_json::to_string(&infos).expect("videos"), Some(SCRATCH_TTL))
+                            .await?;
+                        self.cp.video_pages = self.cp.page;
+                        self.videos.extend(infos);
+                    }
+                    progress(&format!("videos: page {} ({} videos)", self.cp.page, page.items.len()));
+                    self.advance(page.has_next && !page.items.is_empty(), Stage::Logins);
+                }
+                Stage::Logins => {
+                    let page = self.r.sprout.logins_page(self.cp.page, MAX_PER_PAGE).await?;
+                    let mut frags: HashMap<String, Aggregate> = HashMap::new();
+                    for l in &page.items {
+                        if let Some(e) = l.email.as_deref().and_then(|e| self.person(e)) {
+                            frags.entry(e).or_default().login = true;
+                        }
+                    }
+                    let new = self.merge_people(frags, &format!("logins#{}", self.cp.page)).await?;
+                    progress(&format!(
+                        "logins: page {} ({} logins, {} new people)",
+                        self.cp.page,
+                        page.items.len(),
+                        new
+                    ));
+                    self.advance(page.has_next && !page.items.is_empty(), Stage::Sessions);
+                }
+                Stage::Sessions => {
+                    self.load_videos().await?;
+                    let q =
+                        SessionQuery { start_date: self.cp.report.since, end_date: self.cp.report.until, vemail: None };
+                    let page = self.r.sprout.sessions_page(None, &q, self.cp.page, MAX_PER_PAGE).await?;
+                    let mut frags: HashMap<String, Aggregate> = HashMap::new();
+                    for s in &page.items {
+                        let Some(e) = s.vemail.as_deref().and_then(|e| self.person(e)) else { continue };
+                        let a = frags.entry(e).or_default();
+                        a.lead = true;
+                        if let Some(v) = &s.video_id {
+                            let dur = self.videos.get(v).and_then(|i| i.duration);
+                            let p = s.watch_percent(dur).unwrap_or(0.0);
+                            let at = s.last_seen().map(|t| t.0.timestamp()).unwrap_or(0);
+                            let entry = a.videos.entry(v.clone()).or_insert((0.0, 0));
+                            entry.0 = entry.0.max(p);
+                            entry.1 = entry.1.max(at);
+                        }
+                    }
+                    let new = self.merge_people(frags, &format!("sessions#{}", self.cp.page)).await?;
+                    progress(&format!(
+                        "sessions: page {} ({} sessions, {} new people)",
+                        self.cp.page,
+                        page.items.len(),
+                        new
+                    ));
+                    self.advance(page.has_next && !page.items.is_empty(), Stage::Diff);
+                }
+                Stage::Diff => {
+                    if self.cp.diff_index >= self.cp.people_pages.len() {
+                        self.cp.stage = Stage::Orphans;
+                        self.checkpoint().await?;
+                        continue;
+                    }
+                    self.load_videos().await?;
+                    self.load_actual(progress).await?;
+                    let name = self.cp.people_pages[self.cp.diff_index].clone();
+                    let emails: Vec<String> = match self.r.store.get_value(&name).await? {
+                        Some(raw) => serde_json::from_str(&raw).unwrap_or_default(),
+                        None => Vec::new(),
+                    };
+                    let queued = self.diff_people(&emails).await?;
+                    progress(&format!(
+                        "diff: {}/{} ({} people, {} commands)",
+                        self.cp.diff_index + 1,
+                        self.cp.people_pages.len(),
+                        emails.len(),
+                        queued
+                    ));
+                    self.cp.diff_index += 1;
+                    self.checkpoint().await?;
+                    if !self.may_continue() {
+                        return Ok(false);
+                    }
+                }
+                Stage::Orphans => {
+                    self.load_actual(progress).await?;
+                    self.orphans().await?;
+                    self.cp.stage = Stage::Done;
+                    progress(&format!("orphans: {}", self.cp.report.orphans));
+                }
+                Stage::Done => return Ok(true),
+            }
+            // Listing stages save their progress after every page (the diff stage does so above).
+            if matches!(stage, Stage::Videos | Stage::Logins | Stage::Sessions) {
+                self.checkpoint().await?;
+                if !self.may_continue() {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// Moves to the next page, or to `next` stage at page 1.
+    fn advance(&mut self, more: bool, next: Stage) {
+        if more {
+            self.cp.page += 1;
+        } else {
+            self.cp.stage = next;
+            self.cp.page = 1;
+        }
+    }
+
+    /// A normalised email this run covers (the `emails` filter applied).
+    fn person(&self, raw: &str) -> Option<String> {
+        let e = self.r.mapping.email(raw).ok()?.to_string();
+        match &self.filter {
+            Some(f) if !f.contains(&e) => None,
+            _ => Some(e),
+        }
+    }
+
+    /// Merges a page's fragments into the run's per-person aggregates; records who is new.
+    async fn merge_people(&mut self, frags: HashMap<String, Aggregate>, page: &str) -> Result<usize, ReconcileError> {
+        if frags.is_empty() {
+            return Ok(0);
+        }
+        let names: Vec<String> = frags.keys().map(|e| self.key(&format!("p#{e}"))).collect();
+        let existing = self.r.store.get_values(&names).await?;
+        let mut writes = Vec::with_capacity(frags.len());
+        let mut new_people = Vec::new();
+        for (email, frag) in frags {
+            let name = self.key(&format!("p#{email}"));
+            let mut agg = match existing.get(&name) {
+                Some(raw) => serde_json::from_str(raw).unwrap_or_default(),
+                None => {
+                    new_people.push(email.clone());
+                    Aggregate::default()
+                }
+            };
+            agg.merge(&frag);
+            writes.push((name, serde_json::to_string(&agg).expect("aggregate")));
+        }
+        self.r.store.put_values(&writes, Some(SCRATCH_TTL)).await?;
+        let n = new_people.len();
+        if n > 0 {
+            new_people.sort();
+            let list = self.key(&format!("new#{page}"));
+            self.r
+                .store
+                .put_value(&list, &serde_json::to_string(&new_people).expect("list"), Some(SCRATCH_TTL))
+                .await?;
+            self.cp.people_pages.push(list);
+            self.cp.report.people_seen += n as u64;
+        }
+        Ok(n)
+    }
+
+    async fn load_videos(&mut self) -> Result<(), ReconcileError> {
+        if !self.videos.is_empty() || self.cp.video_pages == 0 {
+            return Ok(());
+        }
+        let names: Vec<String> = (1..=self.cp.video_pages).map(|p| self.key(&format!("videos#{p}"))).collect();
+        for raw in self.r.store.get_values(&names).await?.values() {
+            if let Ok(m) = serde_json::from_str::<HashMap<String, VideoInfo>>(raw) {
+                self.videos.extend(m);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every contact carrying the sync tag, by email, read in bulk once per invocation.
+    async fn load_actual(&mut self, progress: &(dyn Fn(&str) + Sync)) -> Result<(), ReconcileError> {
+        if self.actual.is_some() {
+            return Ok(());
+        }
+        let req = SearchRequest {
+            location_id: String::new(),
+            page_limit: self.r.search_page_size,
+            page: None,
+            search_after: None,
+            query: None,
+            filters: vec![SearchFilter::eq("tags", self.r.mapping.sync_tag.clone())],
+            sort: vec![],
+        };
+        let all: Vec<Contact> = self.r.ghl.search(req, SearchPaging::SearchAfter).try_collect().await?;
+        progress(&format!("GHL: {} contacts carry the '{}' tag", all.len(), self.r.mapping.sync_tag));
+        self.actual =
+            Some(all.into_iter().filter_map(|c| Some((c.email.as_deref()?.trim().to_lowercase(), c))).collect());
+        Ok(())
+    }
+
+    fn plan(&mut self, email: &str, action: &str, reason: String) {
+        if self.cp.report.plan.len() < self.r.plan_lines {
+            self.cp.report.plan.push(PlanLine { email: email.into(), action: action.into(), reason });
+        } else {
+            self.cp.report.plan_omitted += 1;
+        }
+    }
+
+    /// Diffs people and queues their differences; returns the number of commands.
+    async fn diff_people(&mut self, emails: &[String]) -> Result<usize, ReconcileError> {
+        let names: Vec<String> = emails.iter().map(|e| self.key(&format!("p#{e}"))).collect();
+        let aggs = self.r.store.get_values(&names).await?;
+        let mut commands = Vec::new();
+        let now = Utc::now();
+        for email in emails {
+            let Some(agg) =
+                aggs.get(&self.key(&format!("p#{email}"))).and_then(|r| serde_json::from_str::<Aggregate>(r).ok())
+            else {
+                continue;
+            };
+            let origin = if agg.login { Origin::Login } else { Origin::Lead };
+            let mut desired =
+                self.r.mapping.desired(&ContactInput { email: email.clone(), ..Default::default() }, origin)?;
+            if agg.login
+                && agg.lead
+                && let Some(t) = &self.r.mapping.tags.lead
+            {
+                desired.tags.insert(t.clone());
+            }
+            let mut rule_cmds = Vec::new();
+            let mut last: Option<WatchFacts> = None;
+            for (video_id, (percent, at)) in &agg.videos {
+                let info = self.videos.get(video_id).cloned().unwrap_or_default();
+                let w = WatchFacts {
+                    video_id: video_id.clone(),
+                    video_title: if info.title.is_empty() { video_id.clone() } else { info.title },
+                    video_tags: info.tags,
+                    percent: *percent,
+                    at: chrono::DateTime::from_timestamp(*at, 0).unwrap_or(now),
+                };
+                let actions = self.r.mapping.watch(&desired.email, &w);
+                desired.tags.extend(actions.tags);
+                let identity = desired.identity();
+                for c in rule_commands(&identity, email, &w, actions.notes, actions.tasks, now) {
+                    if !self.r.store.is_done(&c.key).await? {
+                        rule_cmds.push(c);
+                    }
+                }
+                if last.as_ref().is_none_or(|l| w.at >= l.at) {
+                    last = Some(w);
+                }
+            }
+            desired.custom_fields.extend(self.r.mapping.summary_fields(
+                agg.videos.len(),
+                last.as_ref(),
+                &desired.email,
+            ));
+            let actual = self.actual.as_ref().and_then(|a| a.get(email.as_str()));
+            let diff = match actual {
+                None => Some(("create", "not in GHL".to_string())),
+                Some(c) => self.differences(&desired, c).await?.map(|r| ("update", r)),
+            };
+            match &diff {
+                Some((action, reason)) => {
+                    if *action == "create" {
+                        self.cp.report.to_create += 1;
+                    } else {
+                        self.cp.report.to_update += 1;
+                    }
+                    self.plan(email, action, reason.clone());
+                    let source = format!("reconcile:{}:{}", self.run_id, email);
+                    commands.push(SyncCommand::new(
+                        &source,
+                        "repair_contact",
+                        now,
+                        CommandBody::RepairContact { contact: desired },
+                    ));
+                }
+                None if rule_cmds.is_empty() => self.cp.report.in_sync += 1,
+                None => {}
+            }
+            for c in &rule_cmds {
+                let what = match &c.body {
+                    CommandBody::AddNote { .. } => "note",
+                    _ => "task",
+                };
+                self.plan(email, what, "rule action not applied yet".into());
+            }
+            self.cp.report.actions_pending += rule_cmds.len() as u64;
+            commands.extend(rule_cmds);
+        }
+        let n = commands.len();
+        if !self.cp.input.dry_run && n > 0 {
+            self.r.queue.send(&commands).await?;
+            self.cp.report.commands_queued += n as u64;
+        }
+        Ok(n)
+    }
+
+    /// Why the contact differs from the desired state (fields the sync owns only), if it does.
+    async fn differences(&self, d: &DesiredContact, c: &Contact) -> Result<Option<String>, ReconcileError> {
+        let mut reasons = Vec::new();
+        let lower = |s: &Option<String>| s.as_deref().map(|x| x.trim().to_lowercase());
+        let first_have = c.first_name_lower_case.clone().or_else(|| lower(&c.first_name));
+        if let Some(f) = &d.first_name
+            && first_have.as_deref() != Some(f.to_lowercase().as_str())
+        {
+            reasons.push("firstName differs".to_string());
+        }
+        let last_have = c.last_name_lower_case.clone().or_else(|| lower(&c.last_name));
+        if let Some(l) = &d.last_name
+            && last_have.as_deref() != Some(l.to_lowercase().as_str())
+        {
+            reasons.push("lastName differs".to_string());
+        }
+        if let Some(p) = &d.phone
+            && c.phone.as_deref() != Some(p.as_str())
+        {
+            reasons.push("phone differs".to_string());
+        }
+        if let Some(co) = &d.company_name
+            && c.company_name.as_deref() != Some(co.as_str())
+        {
+            reasons.push("companyName differs".to_string());
+        }
+        let have: BTreeSet<String> = c.tags.iter().map(|t| t.to_lowercase()).collect();
+        let missing: Vec<&str> = d.tags.iter().filter(|t| !have.contains(*t)).map(String::as_str).collect();
+        if !missing.is_empty() {
+            reasons.push(format!("missing tags: {}", missing.join(", ")));
+        }
+        if !d.custom_fields.is_empty() {
+            for input in self.r.catalog.resolve(&d.custom_fields).await? {
+                let current = c.custom_fields.iter().find(|f| f.id == input.id).map(|f| &f.value);
+                if current != Some(&input.field_value) && !loosely_equal(current, &input.field_value) {
+                    reasons.push(format!("custom field {} differs", input.id));
+                }
+            }
+        }
+        Ok((!reasons.is_empty()).then(|| reasons.join("; ")))
+    }
+
+    async fn orphans(&mut self) -> Result<(), ReconcileError> {
+        let Some(login_tag) = self.r.mapping.tags.login.clone() else { return Ok(()) };
+        let candidates: Vec<(String, String)> = self
+            .actual
+            .as_ref()
+            .map(|a| {
+                a.iter()
+                    .filter(|(_, c)| c.tags.iter().any(|t| t.eq_ignore_ascii_case(&login_tag)))
+                    .filter(|(e, _)| self.filter.as_ref().is_none_or(|f| f.contains(*e)))
+                    .map(|(e, c)| (e.clone(), c.id.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for chunk in candidates.chunks(100) {
+            let names: Vec<String> = chunk.iter().map(|(e, _)| self.key(&format!("p#{e}"))).collect();
+            let known = self.r.store.get_values(&names).await?;
+            for (email, id) in chunk {
+                let login_now = known
+                    .get(&self.key(&format!("p#{email}")))
+                    .and_then(|r| serde_json::from_str::<Aggregate>(r).ok())
+                    .is_some_and(|a| a.login);
+                if login_now {
+                    continue;
+                }
+                self.cp.report.orphans += 1;
+                if self.r.delete_orphans && !self.cp.input.dry_run {
+                    self.r.ghl.delete_contact(id).await?;
+                    self.cp.report.orphans_deleted += 1;
+                    self.plan(email, "orphan", "login no longer exists in SproutVideo; contact deleted".into());
+                } else {
+                    self.plan(email, "orphan", "login no longer exists in SproutVideo; left in place".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Numbers GHL returns as strings (and the reverse) count as equal.
+fn loosely_equal(have: Option<&Value>, want: &Value) -> bool {
+    match (have, want) {
+        (Some(Value::String(a)), Value::Number(b)) | (Some(Value::Number(b)), Value::String(a)) => {
+            a.parse::<f64>().ok() == b.as_f64()
+        }
+        _ => false,
+    }
+}
+
+/// Whether an action's key is in the ledger as done (exposed for tests and tools).
+pub async fn action_done(
+    store: &dyn StateStore,
+    rule: &str,
+    email: &str,
+    video_id: &str,
+    action: &str,
+) -> Result<bool, StateError> {
+    store.is_done(&IdempotencyKey::derive(&rule_source(rule, email, video_id), action)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregates_keep_the_best_watch_and_latest_activity() {
+        let mut a = Aggregate { login: true, ..Default::default() };
+        a.videos.insert("v".into(), (40.0, 100));
+        let mut b = Aggregate { lead: true, ..Default::default() };
+        b.videos.insert("v".into(), (30.0, 200));
+        b.videos.insert("w".into(), (90.0, 50));
+        a.merge(&b);
+        assert!(a.login && a.lead);
+        assert_eq!(a.videos["v"], (40.0, 200));
+        assert_eq!(a.videos["w"], (90.0, 50));
+    }
+
+    #[test]
+    fn inputs_parse_from_the_documented_shapes() {
+        let i: ReconcileInput = serde_json::from_str(r#"{"dry_run": true}"#).unwrap();
+        assert!(i.dry_run);
+        let i: ReconcileInput = serde_json::from_str(r#"{"since": "2026-11-01"}"#).unwrap();
+        assert_eq!(i.since, NaiveDate::from_ymd_opt(2026, 11, 1));
+        let i: ReconcileInput = serde_json::from_str(r#"{"emails": ["a@example.com"]}"#).unwrap();
+        assert_eq!(i.emails.unwrap().len(), 1);
+        assert!(serde_json::from_str::<ReconcileInput>(r#"{"dryrun": true}"#).is_err());
+        let _: ReconcileInput = serde_json::from_str("{}").unwrap();
+    }
+
+    #[test]
+    fn numbers_and_numeric_strings_compare_equal() {
+        assert!(loosely_equal(Some(&Value::from("3")), &Value::from(3)));
+        assert!(!loosely_equal(Some(&Value::from("x")), &Value::from(3)));
+        assert!(!loosely_equal(None, &Value::from(3)));
+    }
+}

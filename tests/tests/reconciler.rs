@@ -1,0 +1,332 @@
+//! The reconciler against moto and the local SproutVideo and GHL, with the worker applying what
+//! it queues.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use shared::reconcile::{ReconcileInput, Report};
+use shared::worker::{QueueMessage, Worker};
+use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator, secret_json};
+use sync_tests::local_ghl::{GhlBehaviour, LocalGhl};
+use sync_tests::local_sprout::{LocalSprout, SessionSeed, SproutBehaviour, VideoSeed};
+
+const LOC: &str = "locReconcileTest0001";
+
+const MAPPING: &str = r#"
+source = "SproutVideo"
+default_region = "US"
+sync_tag = "sproutvideo"
+[tags]
+login = "sv-login"
+lead = "sv-lead"
+watched = "sv-watched:{video_title}"
+completed = "sv-completed:{video_title}"
+completed_percent = 90.0
+[custom_fields]
+"contact.sv_last_video" = "{video_title}"
+[[rules]]
+name = "hot"
+min_percent = 75.0
+note = "Watched {percent}% of '{video_title}' on {date}"
+[rules.task]
+title = "Call about {video_title}"
+due_in_hours = 24
+"#;
+
+struct Env {
+    ghl: LocalGhl,
+    sprout: LocalSprout,
+    stack: Stack,
+    worker: Arc<Worker>,
+    reconciler: shared::reconcile::Reconciler,
+    /// Expected people and how many rule hits each has.
+    people: Vec<(String, usize)>,
+}
+
+/// Seeds `n` people on two videos (sessions on several pages, some anonymous), and logins.
+async fn env(tag: &str, n: usize) -> Env {
+    require_emulator();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .try_init();
+    let ghl = LocalGhl::new(GhlBehaviour { burst_max: 100_000, ..Default::default() });
+    let ghl_url = format!("http://{}/", ghl.spawn("127.0.0.1:0").await.unwrap());
+    ghl.define_custom_field(LOC, "Last video", "contact.sv_last_video", "TEXT").await;
+    let sprout = LocalSprout::new(SproutBehaviour::default());
+    let sprout_url = format!("http://{}/v1", sprout.spawn("127.0.0.1:0").await.unwrap());
+    let a = sprout
+        .add_video(VideoSeed {
+            title: "Pricing".into(),
+            duration: Some(200.0),
+            require_email: true,
+            ..Default::default()
+        })
+        .await;
+    let b = sprout
+        .add_video(VideoSeed {
+            title: "Welcome".into(),
+            duration: Some(100.0),
+            require_email: true,
+            ..Default::default()
+        })
+        .await;
+    let mut people = Vec::new();
+    for i in 0..n {
+        let email = format!("person{i:04}@example.com");
+        let secs_a = ((i * 37) % 200) as f64;
+        sprout
+            .add_session(SessionSeed {
+                video_id: a.clone(),
+                vemail: Some(email.clone()),
+                seconds_watched: Some(secs_a),
+                ..Default::default()
+            })
+            .await;
+        let mut hits = usize::from(secs_a / 200.0 * 100.0 >= 75.0);
+        if i % 3 == 0 {
+            let secs_b = ((i * 13) % 100) as f64;
+            sprout
+                .add_session(SessionSeed {
+                    video_id: b.clone(),
+                    vemail: Some(email.clone()),
+                    seconds_watched: Some(secs_b),
+                    ..Default::default()
+                })
+                .await;
+            hits += usize::from(secs_b >= 75.0);
+        }
+        if i % 10 == 0 {
+            sprout
+                .add_session(SessionSeed {
+                    video_id: a.clone(),
+                    vemail: None,
+                    seconds_watched: Some(5.0),
+                    ..Default::default()
+                })
+                .await;
+        }
+        people.push((email, hits));
+    }
+    for l in 0..3 {
+        let email = format!("member{l}@example.com");
+        sprout.add_login(&email).await;
+        people.push((email, 0));
+    }
+    let stack = Stack::create(
+        StackNames::unique(tag),
+        StackSettings { visibility_timeout_secs: 30, max_receive_count: 5 },
+        Some(&secret_json("wt", &["sig"], "rk", "pit-recon", Some("sv-key"))),
+    )
+    .await
+    .unwrap();
+    let mapping_path = std::env::temp_dir().join(format!("{}-mapping.toml", stack.names.table));
+    std::fs::write(&mapping_path, MAPPING).unwrap();
+    let extra = [("SYNC_MAPPING_FILE", mapping_path.to_str().unwrap()), ("GHL_BURST_MAX", "100000")];
+    let config = stack.config(&ghl_url, &sprout_url, LOC, &extra);
+    let worker = worker::build(config.clone()).await.unwrap().0;
+    let mut reconciler = reconciler::build(config).await.unwrap().0;
+    // Smaller GHL search pages, so page counts show with a few hundred people.
+    reconciler.search_page_size = 100;
+    Env { ghl, sprout, stack, worker, reconciler, people }
+}
+
+impl Env {
+    async fn run(&self, input: ReconcileInput) -> Report {
+        self.reconciler.run(input, None, &|_| {}).await.unwrap()
+    }
+
+    /// Applies everything queued, as the event-source mapping would.
+    async fn drain(&self) -> usize {
+        let mut total = 0;
+        loop {
+            let msgs = self.stack.receive(&self.stack.queue_url, 10, 60).await.unwrap();
+            if msgs.is_empty() {
+                return total;
+            }
+            let batch: Vec<QueueMessage> = msgs
+                .iter()
+                .map(|m| QueueMessage {
+                    id: m.message_id.clone().unwrap(),
+                    body: m.body.clone().unwrap(),
+                    receipt_handle: None,
+                    group_id: None,
+                    receive_count: 1,
+                })
+                .collect();
+            let out = self.worker.process_batch(batch).await;
+            assert!(out.failed.is_empty() && out.parked == 0, "{out:?}");
+            let entries = msgs
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                        .id(format!("d{i}"))
+                        .receipt_handle(m.receipt_handle.clone().unwrap())
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            self.stack
+                .sqs
+                .delete_message_batch()
+                .queue_url(&self.stack.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .unwrap();
+            total += msgs.len();
+        }
+    }
+
+    async fn contacts(&self) -> Vec<Value> {
+        self.ghl.state().await["locations"][LOC]["contacts"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn a_seeded_account_reconciles_exactly_and_a_second_run_queues_nothing() {
+    let e = env("exact", 130).await;
+    let r = e.run(ReconcileInput::default()).await;
+    assert!(r.complete);
+    assert_eq!(r.people_seen as usize, e.people.len());
+    assert_eq!(r.to_create as usize, e.people.len());
+    let hits: usize = e.people.iter().map(|(_, h)| h).sum();
+    assert!(hits > 10, "the seed has rule hits");
+    assert_eq!(r.actions_pending as usize, 2 * hits, "a note and a task per hit");
+    e.drain().await;
+
+    let contacts = e.contacts().await;
+    assert_eq!(contacts.len(), e.people.len(), "every person exactly once");
+    for (email, h) in &e.people {
+        let matching: Vec<&Value> = contacts.iter().filter(|c| c["email"] == email.as_str()).collect();
+        assert_eq!(matching.len(), 1, "{email}");
+        let c = matching[0];
+        let tags: Vec<&str> = c["tags"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(tags.contains(&"sproutvideo"), "{email}: {tags:?}");
+        let origin = if email.starts_with("member") { "sv-login" } else { "sv-lead" };
+        assert!(tags.contains(&origin), "{email}: {tags:?}");
+        assert_eq!(c["notes"].as_array().unwrap().len(), *h, "{email} notes");
+        assert_eq!(c["tasks"].as_array().unwrap().len(), *h, "{email} tasks");
+    }
+    let lead = contacts.iter().find(|c| c["email"] == "person0001@example.com").unwrap();
+    assert_eq!(lead["customFields"].as_array().unwrap().len(), 1, "last video custom field set");
+
+    let again = e.run(ReconcileInput::default()).await;
+    assert_eq!(again.commands_queued, 0, "{again:?}");
+    assert_eq!(again.in_sync as usize, e.people.len());
+    assert_eq!(e.stack.depth(&e.stack.queue_url).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn drift_made_by_hand_is_found_and_fixed_and_nothing_else_is_touched() {
+    let e = env("drift", 40).await;
+    e.run(ReconcileInput::default()).await;
+    e.drain().await;
+    let contacts = e.contacts().await;
+    let one = contacts.iter().find(|c| c["email"] == "person0002@example.com").unwrap();
+    let two = contacts.iter().find(|c| c["email"] == "person0005@example.com").unwrap();
+    let (one_id, two_id) = (one["id"].as_str().unwrap().to_string(), two["id"].as_str().unwrap().to_string());
+    // By hand: a changed custom field on one, a removed tag on the other.
+    let field_id = one["customFields"][0]["id"].as_str().unwrap().to_string();
+    assert!(e.ghl.edit_contact(&one_id, json!({"customFields": [{"id": field_id, "value": "Something else"}]})).await);
+    let kept: Vec<Value> = two["tags"].as_array().unwrap().iter().filter(|t| *t != "sv-lead").cloned().collect();
+    assert!(e.ghl.edit_contact(&two_id, json!({"tags": kept})).await);
+
+    let r = e.run(ReconcileInput::default()).await;
+    assert_eq!(r.to_update, 2, "{:?}", r.plan);
+    assert_eq!(r.to_create, 0);
+    e.ghl.clear_requests().await;
+    e.drain().await;
+    let writes: Vec<_> = e.ghl.requests().await.into_iter().filter(|x| x.method != "GET").collect();
+    assert!(!writes.is_empty());
+    for w in &writes {
+        let about_them = w.path.contains(&one_id)
+            || w.path.contains(&two_id)
+            || (w.path == "/contacts/upsert"
+                && ["person0002@example.com", "person0005@example.com"]
+                    .contains(&w.body["email"].as_str().unwrap_or("")));
+        assert!(about_them, "touched something else: {} {} {}", w.method, w.path, w.body);
+    }
+    let after = e.contacts().await;
+    let one = after.iter().find(|c| c["id"] == one_id.as_str()).unwrap();
+    assert_eq!(one["customFields"][0]["value"], "Pricing");
+    let two = after.iter().find(|c| c["id"] == two_id.as_str()).unwrap();
+    assert!(two["tags"].as_array().unwrap().iter().any(|t| t == "sv-lead"));
+    assert_eq!(e.run(ReconcileInput::default()).await.commands_queued, 0);
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_the_same_plan_and_writes_nothing() {
+    let e = env("dry", 30).await;
+    let dry = e.run(ReconcileInput { dry_run: true, ..Default::default() }).await;
+    assert!(dry.dry_run && dry.complete);
+    assert!(!dry.plan.is_empty());
+    assert!(dry.plan.iter().any(|l| l.action == "create" && l.reason == "not in GHL"));
+    assert_eq!(dry.commands_queued, 0);
+    assert_eq!(e.stack.depth(&e.stack.queue_url).await.unwrap(), 0, "nothing queued");
+    assert!(e.ghl.requests().await.iter().all(|r| r.method == "GET" || r.path == "/contacts/search"), "no GHL writes");
+    assert!(e.contacts().await.is_empty());
+    let real = e.run(ReconcileInput::default()).await;
+    assert_eq!(
+        (real.to_create, real.to_update, real.actions_pending),
+        (dry.to_create, dry.to_update, dry.actions_pending)
+    );
+    assert_eq!(real.plan, dry.plan, "the same plan");
+}
+
+#[tokio::test]
+async fn an_interrupted_run_resumes_from_its_checkpoint_without_repeating_work() {
+    let e = env("resume", 230).await;
+    let first = e.run(ReconcileInput { max_steps: Some(3), ..Default::default() }).await;
+    assert!(!first.complete);
+    let mut last = first.clone();
+    let mut invocations = 1;
+    while !last.complete {
+        last = e.run(ReconcileInput { max_steps: Some(2), ..Default::default() }).await;
+        invocations += 1;
+        assert!(invocations < 50);
+    }
+    assert!(invocations > 2, "the run really was split");
+    // 1 page of videos, 1 of logins, and the session pages: each read exactly once.
+    let session_pages =
+        e.sprout.requests().await.iter().filter(|r| r.path.ends_with("/stats/engagement/sessions")).count();
+    let sessions = 230 + 230usize.div_ceil(3) + 23;
+    assert_eq!(session_pages, sessions.div_ceil(100));
+    assert_eq!(last.sproutvideo_calls as usize, 2 + session_pages, "no SproutVideo page read twice");
+    assert_eq!(last.people_seen as usize, e.people.len());
+    let queued = e.drain().await;
+    let hits: usize = e.people.iter().map(|(_, h)| h).sum();
+    assert_eq!(queued, e.people.len() + 2 * hits, "every command queued once");
+    assert_eq!(e.contacts().await.len(), e.people.len());
+}
+
+#[tokio::test]
+async fn ghl_calls_grow_with_pages_and_changes_not_with_people() {
+    let e = env("cost", 250).await;
+    e.run(ReconcileInput::default()).await;
+    e.drain().await;
+    // In sync: the reconciler reads GHL in pages (of 100 here) and makes no per-person call.
+    let n = e.people.len();
+    let pages = n.div_ceil(100);
+    assert!(pages >= 3);
+    e.ghl.clear_requests().await;
+    let steady = e.run(ReconcileInput::default()).await;
+    assert_eq!(steady.commands_queued, 0);
+    let calls = e.ghl.requests().await.len();
+    assert!(calls <= pages + 1, "{calls} calls for {n} people in sync");
+    assert_eq!(steady.ghl_calls as usize, calls);
+
+    // k changes: the reconciler still reads in pages; applying them costs about k.
+    let k = 5;
+    let contacts = e.contacts().await;
+    for c in contacts.iter().filter(|c| c["email"].as_str().unwrap().starts_with("person")).take(k) {
+        let kept: Vec<Value> = c["tags"].as_array().unwrap().iter().filter(|t| *t != "sv-lead").cloned().collect();
+        e.ghl.edit_contact(c["id"].as_str().unwrap(), json!({"tags": kept})).await;
+    }
+    e.ghl.clear_requests().await;
+    let drifted = e.run(ReconcileInput::default()).await;
+    assert_eq!(drifted.to_update as usize, k);
+    e.drain().await;
+    let total = e.ghl.requests().await.len();
+    assert!(total <= pages + 1 + 2 * k, "{total} calls for {n} people with {k} changes");
+}
