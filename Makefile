@@ -28,6 +28,7 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 unit: tools
+	$(CARGO) build --workspace --bins --locked
 	scripts/with-moto.sh $(CARGO) test --workspace --locked
 
 sam-lint: tools
