@@ -374,3 +374,17 @@ mod arbitrary {
         }
     }
 }
+
+#[test]
+fn the_published_event_schema_matches_what_the_intake_accepts() {
+    let raw = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/events.schema.json")).unwrap();
+    let schema: Value = serde_json::from_str(&raw).unwrap();
+    let types: Vec<&str> =
+        schema["properties"]["type"]["enum"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(types, shared::intake::EVENT_TYPES);
+    let mut fields: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    fields.sort();
+    let mut want = vec!["id", "type", "occurred_at", "contact", "video", "watch", "note", "task", "tags"];
+    want.sort();
+    assert_eq!(fields, want);
+}
