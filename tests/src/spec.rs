@@ -150,12 +150,24 @@ impl Spec {
     }
 }
 
-/// `../shared/reference` beside the project root (override with `SYNC_REFERENCE_DIR`).
+/// The reference folder: `SYNC_REFERENCE_DIR`, else `shared/reference` beside the project root
+/// (`../shared/reference`) or beside any of its parents.
 pub fn reference_dir() -> PathBuf {
     if let Ok(d) = std::env::var("SYNC_REFERENCE_DIR") {
         return PathBuf::from(d);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.ancestors()
+        .skip(1)
+        .map(|a| a.join("shared/reference"))
+        .find(|p| p.join("ghl-openapi/contacts.json").is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "HighLevel's OpenAPI documents were not found in shared/reference/ghl-openapi beside {} or its parents; \
+                 set SYNC_REFERENCE_DIR to the folder holding ghl-openapi/",
+                root.display()
+            )
+        })
 }
 
 /// The spec path template an API path belongs to (for looking up its schemas).
