@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 CARGO ?= cargo
 
-.PHONY: test tools lint fmt-check clippy unit sam-lint build build-arm64 lambda-check dev deploy bench soak fuzz clean
+.PHONY: test tools fmt-check clippy unit sam-lint build build-arm64 lambda-check dev deploy bench soak fuzz clean
 
 ## test: every check (format, lint, unit, integration against moto + local fakes, SAM lint, Lambda build)
 test: tools fmt-check clippy sam-lint unit lambda-check
@@ -39,13 +39,15 @@ sam-lint: tools
 	cfn-lint target/cfn.json
 
 ## build: x86_64 Lambda zips into target/lambda-x86_64/<bin>/bootstrap.zip (works offline)
+FUNCTIONS := -p intake -p worker -p reconciler
+
 build: tools
-	$(CARGO) lambda build --release --locked --lambda-dir target/lambda-x86_64 --output-format zip
+	$(CARGO) lambda build --release --locked $(FUNCTIONS) --lambda-dir target/lambda-x86_64 --output-format zip
 
 ## build-arm64: arm64 zips (needs the aarch64 rust-std, fetched by rustup)
 build-arm64: tools
 	rustup target add aarch64-unknown-linux-gnu
-	$(CARGO) lambda build --release --arm64 --locked --lambda-dir target/lambda-arm64 --output-format zip
+	$(CARGO) lambda build --release --arm64 --locked $(FUNCTIONS) --lambda-dir target/lambda-arm64 --output-format zip
 
 lambda-check: build
 	@for b in sv-intake sv-worker sv-reconciler; do \
@@ -61,6 +63,23 @@ dev: tools
 deploy: tools
 	sam build
 	if [ -f samconfig.toml ]; then sam deploy; else sam deploy --guided; fi
+
+## bench: the performance table (target/bench/results.json); release builds, moto and the local fakes
+bench: tools build
+	$(CARGO) lambda build --release --locked -p sync-tests --bin hello-lambda --lambda-dir target/lambda-bench --output-format zip
+	$(CARGO) build --release --locked -p sync-tests --bin sv-bench
+	scripts/with-moto.sh target/release/sv-bench
+
+## soak: the chaos soak at length (a short one runs in `make test`)
+soak: tools
+	$(CARGO) build --workspace --bins --locked
+	SOAK_PEOPLE=$${SOAK_PEOPLE:-150} SOAK_SECS=$${SOAK_SECS:-600} scripts/with-moto.sh \
+	  $(CARGO) test --locked -p sync-tests --test soak -- --nocapture
+
+## fuzz: long property runs over event decoding, signature checks, command decoding and the router (bounded)
+fuzz: tools
+	PROPTEST_CASES=$${FUZZ_CASES:-20000} FUZZ_CASES=$${FUZZ_CASES:-20000} timeout $${FUZZ_SECS:-900} \
+	  scripts/with-moto.sh $(CARGO) test --locked -p shared -p sync-tests -- fuzz arbitrary decode_never_panics
 
 clean:
 	rm -rf target .aws-sam

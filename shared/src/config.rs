@@ -38,10 +38,14 @@ pub struct Config {
     pub ghl_location_id: String,
     pub ghl_burst_max: u32,
     pub ghl_burst_interval: Duration,
+    /// Per-attempt GHL timeout (`GHL_REQUEST_TIMEOUT_MS`, 15000).
+    pub ghl_request_timeout: Duration,
     /// How many workers share the GHL budget (`WORKER_MAX_CONCURRENCY`, 2).
     pub worker_concurrency: u32,
     /// Commands applied at once inside one worker batch (`WORKER_BATCH_CONCURRENCY`, 4).
     pub batch_concurrency: usize,
+    /// First retry delay of a failed message, doubling per receive (`WORKER_RETRY_BASE_SECS`, 5).
+    pub retry_base_secs: u64,
     /// SproutVideo (`SPROUTVIDEO_BASE_URL`, `SPROUTVIDEO_PER_MINUTE`, 90).
     pub sprout_base_url: Url,
     pub sprout_per_minute: u32,
@@ -99,8 +103,10 @@ impl Config {
             ghl_location_id: need("GHL_LOCATION_ID", "set it to the HighLevel sub-account (location) id")?,
             ghl_burst_max: num(&get, "GHL_BURST_MAX", 100)?,
             ghl_burst_interval: Duration::from_millis(num(&get, "GHL_BURST_INTERVAL_MS", 10_000)?),
+            ghl_request_timeout: Duration::from_millis(num(&get, "GHL_REQUEST_TIMEOUT_MS", 15_000)?.max(100)),
             worker_concurrency,
             batch_concurrency: num(&get, "WORKER_BATCH_CONCURRENCY", 4usize)?.max(1),
+            retry_base_secs: num(&get, "WORKER_RETRY_BASE_SECS", 5u64)?.max(1),
             sprout_base_url: url("SPROUTVIDEO_BASE_URL", crate::sprout::DEFAULT_BASE_URL)?,
             sprout_per_minute: num(&get, "SPROUTVIDEO_PER_MINUTE", 90)?,
             lookback_days: num(&get, "RECONCILE_LOOKBACK_DAYS", 7)?,
@@ -116,6 +122,7 @@ impl Config {
         s.burst_max = self.ghl_burst_max;
         s.burst_interval = self.ghl_burst_interval;
         s.budget_share = 1.0 / self.worker_concurrency as f64;
+        s.request_timeout = self.ghl_request_timeout;
         s
     }
 

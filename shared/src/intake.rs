@@ -574,6 +574,59 @@ mod tests {
         }
     }
 
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn near_event() -> impl Strategy<Value = Vec<u8>> {
+            let kinds = proptest::sample::select(EVENT_TYPES.to_vec());
+            (kinds, "[ -~]{0,40}", any::<u16>(), proptest::collection::vec(any::<u8>(), 0..16)).prop_map(
+                |(kind, email, n, junk)| {
+                    let mut v = base(kind);
+                    v["contact"]["email"] = json!(email);
+                    v["video"] = json!({"id": format!("v{n}"), "duration": n});
+                    v["watch"] = json!({"seconds": n, "percent": n % 150});
+                    v["note"] = json!({"body": email});
+                    v["task"] = json!({"external_id": email, "title": "t", "due_at": "2026-12-01T00:00:00Z"});
+                    v["tags"] = json!([email]);
+                    let mut bytes = v.to_string().into_bytes();
+                    let at = (n as usize) % (bytes.len() + 1);
+                    if n % 3 == 0 {
+                        bytes.splice(at..at, junk);
+                    }
+                    bytes
+                },
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn event_decoding_never_panics_and_fails_only_with_a_4xx(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                if let Err(e) = event_commands(&Mapping::default_mapping(), &body) {
+                    prop_assert!(e.status == 400 || e.status == 422);
+                }
+                let _ = webhook_commands(&body);
+            }
+
+            #[test]
+            fn near_valid_events_map_or_name_a_field(body in near_event()) {
+                match event_commands(&Mapping::default_mapping(), &body) {
+                    Ok(a) => prop_assert!(!a.commands.is_empty()),
+                    Err(e) => prop_assert!(e.status == 400 || e.field.is_some(), "{:?}", e),
+                }
+            }
+
+            #[test]
+            fn signature_checks_never_panic_and_never_accept_forgeries(
+                ts in proptest::option::of("[ -~]{0,20}"),
+                sig in proptest::option::of("[ -~]{0,200}"),
+                body in proptest::collection::vec(any::<u8>(), 0..256),
+            ) {
+                prop_assert!(!verify_signature(&keys(&["k1", "k2"]), ts.as_deref(), sig.as_deref(), &body, 1_764_400_000));
+            }
+        }
+    }
+
     #[test]
     fn webhooks_need_a_video_id() {
         let a = webhook_commands(br#"{"id":"abc123","state":"deployed","updated_at":"2026-11-29T10:00:00Z"}"#).unwrap();

@@ -56,8 +56,9 @@ pub trait StateStore: Send + Sync {
     async fn put_person(&self, email: &Email, p: &PersonState) -> Result<(), StateError>;
     async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StateError>;
     async fn complete(&self, key: &IdempotencyKey, result: &str) -> Result<(), StateError>;
-    /// Lets the next attempt take over at once (the outcome of this one is unknown).
-    async fn expire_claim(&self, key: &IdempotencyKey) -> Result<(), StateError>;
+    /// The outcome of this attempt is unknown: the next attempt may take over after `grace`
+    /// (long enough for a request still in flight to have landed), and will look first.
+    async fn defer_claim(&self, key: &IdempotencyKey, grace: Duration) -> Result<(), StateError>;
     /// Forgets a claim whose attempt certainly wrote nothing.
     async fn release(&self, key: &IdempotencyKey) -> Result<(), StateError>;
     /// Whether an action was applied (read-only; used by the reconciler).
@@ -241,16 +242,16 @@ impl StateStore for DynamoStore {
         Ok(())
     }
 
-    async fn expire_claim(&self, key: &IdempotencyKey) -> Result<(), StateError> {
+    async fn defer_claim(&self, key: &IdempotencyKey, grace: Duration) -> Result<(), StateError> {
         let r = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&idem_pk(key)))
-            .update_expression("SET lease_until = :zero")
+            .update_expression("SET lease_until = :until")
             .condition_expression("#st = :pending")
             .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":until", n(now_ms() + grace.as_millis() as i64))
             .expression_attribute_values(":pending", s("pending"))
             .send()
             .await;

@@ -33,7 +33,8 @@ use crate::state::{Claim, PersonState, StateError, StateStore};
 pub enum ApplyError {
     /// Worth retrying later (429, 5xx, timeouts, "may have written", a busy claim).
     #[error("{reason}")]
-    Transient { reason: String, trace_id: Option<String> },
+    /// `ambiguous`: GHL may have applied the write.
+    Transient { reason: String, trace_id: Option<String>, ambiguous: bool },
     /// Will never succeed as is (422, invalid input, an identity conflict): park it.
     #[error("{reason}")]
     Permanent { reason: String, trace_id: Option<String> },
@@ -41,7 +42,7 @@ pub enum ApplyError {
 
 impl ApplyError {
     fn transient(reason: impl Into<String>) -> Self {
-        Self::Transient { reason: reason.into(), trace_id: None }
+        Self::Transient { reason: reason.into(), trace_id: None, ambiguous: false }
     }
     fn permanent(reason: impl Into<String>) -> Self {
         Self::Permanent { reason: reason.into(), trace_id: None }
@@ -57,7 +58,12 @@ impl From<GhlError> for ApplyError {
             }
             _ => e.to_string(),
         };
-        if e.is_retryable() { Self::Transient { reason, trace_id } } else { Self::Permanent { reason, trace_id } }
+        if e.is_retryable() {
+            let ambiguous = matches!(e, GhlError::MayHaveWritten { .. });
+            Self::Transient { reason, trace_id, ambiguous }
+        } else {
+            Self::Permanent { reason, trace_id }
+        }
     }
 }
 
@@ -131,6 +137,11 @@ pub struct Worker {
     pub mapping: Arc<Mapping>,
     /// How long a claim is held before another attempt may take it over.
     pub lease: Duration,
+    /// After an ambiguous failure, how long before a retry may look and write again: longer
+    /// than a request can still be in flight (twice the GHL request timeout).
+    pub ambiguity_grace: Duration,
+    /// First retry delay of a failed message, in seconds (doubles per receive).
+    pub retry_base_secs: u64,
     /// Commands applied at once within a batch (one per message group at most).
     pub concurrency: usize,
     /// Look-back for a video's first session pull.
@@ -375,11 +386,13 @@ impl Worker {
                 Ok((id, Applied::Written))
             }
             Err(e) => {
-                // Ambiguous or transient: the next attempt takes over and looks first.
-                // Permanent: nothing was written; forget the claim.
+                // Ambiguous or transient: a later attempt takes over once nothing can still be in
+                // flight, and looks first. Permanent: nothing was written; forget the claim.
                 let outcome = match &e {
-                    ApplyError::Transient { .. } => self.store.expire_claim(key).await,
-                    ApplyError::Permanent { .. } => self.store.release(key).await,
+                    ApplyError::Transient { ambiguous: true, .. } => {
+                        self.store.defer_claim(key, self.ambiguity_grace).await
+                    }
+                    _ => self.store.release(key).await,
                 };
                 if let Err(se) = outcome {
                     tracing::warn!(error = %se, "could not update the ledger after a failed attempt");
@@ -547,7 +560,7 @@ impl Worker {
         let Some(handle) = &m.receipt_handle else {
             return;
         };
-        let secs = retry_delay_secs(m.receive_count);
+        let secs = retry_delay_secs(self.retry_base_secs, m.receive_count);
         if let Err(e) = self.queues.delay_retry(handle, secs).await {
             tracing::warn!(error = %e, "could not delay the retry");
         }
@@ -586,10 +599,10 @@ impl Worker {
     }
 }
 
-/// Visibility delay before retry number `receive_count`: 5 s doubling, capped at 15 minutes,
-/// with jitter.
-pub fn retry_delay_secs(receive_count: u32) -> i32 {
-    let base = 5u64.saturating_mul(1u64 << receive_count.min(8));
+/// Visibility delay before retry number `receive_count`: `base` seconds doubling, capped at 15
+/// minutes, with jitter.
+pub fn retry_delay_secs(base: u64, receive_count: u32) -> i32 {
+    let base = base.saturating_mul(1u64 << receive_count.min(8));
     let capped = base.min(900);
     (capped / 2 + fastrand::u64(0..=capped / 2)) as i32
 }
@@ -601,11 +614,11 @@ mod tests {
     #[test]
     fn retry_delays_grow_and_stay_bounded() {
         for n in 0..20 {
-            let d = retry_delay_secs(n);
+            let d = retry_delay_secs(5, n);
             assert!((0..=900).contains(&d), "{d}");
         }
-        assert!(retry_delay_secs(0) <= 5);
-        assert!(retry_delay_secs(6) >= 160);
+        assert!(retry_delay_secs(5, 0) <= 5);
+        assert!(retry_delay_secs(5, 6) >= 160);
     }
 
     #[test]

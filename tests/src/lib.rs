@@ -4,4 +4,5 @@
 pub mod aws;
 pub mod local_ghl;
 pub mod local_sprout;
+pub mod pipeline;
 pub mod spec;

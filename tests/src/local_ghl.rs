@@ -74,6 +74,10 @@ pub struct Faults {
     pub drop_rate: f64,
     /// Applies the write, then answers 500 (writes only).
     pub write_then_fail_rate: f64,
+    /// Share of requests answered only after `slow_ms` (the write still lands), to go past a
+    /// client's timeout.
+    pub slow_rate: f64,
+    pub slow_ms: u64,
     pub script: VecDeque<ScriptedFault>,
 }
 
@@ -193,6 +197,15 @@ impl LocalGhl {
     pub async fn define_custom_field(&self, location: &str, name: &str, field_key: &str, data_type: &str) -> String {
         let mut s = self.store.lock().await;
         add_custom_field(&mut s, location, name, field_key, data_type)
+    }
+
+    /// Stores a contact directly (for seeding large states quickly); returns its id.
+    pub async fn insert_contact(&self, location: &str, fields: Value) -> String {
+        let mut s = self.store.lock().await;
+        match insert_new(&mut s, location, &fields) {
+            Ok(f) => f["id"].as_str().unwrap_or_default().to_string(),
+            Err(r) => panic!("seed contact refused: {}", r.body),
+        }
     }
 
     /// How many OAuth refreshes were served.
@@ -324,6 +337,9 @@ async fn handle(State(ghl): State<LocalGhl>, method: Method, uri: Uri, headers: 
         let mut s = ghl.store.lock().await;
         let fault = take_fault(&mut s.faults, &method, &path);
         let mut delay = Duration::from_millis(s.faults.latency_ms);
+        if s.faults.slow_rate > 0.0 && fastrand::f64() < s.faults.slow_rate {
+            delay += Duration::from_millis(s.faults.slow_ms);
+        }
         if let Some(FaultKind::Delay { ms }) = &fault {
             delay += Duration::from_millis(*ms);
         }

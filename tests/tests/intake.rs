@@ -341,7 +341,10 @@ mod arbitrary {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(300),
+            ..ProptestConfig::default()
+        })]
         #[test]
         fn arbitrary_requests_never_panic_never_5xx_and_queue_nothing(
             path in prop_oneof![

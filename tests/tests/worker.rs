@@ -42,7 +42,10 @@ impl Env {
     }
 
     async fn worker_with(&self, extra: &[(&str, &str)]) -> Arc<Worker> {
-        let config = self.stack.config(&self.ghl_url, &self.sprout_url, LOC, extra);
+        // A short GHL timeout keeps the grace after an ambiguous write (twice the timeout) short.
+        let mut all = vec![("GHL_REQUEST_TIMEOUT_MS", "300")];
+        all.extend_from_slice(extra);
+        let config = self.stack.config(&self.ghl_url, &self.sprout_url, LOC, &all);
         worker::build(config).await.unwrap().0
     }
 
@@ -160,6 +163,9 @@ async fn write_then_fail_on_note_creation_leaves_exactly_one_note() {
     let n = note("e1", "grace@example.com", "Hello");
     let first = w.process_batch(vec![msg("n", &n)]).await;
     assert_eq!(first.failed, vec!["n".to_string()], "ambiguous write is retried, not parked");
+    let too_soon = w.process_batch(vec![msg("n", &n)]).await;
+    assert_eq!(too_soon.failed.len(), 1, "no retry while the first request could still be in flight");
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let second = w.process_batch(vec![msg("n", &n)]).await;
     assert!(second.failed.is_empty(), "{second:?}");
     let c = env.contact("grace@example.com").await;

@@ -32,6 +32,8 @@ pub async fn build(config: Config) -> anyhow::Result<(Arc<Worker>, Deps)> {
         sprout,
         mapping: c.mapping.clone(),
         lease: Duration::from_secs(60),
+        ambiguity_grace: c.ghl_request_timeout * 2,
+        retry_base_secs: c.retry_base_secs,
         concurrency: c.batch_concurrency,
         lookback_days: c.lookback_days,
         metrics: Default::default(),

@@ -232,8 +232,16 @@ async fn start(s: &Settings, procs: &mut Vec<Proc>) -> anyhow::Result<()> {
     ] {
         env.insert(k.into(), v);
     }
-    if let Ok(f) = std::env::var("SYNC_MAPPING_FILE") {
-        env.insert("SYNC_MAPPING_FILE".into(), f);
+    // Pass on tuning settings given to dev-stack (never the secret values: they live in the secret).
+    const SECRET_VARS: &[&str] =
+        &["GHL_TOKEN", "SPROUTVIDEO_API_KEY", "SYNC_WEBHOOK_TOKEN", "SYNC_SIGNING_SECRET", "SYNC_READ_API_KEY"];
+    for (k, v) in std::env::vars() {
+        let tuning = ["SYNC_", "GHL_", "WORKER_", "SPROUTVIDEO_", "RECONCILE_", "SECRET_CACHE_"]
+            .iter()
+            .any(|p| k.starts_with(p));
+        if tuning && !SECRET_VARS.contains(&k.as_str()) && !env.contains_key(&k) {
+            env.insert(k, v);
+        }
     }
     let functions: [(&'static str, Vec<String>); 3] = [
         ("sv-intake", vec![]),

@@ -1,0 +1,782 @@
+//! `sv-bench` (run by `make bench`, under moto): measures the claims the README makes, each figure
+//! beside the baseline it is compared with in the same run, and writes `target/bench/results.json`.
+//!
+//! Rate windows are time-scaled where noted (the ratio to the ceiling is what is reported).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use chrono::Utc;
+use serde_json::{Value, json};
+use shared::commands::{CommandBody, DesiredContact, SyncCommand};
+use shared::identity::{Email, Identity};
+use shared::queue::{CommandQueue, QueueError, SqsQueue};
+use shared::reconcile::ReconcileInput;
+use shared::worker::{QueueMessage, Worker};
+use sync_tests::aws::{Stack, StackNames, StackSettings, secret_json};
+use sync_tests::local_ghl::{GhlBehaviour, LocalGhl};
+use sync_tests::local_sprout::{LocalSprout, SessionSeed, SproutBehaviour, VideoSeed};
+use tower::ServiceExt;
+
+const LOC: &str = "locBench000000000001";
+
+struct Row {
+    name: String,
+    value: f64,
+    unit: String,
+    baseline: f64,
+    baseline_name: String,
+    note: String,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        if self.baseline == 0.0 { f64::NAN } else { self.value / self.baseline }
+    }
+}
+
+fn row(name: &str, value: f64, unit: &str, baseline: f64, baseline_name: &str, note: &str) -> Row {
+    Row {
+        name: name.into(),
+        value,
+        unit: unit.into(),
+        baseline,
+        baseline_name: baseline_name.into(),
+        note: note.into(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    sync_tests::aws::require_emulator();
+    let only = std::env::args().nth(1);
+    let want = |s: &str| only.as_deref().is_none_or(|o| o == s);
+    let mut rows = Vec::new();
+    if want("calls") {
+        rows.extend(calls_per_change().await?);
+    }
+    if want("throughput") {
+        rows.extend(throughput_at_limit().await?);
+    }
+    if want("reconcile") {
+        rows.extend(reconcile_cost().await?);
+    }
+    if want("intake") {
+        rows.extend(intake_cost().await?);
+    }
+    if want("start") {
+        rows.extend(start_and_size().await?);
+    }
+    print_table(&rows);
+    let out = PathBuf::from("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let json: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"name": r.name, "value": r.value, "unit": r.unit, "baseline": r.baseline,
+                   "baseline_name": r.baseline_name, "ratio": r.ratio(), "note": r.note})
+        })
+        .collect();
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&json!({"when": Utc::now(), "rows": json}))?,
+    )?;
+    eprintln!("written: target/bench/results.json");
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!("| measure | value | baseline | ratio | note |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} {} | {} {} ({}) | {:.2} | {} |",
+            r.name,
+            fmt(r.value),
+            r.unit,
+            fmt(r.baseline),
+            r.unit,
+            r.baseline_name,
+            r.ratio(),
+            r.note
+        );
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e12 { format!("{v:.0}") } else { format!("{v:.2}") }
+}
+
+// ---- shared setup -----------------------------------------------------------------------------
+
+struct World {
+    ghl: LocalGhl,
+    ghl_url: String,
+    sprout: LocalSprout,
+    sprout_url: String,
+    stack: Stack,
+}
+
+async fn world(tag: &str, ghl_behaviour: GhlBehaviour) -> anyhow::Result<World> {
+    let ghl = LocalGhl::new(ghl_behaviour);
+    let ghl_url = format!("http://{}/", ghl.spawn("127.0.0.1:0").await?);
+    let sprout = LocalSprout::new(SproutBehaviour { per_minute: 1_000_000, ..Default::default() });
+    let sprout_url = format!("http://{}/v1", sprout.spawn("127.0.0.1:0").await?);
+    let stack = Stack::create(
+        StackNames::unique(tag),
+        StackSettings { visibility_timeout_secs: 60, max_receive_count: 8 },
+        Some(&secret_json("wt", &["sig"], "rk", "pit-bench", Some("sv-bench"))),
+    )
+    .await?;
+    Ok(World { ghl, ghl_url, sprout, sprout_url, stack })
+}
+
+impl World {
+    async fn worker(&self, extra: &[(&str, &str)]) -> anyhow::Result<Arc<Worker>> {
+        Ok(worker::build(self.stack.config(&self.ghl_url, &self.sprout_url, LOC, extra)).await?.0)
+    }
+}
+
+fn email(i: usize) -> Email {
+    Email::parse(&format!("bench{i:05}@example.com")).expect("valid")
+}
+
+fn msg(i: usize, c: &SyncCommand) -> QueueMessage {
+    QueueMessage {
+        id: format!("m{i}"),
+        body: c.encode(),
+        receipt_handle: None,
+        group_id: Some(c.group_id()),
+        receive_count: 1,
+    }
+}
+
+fn desired(i: usize, first: &str, tags: &[&str]) -> DesiredContact {
+    let mut d = DesiredContact::new(email(i));
+    d.first_name = Some(first.into());
+    d.tags.extend(tags.iter().map(|t| t.to_string()));
+    d
+}
+
+/// The mixed workload: phases of `people` commands each, and the GHL calls each phase needs at
+/// least (a new person: the upsert and the tags call; a repeat: none; every other change: one).
+fn workload(people: usize, offset: usize) -> Vec<(&'static str, usize, Vec<SyncCommand>)> {
+    let now = Utc::now();
+    let id = |i: usize| Identity { email: email(i + offset), phone: None };
+    let mk = |phase: &str, i: usize, body: CommandBody| {
+        SyncCommand::new(&format!("{phase}-{}", i + offset), phase, now, body)
+    };
+    vec![
+        (
+            "new people",
+            2,
+            (0..people)
+                .map(|i| {
+                    mk("new", i, CommandBody::UpsertContact { contact: desired(i + offset, "First", &["sproutvideo"]) })
+                })
+                .collect(),
+        ),
+        (
+            "repeats, no change",
+            0,
+            (0..people)
+                .map(|i| {
+                    mk(
+                        "repeat",
+                        i,
+                        CommandBody::UpsertContact { contact: desired(i + offset, "First", &["sproutvideo"]) },
+                    )
+                })
+                .collect(),
+        ),
+        (
+            "field changes",
+            1,
+            (0..people)
+                .map(|i| {
+                    mk(
+                        "field",
+                        i,
+                        CommandBody::UpsertContact { contact: desired(i + offset, "Changed", &["sproutvideo"]) },
+                    )
+                })
+                .collect(),
+        ),
+        (
+            "tags",
+            1,
+            (0..people)
+                .map(|i| mk("tag", i, CommandBody::AddTags { identity: id(i), tags: vec!["bench".into()] }))
+                .collect(),
+        ),
+        (
+            "notes",
+            1,
+            (0..people)
+                .map(|i| mk("note", i, CommandBody::AddNote { identity: id(i), body: format!("note {i}") }))
+                .collect(),
+        ),
+        (
+            "tasks",
+            1,
+            (0..people)
+                .map(|i| {
+                    mk(
+                        "task",
+                        i,
+                        CommandBody::CreateTask {
+                            identity: id(i),
+                            external_id: format!("t{i}"),
+                            title: "Call".into(),
+                            body: None,
+                            due_at: now,
+                            assigned_to: None,
+                        },
+                    )
+                })
+                .collect(),
+        ),
+        (
+            "completions",
+            1,
+            (0..people)
+                .map(|i| mk("done", i, CommandBody::CompleteTask { identity: id(i), external_id: format!("t{i}") }))
+                .collect(),
+        ),
+    ]
+}
+
+async fn run_phase(w: &Worker, cmds: &[SyncCommand]) -> usize {
+    let mut failed = 0;
+    for (b, chunk) in cmds.chunks(10).enumerate() {
+        let batch = chunk.iter().enumerate().map(|(i, c)| msg(b * 10 + i, c)).collect();
+        failed += w.process_batch(batch).await.failed.len();
+    }
+    failed
+}
+
+// ---- 1. GHL calls per change ------------------------------------------------------------------
+
+async fn calls_per_change() -> anyhow::Result<Vec<Row>> {
+    eprintln!("bench: GHL calls per change (2,100 commands)...");
+    let w = world("calls", GhlBehaviour { burst_max: 1_000_000, ..Default::default() }).await?;
+    let worker = w.worker(&[("GHL_BURST_MAX", "1000000")]).await?;
+    let mut rows = Vec::new();
+    let (mut total_calls, mut total_min, mut commands) = (0usize, 0usize, 0usize);
+    let started = Instant::now();
+    for (name, per, cmds) in workload(300, 0) {
+        w.ghl.clear_requests().await;
+        let failed = run_phase(&worker, &cmds).await;
+        anyhow::ensure!(failed == 0, "{failed} commands failed in phase {name}");
+        let calls = w.ghl.requests().await.len();
+        total_calls += calls;
+        total_min += per * cmds.len();
+        commands += cmds.len();
+        eprintln!("bench:   {name}: {calls} calls for {} commands (minimum {})", cmds.len(), per * cmds.len());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    rows.push(row(
+        "GHL calls for the mixed workload",
+        total_calls as f64,
+        "calls",
+        total_min as f64,
+        "minimum the workload needs",
+        &format!("{commands} commands: new people, repeats, field changes, tags, notes, tasks, completions"),
+    ));
+    rows.push(row(
+        "worker commands per second (moto + local GHL, 1 worker)",
+        commands as f64 / secs,
+        "cmd/s",
+        0.0,
+        "none",
+        "informational",
+    ));
+    Ok(rows)
+}
+
+// ---- 2. Throughput at the limit ---------------------------------------------------------------
+
+async fn throughput_at_limit() -> anyhow::Result<Vec<Row>> {
+    eprintln!("bench: throughput at the limit (3 workers, window 100 requests / 1 s)...");
+    let window = GhlBehaviour { burst_max: 100, burst_interval_ms: 1000, ..Default::default() };
+    let w = world("thru", window).await?;
+    let extra = [("GHL_BURST_MAX", "100"), ("GHL_BURST_INTERVAL_MS", "1000"), ("WORKER_MAX_CONCURRENCY", "3")];
+    let workers = [w.worker(&extra).await?, w.worker(&extra).await?, w.worker(&extra).await?];
+    let people = 240;
+    let started = Instant::now();
+    let runs = workers.iter().enumerate().map(|(k, worker)| {
+        let worker = worker.clone();
+        async move {
+            let mut failed = 0;
+            for (_, _, cmds) in workload(people / 3, k * 10_000).into_iter().take(5) {
+                failed += run_phase(&worker, &cmds).await;
+            }
+            failed
+        }
+    });
+    let failed: usize = futures::future::join_all(runs).await.into_iter().sum();
+    let secs = started.elapsed().as_secs_f64();
+    let log = w.ghl.requests().await;
+    let applied = log.iter().filter(|r| (200..300).contains(&r.status)).count();
+    let limited = log.iter().filter(|r| r.status == 429).count();
+    Ok(vec![
+        row(
+            "applied GHL requests per second, 3 workers",
+            applied as f64 / secs,
+            "req/s",
+            100.0,
+            "window ceiling (100 per 1 s, time-scaled)",
+            &format!("{applied} requests in {secs:.1} s; {failed} commands retried"),
+        ),
+        row("429 answers during the run", limited as f64, "429s", 0.0, "none expected", "paced by headers and shares"),
+    ])
+}
+
+// ---- 3. Reconciliation cost -------------------------------------------------------------------
+
+const RECON_MAPPING: &str = r#"
+source = "SproutVideo"
+default_region = "US"
+sync_tag = "sproutvideo"
+[tags]
+login = "sv-login"
+lead = "sv-lead"
+watched = "sv-watched:{video_title}"
+completed_percent = 90.0
+"#;
+
+async fn reconcile_cost() -> anyhow::Result<Vec<Row>> {
+    let people = 10_000usize;
+    let videos = 10usize;
+    eprintln!("bench: reconciliation of {people} people with 1% drift...");
+    let w = world("recon", GhlBehaviour { burst_max: 1_000_000, ..Default::default() }).await?;
+    let mut titles = Vec::new();
+    for v in 0..videos {
+        let title = format!("Lesson {v}");
+        let id = w
+            .sprout
+            .add_video(VideoSeed {
+                title: title.clone(),
+                duration: Some(600.0),
+                require_email: true,
+                ..Default::default()
+            })
+            .await;
+        titles.push((id, title));
+    }
+    for i in 0..people {
+        let (vid, title) = &titles[i % videos];
+        let e = format!("r{i:05}@example.com");
+        w.sprout
+            .add_session(SessionSeed {
+                video_id: vid.clone(),
+                vemail: Some(e.clone()),
+                seconds_watched: Some(120.0),
+                ..Default::default()
+            })
+            .await;
+        let mut tags = vec!["sproutvideo".to_string(), format!("sv-watched:{}", title.to_lowercase())];
+        if i % 100 != 0 {
+            tags.push("sv-lead".into()); // 1% drift: a tag removed by hand
+        }
+        w.ghl.insert_contact(LOC, json!({"email": e, "tags": tags})).await;
+    }
+    let mapping = std::env::temp_dir().join(format!("{}-bench-mapping.toml", w.stack.names.table));
+    std::fs::write(&mapping, RECON_MAPPING)?;
+    let config = w.stack.config(
+        &w.ghl_url,
+        &w.sprout_url,
+        LOC,
+        &[("SYNC_MAPPING_FILE", mapping.to_str().unwrap_or_default()), ("SPROUTVIDEO_PER_MINUTE", "1000000")],
+    );
+    let (rec, _) = reconciler::build(config).await?;
+    w.ghl.clear_requests().await;
+    let rss_before = peak_rss_kib(std::process::id());
+    let started = Instant::now();
+    let report = rec.run(ReconcileInput::default(), None, &|_| {}).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let ghl_calls = w.ghl.requests().await.len();
+    let sprout_calls = report.sproutvideo_calls as usize;
+    let ghl_pages = people.div_ceil(shared::reconcile::SEARCH_PAGE as usize);
+    let sv_pages = 2 + people.div_ceil(100);
+    let changes = people / 100;
+    Ok(vec![
+        row(
+            "reconcile: GHL calls",
+            ghl_calls as f64,
+            "calls",
+            ghl_pages as f64,
+            "GHL search pages (500 per page)",
+            "no per-person calls",
+        ),
+        row(
+            "reconcile: SproutVideo calls",
+            sprout_calls as f64,
+            "calls",
+            sv_pages as f64,
+            "videos + logins + session pages",
+            "",
+        ),
+        row(
+            "reconcile: commands queued",
+            report.commands_queued as f64,
+            "cmds",
+            changes as f64,
+            "drifted people (1%)",
+            &format!("to_update {}, in_sync {}", report.to_update, report.in_sync),
+        ),
+        row(
+            "reconcile: wall time (moto + local fakes)",
+            secs,
+            "s",
+            0.0,
+            "none",
+            &format!("{people} people, SproutVideo time-scaled (no 100/min wait)"),
+        ),
+        row(
+            "reconcile: peak RSS of the bench process",
+            peak_rss_kib(std::process::id()) as f64 / 1024.0,
+            "MiB",
+            rss_before as f64 / 1024.0,
+            "peak before the run (fakes seeded)",
+            "includes the in-process fakes",
+        ),
+    ])
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+// ---- 4. Intake cost ---------------------------------------------------------------------------
+
+struct CountingQueue(AtomicUsize);
+
+#[async_trait::async_trait]
+impl CommandQueue for CountingQueue {
+    async fn send(&self, c: &[SyncCommand]) -> Result<(), QueueError> {
+        self.0.fetch_add(c.len(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+struct FixedSecret(String);
+
+#[async_trait::async_trait]
+impl shared::secrets::SecretSource for FixedSecret {
+    async fn read(&self) -> Result<shared::secrets::SecretValue, shared::secrets::SecretError> {
+        Ok(shared::secrets::SecretValue { value: secrecy::SecretString::from(self.0.clone()), version_id: None })
+    }
+    async fn write(&self, _: &str, _: &str) -> Result<(), shared::secrets::SecretError> {
+        Err(shared::secrets::SecretError::Conflict)
+    }
+}
+
+fn intake_router() -> axum::Router {
+    let ghl = shared::ghl::GhlClient::new(
+        shared::ghl::GhlSettings::new(url::Url::parse("http://127.0.0.1:9/").expect("url"), LOC),
+        Arc::new(shared::ghl::StaticToken(secrecy::SecretString::from("t"))),
+    )
+    .expect("client");
+    intake::router(intake::AppState {
+        secrets: Arc::new(shared::secrets::SecretCache::new(
+            Arc::new(FixedSecret(secret_json("wt", &["bench-key"], "rk", "pit", None))),
+            Duration::from_secs(3600),
+        )),
+        queue: Arc::new(CountingQueue(AtomicUsize::new(0))),
+        mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
+        ghl,
+    })
+}
+
+/// Reads the body and answers 202: the floor any intake pays.
+fn baseline_router() -> axum::Router {
+    axum::Router::new().route(
+        "/v1/events",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            std::hint::black_box(body.len());
+            (axum::http::StatusCode::ACCEPTED, "{}")
+        }),
+    )
+}
+
+fn event_body(i: usize) -> String {
+    json!({"id": format!("bench-{i}"), "type": "video.watched", "occurred_at": "2026-11-29T10:00:00Z",
+           "contact": {"email": format!("p{i}@example.com"), "first_name": "Pat", "phone": "+1 415 555 2671"},
+           "video": {"id": "v1", "title": "Pricing", "duration": 300}, "watch": {"seconds": 250}})
+    .to_string()
+}
+
+fn signed_request(body: &str) -> axum::http::Request<Body> {
+    let ts = Utc::now().timestamp();
+    axum::http::Request::post("/v1/events")
+        .header("content-type", "application/json")
+        .header("x-signature-timestamp", ts.to_string())
+        .header("x-signature", shared::intake::sign("bench-key", ts, body.as_bytes()))
+        .body(Body::from(body.to_string()))
+        .expect("request")
+}
+
+fn cpu_time() -> Duration {
+    let mut ts = std::mem::MaybeUninit::<[i64; 2]>::uninit();
+    // clock_gettime(CLOCK_PROCESS_CPUTIME_ID = 2)
+    unsafe extern "C" {
+        fn clock_gettime(clk: i32, ts: *mut [i64; 2]) -> i32;
+    }
+    // SAFETY: clock_gettime writes a timespec (two longs on 64-bit Linux) into `ts`.
+    let ts = unsafe {
+        clock_gettime(2, ts.as_mut_ptr());
+        ts.assume_init()
+    };
+    Duration::new(ts[0] as u64, ts[1] as u32)
+}
+
+async fn per_request_cpu(app: axum::Router, n: usize) -> f64 {
+    let bodies: Vec<String> = (0..n).map(event_body).collect();
+    // Warm up.
+    for b in bodies.iter().take(200) {
+        let _ = app.clone().oneshot(signed_request(b)).await;
+    }
+    let before = cpu_time();
+    for b in &bodies {
+        let r = app.clone().oneshot(signed_request(b)).await.expect("infallible");
+        assert_eq!(r.status(), 202);
+    }
+    (cpu_time() - before).as_secs_f64() * 1e6 / n as f64
+}
+
+async fn load(app: axum::Router, secs: u64, conns: usize) -> f64 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let done = Arc::new(AtomicUsize::new(0));
+    let until = Instant::now() + Duration::from_secs(secs);
+    let tasks = (0..conns).map(|c| {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut i = c * 1_000_000;
+            while Instant::now() < until {
+                let body = event_body(i);
+                let ts = Utc::now().timestamp();
+                let ok = http
+                    .post(format!("http://{addr}/v1/events"))
+                    .header("content-type", "application/json")
+                    .header("x-signature-timestamp", ts.to_string())
+                    .header("x-signature", shared::intake::sign("bench-key", ts, body.as_bytes()))
+                    .body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 202);
+                if ok {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        })
+    });
+    futures::future::join_all(tasks).await;
+    server.abort();
+    done.load(Ordering::Relaxed) as f64 / secs as f64
+}
+
+async fn intake_cost() -> anyhow::Result<Vec<Row>> {
+    eprintln!("bench: intake cost (in-process CPU per request, loopback load, queue send)...");
+    let n = 5000;
+    let full = per_request_cpu(intake_router(), n).await;
+    let base = per_request_cpu(baseline_router(), n).await;
+    let rps_full = load(intake_router(), 5, 16).await;
+    let rps_base = load(baseline_router(), 5, 16).await;
+    // The queue send, separately: one event's commands to SQS on moto.
+    let w = world("intake", GhlBehaviour::default()).await?;
+    let q = SqsQueue::new(w.stack.sqs.clone(), w.stack.queue_url.clone(), None);
+    let mapping = shared::mapping::Mapping::default_mapping();
+    let sends = 200;
+    let started = Instant::now();
+    for i in 0..sends {
+        let accepted =
+            shared::intake::event_commands(&mapping, event_body(i).as_bytes()).map_err(|e| anyhow::anyhow!(e.error))?;
+        q.send(&accepted.commands).await?;
+    }
+    let send_ms = started.elapsed().as_secs_f64() * 1000.0 / sends as f64;
+    Ok(vec![
+        row(
+            "intake CPU per request (authenticate, validate, map, encode)",
+            full,
+            "µs",
+            base,
+            "router that reads the body and answers 202",
+            &format!("{n} requests in process"),
+        ),
+        row(
+            "intake requests per second on loopback (16 connections, queue stubbed)",
+            rps_full,
+            "req/s",
+            rps_base,
+            "baseline router, same load",
+            "load generator shares the 2 cores",
+        ),
+        row("queue send per event (SendMessageBatch to moto)", send_ms, "ms", 0.0, "none", "measured separately"),
+    ])
+}
+
+// ---- 5. Start and size ------------------------------------------------------------------------
+
+async fn start_and_size() -> anyhow::Result<Vec<Row>> {
+    eprintln!("bench: start time and memory of the release binaries...");
+    let bins = PathBuf::from("target/x86_64-unknown-linux-gnu/release");
+    anyhow::ensure!(bins.join("hello-lambda").is_file(), "release binaries missing: run `make bench` (it builds them)");
+    let w = world("start", GhlBehaviour::default()).await?;
+    let env = w.stack.config(&w.ghl_url, &w.sprout_url, LOC, &[]);
+    let mut fn_env: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in [
+        ("SYNC_SECRET_ID", env.secret_id.clone()),
+        ("SYNC_QUEUE_URL", env.queue_url.clone()),
+        ("SYNC_DLQ_URL", env.dlq_url.clone().unwrap_or_default()),
+        ("SYNC_TABLE", env.table.clone()),
+        ("GHL_BASE_URL", w.ghl_url.clone()),
+        ("GHL_LOCATION_ID", LOC.into()),
+        ("SPROUTVIDEO_BASE_URL", w.sprout_url.clone()),
+        ("SPROUTVIDEO_PER_MINUTE", "100000".into()),
+        ("RUST_LOG", "warn".into()),
+    ] {
+        fn_env.insert(k.into(), v);
+    }
+    let apigw = json!({"version":"2.0","routeKey":"GET /health","rawPath":"/health","rawQueryString":"","headers":{"host":"x"},
+        "requestContext":{"accountId":"1","apiId":"a","domainName":"x","domainPrefix":"x","requestId":"r","routeKey":"GET /health",
+        "stage":"$default","time":"29/Nov/2026:10:00:00 +0000","timeEpoch":0,
+        "http":{"method":"GET","path":"/health","protocol":"HTTP/1.1","sourceIp":"127.0.0.1","userAgent":"bench"}},"isBase64Encoded":false});
+    let cases = [
+        ("hello-lambda", json!({"hello": "world"})),
+        ("sv-intake", apigw),
+        ("sv-worker", json!({"Records": []})),
+        ("sv-reconciler", json!({"dry_run": true, "max_steps": 1})),
+    ];
+    let mut measured = BTreeMap::new();
+    for (bin, event) in cases {
+        let mut times = Vec::new();
+        let mut rss = 0;
+        for _ in 0..5 {
+            let (t, r) = first_invocation(&bins.join(bin), &fn_env, event.clone()).await?;
+            times.push(t);
+            rss = rss.max(r);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        measured.insert(bin, (times[times.len() / 2], rss));
+    }
+    let (hello_ms, hello_rss) = measured["hello-lambda"];
+    let mut rows = Vec::new();
+    for bin in ["sv-intake", "sv-worker", "sv-reconciler"] {
+        let (ms, rss) = measured[bin];
+        rows.push(row(
+            &format!("{bin}: start to first handled invocation (median of 5)"),
+            ms,
+            "ms",
+            hello_ms,
+            "hello-world lambda_runtime",
+            "",
+        ));
+        rows.push(row(
+            &format!("{bin}: peak RSS"),
+            rss as f64 / 1024.0,
+            "MiB",
+            hello_rss as f64 / 1024.0,
+            "hello-world lambda_runtime",
+            "",
+        ));
+        let zip = Path::new("target/lambda-x86_64").join(bin).join("bootstrap.zip");
+        let hello_zip = Path::new("target/lambda-bench/hello-lambda/bootstrap.zip");
+        if let (Ok(z), Ok(h)) = (std::fs::metadata(&zip), std::fs::metadata(hello_zip)) {
+            rows.push(row(
+                &format!("{bin}: deployment zip"),
+                z.len() as f64 / 1_048_576.0,
+                "MiB",
+                h.len() as f64 / 1_048_576.0,
+                "hello-world zip",
+                "",
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+/// Starts a function binary against a minimal Lambda Runtime API and times its first answer.
+async fn first_invocation(bin: &Path, env: &BTreeMap<String, String>, event: Value) -> anyhow::Result<(f64, u64)> {
+    use axum::routing::{get, post};
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Instant>(4);
+    let served = Arc::new(AtomicUsize::new(0));
+    let event = Arc::new(event);
+    let app = axum::Router::new()
+        .route(
+            "/2018-06-01/runtime/invocation/next",
+            get({
+                let served = served.clone();
+                let event = event.clone();
+                move || async move {
+                    if served.fetch_add(1, Ordering::SeqCst) > 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    let deadline = (Utc::now().timestamp_millis() + 60_000).to_string();
+                    (
+                        [
+                            ("lambda-runtime-aws-request-id", "req-1".to_string()),
+                            ("lambda-runtime-deadline-ms", deadline),
+                            (
+                                "lambda-runtime-invoked-function-arn",
+                                "arn:aws:lambda:us-east-1:123456789012:function:bench".to_string(),
+                            ),
+                            ("lambda-runtime-trace-id", "Root=1-0-0".to_string()),
+                        ],
+                        axum::Json((*event).clone()),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post({
+                let tx = tx.clone();
+                move || async move {
+                    let _ = tx.send(Instant::now()).await;
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        )
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/error",
+            post(|body: String| async move {
+                eprintln!("bench: invocation error: {body}");
+                axum::http::StatusCode::ACCEPTED
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(bin)
+        .envs(env)
+        .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or_default();
+    let answered =
+        tokio::time::timeout(Duration::from_secs(30), rx.recv()).await?.ok_or_else(|| anyhow::anyhow!("no answer"))?;
+    let rss = peak_rss_kib(pid);
+    let _ = child.kill().await;
+    server.abort();
+    Ok(((answered - started).as_secs_f64() * 1000.0, rss))
+}

@@ -1,0 +1,209 @@
+//! Drives the pipeline exactly as `make dev` runs it: `dev-stack` with its processes, reached over
+//! HTTP only. Used by the end-to-end tests, the soak and the benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shared::intake::sign;
+
+/// The secret values `dev-stack` uses; none may appear in a log.
+pub const SECRET_VALUES: &[&str] =
+    &["dev-webhook-token", "dev-signing-secret", "dev-read-key", "dev-ghl-token", "dev-sproutvideo-key"];
+
+/// Where the workspace's debug binaries are (they must be built).
+pub fn bin_dir() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("debug");
+    for b in ["dev-stack", "sv-intake", "sv-worker", "sv-reconciler", "local-ghl", "local-sproutvideo"] {
+        assert!(
+            dir.join(b).is_file(),
+            "{} is missing: build the binaries first (`make test` does: cargo build --workspace --bins)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn moto_on_path() -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("moto_server").is_file()))
+}
+
+pub struct Pipeline {
+    child: Child,
+    pub dir: PathBuf,
+    pub state: Value,
+    pub http: reqwest::Client,
+}
+
+impl Pipeline {
+    pub async fn start(tag: &str) -> Self {
+        Self::start_with(tag, &[]).await
+    }
+
+    /// Starts `dev-stack` with extra environment for it and its processes.
+    pub async fn start_with(tag: &str, extra_env: &[(&str, &str)]) -> Self {
+        assert!(moto_on_path(), "moto_server must be on PATH (make test puts .venv-tools/bin there)");
+        let bins = bin_dir();
+        let dir = std::env::temp_dir().join(format!("sv-pipeline-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::fs::File::create(dir.join("dev-stack.out")).unwrap();
+        let child = Command::new(bins.join("dev-stack"))
+            .env("DEV_DIR", &dir)
+            .env("MOTO_PORT", free_port().to_string())
+            .env("INTAKE_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("LOCAL_GHL_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("LOCAL_SPROUT_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("RECONCILE_EVERY", "3600")
+            .env("DEV_VISIBILITY_TIMEOUT", "2")
+            .env_remove("GHL_TOKEN")
+            .env_remove("SPROUTVIDEO_API_KEY")
+            .env_remove("AWS_ENDPOINT_URL")
+            .envs(extra_env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let state = loop {
+            if let Ok(raw) = std::fs::read_to_string(dir.join("stack.json")) {
+                break serde_json::from_str::<Value>(&raw).unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dev-stack did not come up: {}",
+                std::fs::read_to_string(dir.join("dev-stack.out")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        Self { child, dir, state, http: reqwest::Client::new() }
+    }
+
+    pub fn url(&self, k: &str) -> String {
+        self.state[k].as_str().unwrap().trim_end_matches('/').to_string()
+    }
+
+    pub fn pid(&self, name: &str) -> u32 {
+        let raw = std::fs::read_to_string(self.dir.join("stack.json")).unwrap();
+        let v: Value = serde_json::from_str(&raw).unwrap();
+        v["pids"][name].as_u64().unwrap() as u32
+    }
+
+    pub async fn ghl_contacts(&self) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!("{}/_admin/state", self.url("ghl_base_url")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["locations"][self.state["ghl_location_id"].as_str().unwrap()]["contacts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub async fn wait_for(&self, what: &str, secs: u64, mut ok: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let c = self.ghl_contacts().await;
+            if ok(&c) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; GHL holds {c:#?}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    pub async fn event(&self, body: Value) -> u16 {
+        let raw = body.to_string();
+        let ts = chrono::Utc::now().timestamp();
+        self.http
+            .post(format!("{}/v1/events", self.url("intake_url")))
+            .header("content-type", "application/json")
+            .header("x-signature-timestamp", ts.to_string())
+            .header("x-signature", sign("dev-signing-secret", ts, raw.as_bytes()))
+            .body(raw)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Runs the reconciler once as its own process, with the functions' environment.
+    pub fn reconcile_once(&self) -> Value {
+        let mut cmd = Command::new(bin_dir().join("sv-reconciler"));
+        for (k, v) in self.state["env"].as_object().unwrap() {
+            cmd.env(k, v.as_str().unwrap());
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "reconciler failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub async fn queue_depths(&self) -> (u64, u64) {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(self.url("aws_endpoint_url"))
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new("dev", "dev", None, None, "test"))
+            .load()
+            .await;
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let mut out = [0u64; 2];
+        for (i, q) in [self.url("queue_url"), self.url("dlq_url")].iter().enumerate() {
+            let a = sqs
+                .get_queue_attributes()
+                .queue_url(q)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+                .send()
+                .await
+                .unwrap()
+                .attributes
+                .unwrap_or_default();
+            use aws_sdk_sqs::types::QueueAttributeName as A;
+            let n = |k: A| a.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            out[i] = n(A::ApproximateNumberOfMessages) + n(A::ApproximateNumberOfMessagesNotVisible);
+        }
+        (out[0], out[1])
+    }
+
+    /// Every service log line, for the secrets check.
+    pub fn service_logs(&self) -> String {
+        let mut all = String::new();
+        for e in std::fs::read_dir(self.dir.join("logs")).unwrap() {
+            all.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap_or_default());
+        }
+        all
+    }
+
+    pub fn stop(mut self) {
+        let pids: Vec<u32> =
+            self.state["pids"].as_object().unwrap().values().filter_map(|v| v.as_u64()).map(|p| p as u32).collect();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "dev-stack did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for pid in pids {
+            assert!(!Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid), "process {pid} left running");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
+}

@@ -1,0 +1,208 @@
+//! Chaos soak: events through the whole local pipeline (intake → SQS → worker → local GHL) while
+//! the local GHL injects 5xx, 429s, "write then fail" and answers past the client's timeout, and
+//! the worker is killed and restarted at random moments. Afterwards every expected contact, note
+//! and task exists exactly once, and the dead-letter queue holds exactly the planted poison.
+//!
+//! `make test` runs a short version; `make soak` runs `SOAK_PEOPLE=150 SOAK_SECS=600`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde_json::{Value, json};
+use sync_tests::pipeline::{Pipeline, SECRET_VALUES};
+
+fn env_num(k: &str, d: u64) -> u64 {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+}
+
+#[tokio::test]
+async fn chaos_soak_loses_and_doubles_nothing() {
+    let people = env_num("SOAK_PEOPLE", 12) as usize;
+    let budget = Duration::from_secs(env_num("SOAK_SECS", 150));
+    let poison = 3;
+    let p = Pipeline::start_with(
+        "soak",
+        &[("GHL_REQUEST_TIMEOUT_MS", "800"), ("WORKER_RETRY_BASE_SECS", "1"), ("WORKER_BATCH_CONCURRENCY", "4")],
+    )
+    .await;
+    let started = Instant::now();
+    let ghl_admin = p.url("ghl_base_url");
+    let faults = json!({"error_rate": 0.05, "rate_limit_rate": 0.05, "retry_after_secs": 1,
+                        "write_then_fail_rate": 0.05, "slow_rate": 0.03, "slow_ms": 1200});
+    let r = p.http.put(format!("{ghl_admin}/_admin/faults")).json(&faults).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+
+    // Poison planted straight on the queue, as a broken producer would.
+    let sqs = sqs_client(&p).await;
+    for i in 0..poison {
+        sqs.send_message()
+            .queue_url(p.url("queue_url"))
+            .message_body(format!("{{\"v\":1,\"poison\":{i}}}"))
+            .message_group_id(format!("poison-{i}"))
+            .message_deduplication_id(format!("poison-{i}"))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    // A killer restarts the worker at random moments while events flow.
+    let killer_dir = p.dir.clone();
+    let stop_killing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_flag = stop_killing.clone();
+    let killer = tokio::spawn(async move {
+        let mut kills = 0;
+        while !stop_flag.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(3000 + fastrand::u64(0..4000))).await;
+            let Ok(raw) = std::fs::read_to_string(killer_dir.join("stack.json")) else { continue };
+            let v: Value = serde_json::from_str(&raw).unwrap_or_default();
+            if let Some(pid) = v["pids"]["sv-worker"].as_u64() {
+                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+                kills += 1;
+            }
+        }
+        kills
+    });
+
+    let (mut sent, mut accepted) = (0, 0);
+    for i in 0..people {
+        let contact = json!({"email": format!("soak{i:04}@example.com"), "first_name": format!("Soak{i}")});
+        let events = [
+            json!({"id": format!("s-lead-{i}"), "type": "lead.captured", "contact": contact}),
+            json!({"id": format!("s-note-{i}"), "type": "note.create", "contact": contact, "note": {"body": format!("soak note {i}")}}),
+            json!({"id": format!("s-task-{i}"), "type": "task.create", "contact": contact,
+                   "task": {"external_id": format!("t{i}"), "title": "Soak task", "due_at": "2026-12-24T10:00:00Z"}}),
+            json!({"id": format!("s-tag-{i}"), "type": "tags.add", "contact": contact, "tags": ["soaked"]}),
+        ];
+        for mut e in events {
+            e["occurred_at"] = json!(chrono::Utc::now().to_rfc3339());
+            sent += 1;
+            // A sender retries until it gets 202 (the intake answers 503 when it cannot queue).
+            for _ in 0..5 {
+                if p.event(e.clone()).await == 202 {
+                    accepted += 1;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    // Wait until every person is complete, or the budget runs out.
+    let complete = |c: &[Value]| -> usize {
+        (0..people)
+            .filter(|i| {
+                let email = format!("soak{i:04}@example.com");
+                let m: Vec<&Value> = c.iter().filter(|x| x["email"] == email.as_str()).collect();
+                m.len() == 1
+                    && m[0]["notes"].as_array().is_some_and(|n| !n.is_empty())
+                    && m[0]["tasks"].as_array().is_some_and(|n| !n.is_empty())
+                    && m[0]["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == "soaked"))
+            })
+            .count()
+    };
+    let mut contacts = p.ghl_contacts().await;
+    while complete(&contacts) < people && started.elapsed() < budget {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        contacts = p.ghl_contacts().await;
+    }
+    stop_killing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let kills = killer.await.unwrap();
+    // Let the queue drain with faults off (redeliveries of applied commands must change nothing).
+    p.http.put(format!("{ghl_admin}/_admin/faults")).json(&json!({})).send().await.unwrap();
+    let drain_deadline = Instant::now() + Duration::from_secs(120);
+    while p.queue_depths().await.0 > 0 && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let contacts = p.ghl_contacts().await;
+
+    let (mut missing, mut duplicates) = (0, 0);
+    for i in 0..people {
+        let email = format!("soak{i:04}@example.com");
+        let m: Vec<&Value> = contacts.iter().filter(|x| x["email"] == email.as_str()).collect();
+        match m.len() {
+            0 => missing += 3,
+            1 => {
+                let c = m[0];
+                let notes = c["notes"].as_array().map_or(0, Vec::len);
+                let tasks = c["tasks"].as_array().map_or(0, Vec::len);
+                missing += usize::from(notes == 0) + usize::from(tasks == 0);
+                duplicates += notes.saturating_sub(1) + tasks.saturating_sub(1);
+                missing += usize::from(!c["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == "soaked")));
+                missing += usize::from(c["firstName"] != format!("Soak{i}").as_str());
+            }
+            n => duplicates += n - 1,
+        }
+    }
+    let parked = dlq_reasons(&p, &sqs).await;
+    let (queued, _) = p.queue_depths().await;
+    println!(
+        "soak tally: people {people}, events sent {sent}, accepted {accepted}, applied people {}, parked {}, \
+         duplicates {duplicates}, missing {missing}, worker kills {kills}, left queued {queued}, {:.0} s",
+        complete(&contacts),
+        parked.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(accepted, sent, "every event was accepted");
+    assert_eq!(duplicates, 0, "nothing doubled");
+    assert_eq!(missing, 0, "nothing lost");
+    assert_eq!(queued, 0, "the queue drained");
+    assert_eq!(parked.len(), poison, "exactly the planted poison is parked: {parked:?}");
+    assert!(parked.iter().all(|r| r.contains("undecodable")), "{parked:?}");
+    let logs = p.service_logs();
+    for s in SECRET_VALUES {
+        assert!(!logs.contains(s), "a secret value ({s}) appeared in the logs");
+    }
+    p.stop();
+}
+
+async fn sqs_client(p: &Pipeline) -> aws_sdk_sqs::Client {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(p.url("aws_endpoint_url"))
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new("dev", "dev", None, None, "soak"))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&sdk)
+}
+
+/// The reasons of every parked message (read without deleting them).
+async fn dlq_reasons(p: &Pipeline, sqs: &aws_sdk_sqs::Client) -> Vec<String> {
+    let depth = sqs
+        .get_queue_attributes()
+        .queue_url(p.url("dlq_url"))
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default()
+        .get(&QueueAttributeName::ApproximateNumberOfMessages)
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut reasons = Vec::new();
+    for _ in 0..(depth / 10 + 2) {
+        let got = sqs
+            .receive_message()
+            .queue_url(p.url("dlq_url"))
+            .max_number_of_messages(10)
+            .visibility_timeout(60)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if got.is_empty() {
+            break;
+        }
+        for m in got {
+            reasons.push(
+                m.message_attributes
+                    .and_then(|a| a.get("reason").and_then(|r| r.string_value().map(str::to_string)))
+                    .unwrap_or_else(|| "(no reason attribute)".into()),
+            );
+        }
+    }
+    reasons
+}
