@@ -7,6 +7,7 @@
 pub mod commands;
 pub mod config;
 pub mod ghl;
+pub mod http;
 pub mod identity;
 pub mod intake;
 pub mod mapping;

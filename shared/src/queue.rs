@@ -65,16 +65,6 @@ impl SqsQueue {
     }
 }
 
-fn sqs_error<E: std::error::Error + 'static, R>(e: &aws_sdk_sqs::error::SdkError<E, R>) -> String {
-    use aws_sdk_sqs::error::SdkError;
-    match e {
-        SdkError::ServiceError(s) => s.err().to_string(),
-        SdkError::TimeoutError(_) => "timed out".into(),
-        SdkError::DispatchFailure(_) => "could not connect".into(),
-        other => other.to_string(),
-    }
-}
-
 #[async_trait]
 impl CommandQueue for SqsQueue {
     async fn send(&self, commands: &[SyncCommand]) -> Result<(), QueueError> {
@@ -99,7 +89,7 @@ impl CommandQueue for SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|e| QueueError::Unavailable(sqs_error(&e)))?;
+                .map_err(|e| QueueError::Unavailable(crate::http::aws_error_text(&e)))?;
             let failed = out.failed();
             if !failed.is_empty() {
                 return Err(QueueError::Rejected {
@@ -142,7 +132,7 @@ impl WorkerQueues for SqsQueue {
         if let Some(t) = p.trace_id {
             req = req.message_attributes("ghl_trace_id", attr(t));
         }
-        req.send().await.map_err(|e| QueueError::Unavailable(sqs_error(&e)))?;
+        req.send().await.map_err(|e| QueueError::Unavailable(crate::http::aws_error_text(&e)))?;
         Ok(())
     }
 
@@ -154,7 +144,7 @@ impl WorkerQueues for SqsQueue {
             .visibility_timeout(seconds.clamp(0, 43_200))
             .send()
             .await
-            .map_err(|e| QueueError::Unavailable(sqs_error(&e)))?;
+            .map_err(|e| QueueError::Unavailable(crate::http::aws_error_text(&e)))?;
         Ok(())
     }
 }

@@ -198,7 +198,7 @@ impl SecretSource for SecretsManagerSource {
                     let exists = self.client.describe_secret().secret_id(&self.secret_id).send().await.is_ok();
                     Err(if exists { SecretError::Empty } else { SecretError::NotFound(self.secret_id.clone()) })
                 } else {
-                    Err(SecretError::Unavailable(aws_error_text(&e)))
+                    Err(SecretError::Unavailable(crate::http::aws_error_text(&e)))
                 }
             }
         }
@@ -219,20 +219,13 @@ impl SecretSource for SecretsManagerSource {
                 let conflict = e
                     .as_service_error()
                     .is_some_and(|s| s.is_resource_exists_exception() || s.is_invalid_request_exception());
-                Err(if conflict { SecretError::Conflict } else { SecretError::Unavailable(aws_error_text(&e)) })
+                Err(if conflict {
+                    SecretError::Conflict
+                } else {
+                    SecretError::Unavailable(crate::http::aws_error_text(&e))
+                })
             }
         }
-    }
-}
-
-/// Short description of an SDK error (never a request payload).
-pub fn aws_error_text<E: std::error::Error + 'static, R>(e: &aws_sdk_secretsmanager::error::SdkError<E, R>) -> String {
-    use aws_sdk_secretsmanager::error::SdkError;
-    match e {
-        SdkError::ServiceError(s) => s.err().to_string(),
-        SdkError::TimeoutError(_) => "timed out".into(),
-        SdkError::DispatchFailure(_) => "could not connect".into(),
-        other => other.to_string(),
     }
 }
 

@@ -91,7 +91,7 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+            .map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
         Ok(out.item)
     }
 }
@@ -118,16 +118,6 @@ fn get_s(item: &HashMap<String, AttributeValue>, k: &str) -> Option<String> {
 
 fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
     item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
-}
-
-fn ddb_error<E: std::error::Error + 'static, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> String {
-    use aws_sdk_dynamodb::error::SdkError;
-    match e {
-        SdkError::ServiceError(s) => s.err().to_string(),
-        SdkError::TimeoutError(_) => "timed out".into(),
-        SdkError::DispatchFailure(_) => "could not connect".into(),
-        other => other.to_string(),
-    }
 }
 
 fn idem_pk(key: &IdempotencyKey) -> String {
@@ -166,7 +156,7 @@ impl StateStore for DynamoStore {
         if let Some(ph) = &p.phone {
             req = req.item("phone", s(ph));
         }
-        req.send().await.map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+        req.send().await.map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
         Ok(())
     }
 
@@ -188,7 +178,7 @@ impl StateStore for DynamoStore {
         match put {
             Ok(_) => return Ok(Claim::Fresh),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
-            Err(e) => return Err(StateError::Unavailable(ddb_error(&e))),
+            Err(e) => return Err(StateError::Unavailable(crate::http::aws_error_text(&e))),
         }
         let Some(item) = self.get(&pk).await? else {
             // Released between our put and get: try once more from the top next time.
@@ -221,7 +211,7 @@ impl StateStore for DynamoStore {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
                 Ok(Claim::Busy)
             }
-            Err(e) => Err(StateError::Unavailable(ddb_error(&e))),
+            Err(e) => Err(StateError::Unavailable(crate::http::aws_error_text(&e))),
         }
     }
 
@@ -238,7 +228,7 @@ impl StateStore for DynamoStore {
             .expression_attribute_values(":exp", n(now() + LEDGER_TTL.as_secs() as i64))
             .send()
             .await
-            .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+            .map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
         Ok(())
     }
 
@@ -258,7 +248,7 @@ impl StateStore for DynamoStore {
         match r {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
-            Err(e) => Err(StateError::Unavailable(ddb_error(&e))),
+            Err(e) => Err(StateError::Unavailable(crate::http::aws_error_text(&e))),
         }
     }
 
@@ -276,7 +266,7 @@ impl StateStore for DynamoStore {
         match r {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
-            Err(e) => Err(StateError::Unavailable(ddb_error(&e))),
+            Err(e) => Err(StateError::Unavailable(crate::http::aws_error_text(&e))),
         }
     }
 
@@ -294,7 +284,7 @@ impl StateStore for DynamoStore {
         if let Some(t) = ttl {
             req = req.item("expires_at", n(now() + t.as_secs() as i64));
         }
-        req.send().await.map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+        req.send().await.map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
         Ok(())
     }
 
@@ -332,7 +322,7 @@ impl StateStore for DynamoStore {
                     .request_items(&self.table, std::mem::take(&mut reqs))
                     .send()
                     .await
-                    .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+                    .map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
                 reqs = r.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
             }
             if !reqs.is_empty() {
@@ -349,7 +339,7 @@ impl StateStore for DynamoStore {
             .key("pk", s(&format!("kv#{name}")))
             .send()
             .await
-            .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+            .map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
         Ok(())
     }
 }
@@ -382,7 +372,7 @@ impl BatchOps for DynamoStore {
                     .request_items(&self.table, ka)
                     .send()
                     .await
-                    .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+                    .map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
                 if let Some(mut resp) = r.responses {
                     out.extend(resp.remove(&self.table).unwrap_or_default());
                 }
@@ -420,7 +410,7 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Res
         Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {
             return Ok(());
         }
-        Err(e) => return Err(StateError::Unavailable(ddb_error(&e))),
+        Err(e) => return Err(StateError::Unavailable(crate::http::aws_error_text(&e))),
     }
     client
         .update_time_to_live()
@@ -430,6 +420,6 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Res
         )
         .send()
         .await
-        .map_err(|e| StateError::Unavailable(ddb_error(&e)))?;
+        .map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
     Ok(())
 }

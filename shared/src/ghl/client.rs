@@ -450,21 +450,7 @@ impl GhlClient {
     // ---- transport ------------------------------------------------------------------------
 
     fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
-        let mut url = self.settings.base_url.clone();
-        {
-            let mut p = url.path_segments_mut().expect("base URL can carry a path");
-            p.pop_if_empty();
-            for s in segments {
-                p.push(s);
-            }
-        }
-        if !query.is_empty() {
-            let mut qp = url.query_pairs_mut();
-            for (k, v) in query {
-                qp.append_pair(k, v);
-            }
-        }
-        url
+        crate::http::build_url(&self.settings.base_url, segments, query)
     }
 
     async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
