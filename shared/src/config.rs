@@ -40,6 +40,8 @@ pub struct Config {
     pub ghl_burst_interval: Duration,
     /// Per-attempt GHL timeout (`GHL_REQUEST_TIMEOUT_MS`, 15000).
     pub ghl_request_timeout: Duration,
+    /// No GHL retry starts this long after a call began (`GHL_RETRY_DEADLINE_MS`, 60000).
+    pub ghl_retry_deadline: Duration,
     /// How many workers share the GHL budget (`WORKER_MAX_CONCURRENCY`, 2).
     pub worker_concurrency: u32,
     /// Commands applied at once inside one worker batch (`WORKER_BATCH_CONCURRENCY`, 4).
@@ -104,6 +106,7 @@ impl Config {
             ghl_burst_max: num(&get, "GHL_BURST_MAX", 100)?,
             ghl_burst_interval: Duration::from_millis(num(&get, "GHL_BURST_INTERVAL_MS", 10_000)?),
             ghl_request_timeout: Duration::from_millis(num(&get, "GHL_REQUEST_TIMEOUT_MS", 15_000)?.max(100)),
+            ghl_retry_deadline: Duration::from_millis(num(&get, "GHL_RETRY_DEADLINE_MS", 60_000)?.max(100)),
             worker_concurrency,
             batch_concurrency: num(&get, "WORKER_BATCH_CONCURRENCY", 4usize)?.max(1),
             retry_base_secs: num(&get, "WORKER_RETRY_BASE_SECS", 5u64)?.max(1),
@@ -116,6 +119,12 @@ impl Config {
         })
     }
 
+    /// How long one attempt at a ledgered write can take at most (lookup and create, each within
+    /// the retry deadline plus one request): a claim is held this long.
+    pub fn claim_lease(&self) -> Duration {
+        (self.ghl_retry_deadline + self.ghl_request_timeout) * 2
+    }
+
     /// GHL client settings: this process gets 1/`worker_concurrency` of the burst budget.
     pub fn ghl_settings(&self) -> crate::ghl::GhlSettings {
         let mut s = crate::ghl::GhlSettings::new(self.ghl_base_url.clone(), self.ghl_location_id.clone());
@@ -123,6 +132,7 @@ impl Config {
         s.burst_interval = self.ghl_burst_interval;
         s.budget_share = 1.0 / self.worker_concurrency as f64;
         s.request_timeout = self.ghl_request_timeout;
+        s.retry.deadline = Some(self.ghl_retry_deadline);
         s
     }
 

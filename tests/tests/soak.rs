@@ -23,7 +23,12 @@ async fn chaos_soak_loses_and_doubles_nothing() {
     let poison = 3;
     let p = Pipeline::start_with(
         "soak",
-        &[("GHL_REQUEST_TIMEOUT_MS", "800"), ("WORKER_RETRY_BASE_SECS", "1"), ("WORKER_BATCH_CONCURRENCY", "4")],
+        &[
+            ("GHL_REQUEST_TIMEOUT_MS", "800"),
+            ("GHL_RETRY_DEADLINE_MS", "3000"),
+            ("WORKER_RETRY_BASE_SECS", "1"),
+            ("WORKER_BATCH_CONCURRENCY", "4"),
+        ],
     )
     .await;
     let started = Instant::now();
@@ -53,7 +58,7 @@ async fn chaos_soak_loses_and_doubles_nothing() {
     let killer = tokio::spawn(async move {
         let mut kills = 0;
         while !stop_flag.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(3000 + fastrand::u64(0..4000))).await;
+            tokio::time::sleep(Duration::from_millis(2500 + fastrand::u64(0..2500))).await;
             let Ok(raw) = std::fs::read_to_string(killer_dir.join("stack.json")) else { continue };
             let v: Value = serde_json::from_str(&raw).unwrap_or_default();
             if let Some(pid) = v["pids"]["sv-worker"].as_u64() {

@@ -43,7 +43,7 @@ impl Env {
 
     async fn worker_with(&self, extra: &[(&str, &str)]) -> Arc<Worker> {
         // A short GHL timeout keeps the grace after an ambiguous write (twice the timeout) short.
-        let mut all = vec![("GHL_REQUEST_TIMEOUT_MS", "300")];
+        let mut all = vec![("GHL_REQUEST_TIMEOUT_MS", "300"), ("GHL_RETRY_DEADLINE_MS", "3000")];
         all.extend_from_slice(extra);
         let config = self.stack.config(&self.ghl_url, &self.sprout_url, LOC, &all);
         worker::build(config).await.unwrap().0

@@ -31,7 +31,7 @@ pub async fn build(config: Config) -> anyhow::Result<(Arc<Worker>, Deps)> {
         commands: Arc::new(deps.queue.clone()),
         sprout,
         mapping: c.mapping.clone(),
-        lease: Duration::from_secs(60),
+        lease: c.claim_lease(),
         ambiguity_grace: c.ghl_request_timeout * 2,
         retry_base_secs: c.retry_base_secs,
         concurrency: c.batch_concurrency,
