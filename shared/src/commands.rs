@@ -241,7 +241,8 @@ mod tests {
         c.tags.insert("sproutvideo".into());
         c.custom_fields.insert("contact.x".into(), Value::from(3));
         vec![
-            SyncCommand::new("e1", "upsert", at, CommandBody::UpsertContact { contact: c }),
+            SyncCommand::new("e1", "upsert", at, CommandBody::UpsertContact { contact: c.clone() }),
+            SyncCommand::new("e1", "repair", at, CommandBody::RepairContact { contact: c }),
             SyncCommand::new("e1", "tags", at, CommandBody::AddTags { identity: id.clone(), tags: vec!["t".into()] }),
             SyncCommand::new("e1", "note", at, CommandBody::AddNote { identity: id.clone(), body: "hi".into() }),
             SyncCommand::new(
@@ -309,37 +310,37 @@ mod tests {
     }
 
     proptest! {
-        #[test]
-        fn decode_never_panics(s in ".*") {
-            let _ = SyncCommand::decode(&s);
-        }
+           #[test]
+           fn decode_never_panics(s in ".*") {
+               let _ = SyncCommand::decode(&s);
+           }
 
-        #[test]
-        fn decode_never_panics_on_near_misses(i in 0usize..6, cut in 0usize..400, junk in "[ -~]{0,8}") {
-            let wire = sample()[i].encode();
-            let cut = cut.min(wire.len());
-            let mangled = format!("{}{}{}", &wire[..cut], junk, &wire[cut..]);
-            let _ = SyncCommand::decode(&mangled);
-        }
+           #[test]
+    fn decode_never_panics_on_near_misses(i in 0usize..7, cut in 0usize..400, junk in "[ -~]{0,8}") {
+               let wire = sample()[i].encode();
+               let cut = cut.min(wire.len());
+               let mangled = format!("{}{}{}", &wire[..cut], junk, &wire[cut..]);
+               let _ = SyncCommand::decode(&mangled);
+           }
 
-        #[test]
-        fn encode_decode_round_trips(
-            event in "[a-zA-Z0-9_-]{1,40}",
-            local in "[a-z][a-z0-9]{0,10}(\\.[a-z0-9]{1,5})?",
-            note in "\\PC{0,200}",
-            tags in proptest::collection::vec("[a-z0-9:-]{1,20}", 0..5),
-            secs in 0i64..4_000_000_000,
-        ) {
-            let at = DateTime::from_timestamp(secs, 0).unwrap();
-            let identity = Identity { email: Email::parse(&format!("{local}@example.com")).unwrap(), phone: None };
-            for body in [
-                CommandBody::AddNote { identity: identity.clone(), body: note.clone() },
-                CommandBody::AddTags { identity: identity.clone(), tags: tags.clone() },
-                CommandBody::CompleteTask { identity: identity.clone(), external_id: event.clone() },
-            ] {
-                let c = SyncCommand::new(&event, body.action_name(), at, body);
-                prop_assert_eq!(SyncCommand::decode(&c.encode()).unwrap(), c);
-            }
-        }
-    }
+           #[test]
+           fn encode_decode_round_trips(
+               event in "[a-zA-Z0-9_-]{1,40}",
+               local in "[a-z][a-z0-9]{0,10}(\\.[a-z0-9]{1,5})?",
+               note in "\\PC{0,200}",
+               tags in proptest::collection::vec("[a-z0-9:-]{1,20}", 0..5),
+               secs in 0i64..4_000_000_000,
+           ) {
+               let at = DateTime::from_timestamp(secs, 0).unwrap();
+               let identity = Identity { email: Email::parse(&format!("{local}@example.com")).unwrap(), phone: None };
+               for body in [
+                   CommandBody::AddNote { identity: identity.clone(), body: note.clone() },
+                   CommandBody::AddTags { identity: identity.clone(), tags: tags.clone() },
+                   CommandBody::CompleteTask { identity: identity.clone(), external_id: event.clone() },
+               ] {
+                   let c = SyncCommand::new(&event, body.action_name(), at, body);
+                   prop_assert_eq!(SyncCommand::decode(&c.encode()).unwrap(), c);
+               }
+           }
+       }
 }

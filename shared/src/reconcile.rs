@@ -26,11 +26,11 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::commands::{CommandBody, DesiredContact, IdempotencyKey, SyncCommand};
+use crate::commands::{CommandBody, DesiredContact, SyncCommand};
 use crate::ghl::{Contact, GhlClient, GhlError, SearchFilter, SearchPaging, SearchRequest};
 use crate::identity::Email;
 use crate::mapping::{ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, WatchFacts};
-use crate::plan::{rule_commands, rule_source};
+use crate::plan::rule_commands;
 use crate::queue::{CommandQueue, QueueError};
 use crate::sprout::{MAX_PER_PAGE, SessionQuery, SproutClient, SproutError};
 use crate::state::{StateError, StateStore};
@@ -705,17 +705,6 @@ fn loosely_equal(have: Option<&Value>, want: &Value) -> bool {
         }
         _ => false,
     }
-}
-
-/// Whether an action's key is in the ledger as done (exposed for tests and tools).
-pub async fn action_done(
-    store: &dyn StateStore,
-    rule: &str,
-    email: &str,
-    video_id: &str,
-    action: &str,
-) -> Result<bool, StateError> {
-    store.is_done(&IdempotencyKey::derive(&rule_source(rule, email, video_id), action)).await
 }
 
 #[cfg(test)]

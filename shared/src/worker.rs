@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -99,13 +99,14 @@ pub enum Applied {
     Unchanged,
 }
 
-/// Counters for one process; read for metrics.
-#[derive(Debug, Default)]
-pub struct WorkerMetrics {
-    pub applied: AtomicU64,
-    pub unchanged: AtomicU64,
-    pub retried: AtomicU64,
-    pub parked: AtomicU64,
+/// What became of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    Done(Applied),
+    /// In the dead-letter queue with its reason.
+    Parked,
+    /// To be delivered again.
+    Retry,
 }
 
 /// One message as the queue delivered it.
@@ -146,7 +147,6 @@ pub struct Worker {
     pub concurrency: usize,
     /// Look-back for a video's first session pull.
     pub lookback_days: u32,
-    pub metrics: WorkerMetrics,
 }
 
 /// Reference appended to notes and tasks so a later attempt can find what an earlier one wrote.
@@ -472,7 +472,7 @@ impl Worker {
                 None => groups.push((m.group_id.clone(), vec![m])),
             }
         }
-        let results: Vec<Vec<(String, Result<Applied, bool>)>> = futures::stream::iter(groups)
+        let results: Vec<Vec<(String, Disposition)>> = futures::stream::iter(groups)
             .map(|(_, msgs)| self.process_group(msgs))
             .buffer_unordered(self.concurrency.max(1))
             .collect()
@@ -480,31 +480,26 @@ impl Worker {
         let mut out = BatchOutcome::default();
         for (id, r) in results.into_iter().flatten() {
             match r {
-                Ok(Applied::Written) => out.applied += 1,
-                Ok(Applied::Unchanged) => out.unchanged += 1,
-                Err(true) => out.parked += 1,
-                Err(false) => out.failed.push(id),
+                Disposition::Done(Applied::Written) => out.applied += 1,
+                Disposition::Done(Applied::Unchanged) => out.unchanged += 1,
+                Disposition::Parked => out.parked += 1,
+                Disposition::Retry => out.failed.push(id),
             }
         }
-        self.metrics.applied.fetch_add(out.applied as u64, Ordering::Relaxed);
-        self.metrics.unchanged.fetch_add(out.unchanged as u64, Ordering::Relaxed);
-        self.metrics.parked.fetch_add(out.parked as u64, Ordering::Relaxed);
-        self.metrics.retried.fetch_add(out.failed.len() as u64, Ordering::Relaxed);
         out
     }
 
-    /// `Err(true)`: parked (done with); `Err(false)`: to be delivered again.
-    async fn process_group(&self, msgs: Vec<QueueMessage>) -> Vec<(String, Result<Applied, bool>)> {
+    async fn process_group(&self, msgs: Vec<QueueMessage>) -> Vec<(String, Disposition)> {
         let mut out = Vec::with_capacity(msgs.len());
         let mut blocked = false;
         for m in msgs {
             if blocked {
                 self.delay(&m).await;
-                out.push((m.id, Err(false)));
+                out.push((m.id, Disposition::Retry));
                 continue;
             }
             let r = self.process_one(&m).await;
-            if r == Err(false) {
+            if r == Disposition::Retry {
                 blocked = true;
                 self.delay(&m).await;
             }
@@ -513,33 +508,39 @@ impl Worker {
         out
     }
 
-    async fn process_one(&self, m: &QueueMessage) -> Result<Applied, bool> {
+    async fn process_one(&self, m: &QueueMessage) -> Disposition {
         let cmd = match SyncCommand::decode(&m.body) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(message_id = %m.id, reason = %e, "parking an undecodable message");
-                return Err(self.park(m, None, &format!("undecodable message: {e}"), None).await);
+                return self.park(m, None, &format!("undecodable message: {e}"), None).await;
             }
         };
         let span = tracing::info_span!("command", event_id = %cmd.source_event, key = cmd.key.short());
         match self.apply(&cmd).instrument(span).await {
             Ok(a) => {
                 tracing::info!(event_id = %cmd.source_event, kind = cmd.body.action_name(), outcome = ?a, "applied");
-                Ok(a)
+                Disposition::Done(a)
             }
             Err(ApplyError::Transient { reason, .. }) => {
                 tracing::warn!(event_id = %cmd.source_event, kind = cmd.body.action_name(), receive_count = m.receive_count, %reason, "will retry");
-                Err(false)
+                Disposition::Retry
             }
             Err(ApplyError::Permanent { reason, trace_id }) => {
                 tracing::error!(event_id = %cmd.source_event, kind = cmd.body.action_name(), %reason, "parking in the dead-letter queue");
-                Err(self.park(m, Some(&cmd), &reason, trace_id.as_deref()).await)
+                self.park(m, Some(&cmd), &reason, trace_id.as_deref()).await
             }
         }
     }
 
-    /// Sends a message to the dead-letter queue; false when that failed (then it is retried).
-    async fn park(&self, m: &QueueMessage, cmd: Option<&SyncCommand>, reason: &str, trace_id: Option<&str>) -> bool {
+    /// Sends a message to the dead-letter queue; when that fails, the message is retried.
+    async fn park(
+        &self,
+        m: &QueueMessage,
+        cmd: Option<&SyncCommand>,
+        reason: &str,
+        trace_id: Option<&str>,
+    ) -> Disposition {
         let group = cmd.map(|c| c.group_id()).or_else(|| m.group_id.clone()).unwrap_or_default();
         let dedup = cmd.map(|c| c.key.as_str().to_string()).unwrap_or_else(|| {
             let mut id: String = m.id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
@@ -547,10 +548,10 @@ impl Worker {
             if id.is_empty() { "unknown".into() } else { id }
         });
         match self.queues.park(Parked { body: &m.body, group_id: &group, dedup_id: &dedup, reason, trace_id }).await {
-            Ok(()) => true,
+            Ok(()) => Disposition::Parked,
             Err(e) => {
                 tracing::error!(error = %e, "could not park the message; it will be delivered again");
-                false
+                Disposition::Retry
             }
         }
     }

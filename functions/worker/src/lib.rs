@@ -36,7 +36,6 @@ pub async fn build(config: Config) -> anyhow::Result<(Arc<Worker>, Deps)> {
         retry_base_secs: c.retry_base_secs,
         concurrency: c.batch_concurrency,
         lookback_days: c.lookback_days,
-        metrics: Default::default(),
     };
     Ok((Arc::new(worker), deps))
 }
