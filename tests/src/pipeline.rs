@@ -153,14 +153,32 @@ impl Pipeline {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    pub async fn queue_depths(&self) -> (u64, u64) {
+    /// An SQS client for the stack's moto.
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(self.url("aws_endpoint_url"))
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_sqs::config::Credentials::new("dev", "dev", None, None, "test"))
             .load()
             .await;
-        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        aws_sdk_sqs::Client::new(&sdk)
+    }
+
+    /// Waits until the sync queue is empty; false when `secs` passed first.
+    pub async fn wait_drained(&self, secs: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.queue_depths().await.0 > 0 {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        true
+    }
+
+    /// Messages in the sync queue and in the dead-letter queue (visible and in flight).
+    pub async fn queue_depths(&self) -> (u64, u64) {
+        let sqs = self.sqs().await;
         let mut out = [0u64; 2];
         for (i, q) in [self.url("queue_url"), self.url("dlq_url")].iter().enumerate() {
             let a = sqs

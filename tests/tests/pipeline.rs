@@ -85,11 +85,7 @@ async fn the_pipeline_runs_end_to_end_as_make_dev_does() {
     assert_eq!(view["notes"].as_array().unwrap().len(), 1);
 
     // A reconciliation run as its own process: everything already matches.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while p.queue_depths().await.0 > 0 {
-        assert!(Instant::now() < deadline, "queue did not drain");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    assert!(p.wait_drained(30).await, "queue did not drain");
     let report = p.reconcile_once();
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(report["commands_queued"], 0, "{report}");
@@ -155,16 +151,8 @@ async fn killing_the_worker_mid_stream_loses_and_doubles_nothing() {
     }
     // Messages the killed worker applied but never deleted come back after their visibility
     // timeout and are skipped as already applied: the queue drains, and nothing is parked.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (queued, parked) = p.queue_depths().await;
-        assert_eq!(parked, 0, "nothing parked");
-        if queued == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{queued} message(s) still queued");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    assert!(p.wait_drained(120).await, "the queue did not drain");
+    assert_eq!(p.queue_depths().await.1, 0, "nothing parked");
     let again = p.ghl_contacts().await;
     for i in 0..n {
         let email = format!("k{i:02}@example.com");

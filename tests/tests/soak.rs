@@ -39,7 +39,7 @@ async fn chaos_soak_loses_and_doubles_nothing() {
     assert_eq!(r.status(), 204);
 
     // Poison planted straight on the queue, as a broken producer would.
-    let sqs = sqs_client(&p).await;
+    let sqs = p.sqs().await;
     for i in 0..poison {
         sqs.send_message()
             .queue_url(p.url("queue_url"))
@@ -115,10 +115,7 @@ async fn chaos_soak_loses_and_doubles_nothing() {
     let kills = killer.await.unwrap();
     // Let the queue drain with faults off (redeliveries of applied commands must change nothing).
     p.http.put(format!("{ghl_admin}/_admin/faults")).json(&json!({})).send().await.unwrap();
-    let drain_deadline = Instant::now() + Duration::from_secs(120);
-    while p.queue_depths().await.0 > 0 && Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    p.wait_drained(120).await;
     let contacts = p.ghl_contacts().await;
 
     let (mut missing, mut duplicates) = (0, 0);
@@ -159,16 +156,6 @@ async fn chaos_soak_loses_and_doubles_nothing() {
         assert!(!logs.contains(s), "a secret value ({s}) appeared in the logs");
     }
     p.stop();
-}
-
-async fn sqs_client(p: &Pipeline) -> aws_sdk_sqs::Client {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(p.url("aws_endpoint_url"))
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new("dev", "dev", None, None, "soak"))
-        .load()
-        .await;
-    aws_sdk_sqs::Client::new(&sdk)
 }
 
 /// The reasons of every parked message (read without deleting them).
