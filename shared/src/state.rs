@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::AttributeValue;
 use thiserror::Error;
 
@@ -118,6 +119,19 @@ fn get_s(item: &HashMap<String, AttributeValue>, k: &str) -> Option<String> {
 
 fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
     item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+/// A conditional write on a pending claim: when the claim is no longer pending (completed or
+/// gone), there is nothing left to change.
+fn ok_unless_pending_gone<T, E>(r: Result<T, aws_sdk_dynamodb::error::SdkError<E>>) -> Result<(), StateError>
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+{
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
+        Err(e) => Err(StateError::Unavailable(crate::http::aws_error_text(&e))),
+    }
 }
 
 fn idem_pk(key: &IdempotencyKey) -> String {
@@ -245,11 +259,7 @@ impl StateStore for DynamoStore {
             .expression_attribute_values(":pending", s("pending"))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
-            Err(e) => Err(StateError::Unavailable(crate::http::aws_error_text(&e))),
-        }
+        ok_unless_pending_gone(r)
     }
 
     async fn release(&self, key: &IdempotencyKey) -> Result<(), StateError> {
@@ -263,11 +273,7 @@ impl StateStore for DynamoStore {
             .expression_attribute_values(":pending", s("pending"))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
-            Err(e) => Err(StateError::Unavailable(crate::http::aws_error_text(&e))),
-        }
+        ok_unless_pending_gone(r)
     }
 
     async fn is_done(&self, key: &IdempotencyKey) -> Result<bool, StateError> {
