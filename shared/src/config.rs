@@ -143,13 +143,18 @@ impl Config {
     }
 }
 
+/// Whether this process runs under a Lambda runtime (Lambda itself, or a local stand-in that
+/// serves the Runtime API): `AWS_LAMBDA_RUNTIME_API` is set.
+pub fn in_lambda() -> bool {
+    std::env::var("AWS_LAMBDA_RUNTIME_API").is_ok()
+}
+
 /// Sets up `tracing`: JSON lines (`LOG_FORMAT=json`, the default in Lambda) or text, filtered by
 /// `RUST_LOG` (default `info`).
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let in_lambda = std::env::var("AWS_LAMBDA_FUNCTION_NAME").is_ok();
-    let json = std::env::var("LOG_FORMAT").map(|f| f == "json").unwrap_or(in_lambda);
+    let json = std::env::var("LOG_FORMAT").map(|f| f == "json").unwrap_or(in_lambda());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     let _ = if json {
         builder.json().flatten_event(true).with_current_span(true).without_time().try_init()

@@ -1,4 +1,4 @@
-//! Small helpers both API clients and the AWS adapters share.
+//! URL building for the GHL and SproutVideo clients.
 
 use url::Url;
 
@@ -19,16 +19,4 @@ pub fn build_url(base: &Url, segments: &[&str], query: &[(&str, String)]) -> Url
         }
     }
     url
-}
-
-/// A short description of an AWS SDK error (its service message or its kind), never a payload.
-/// Every `aws-sdk-*` crate re-exports the same `SdkError`.
-pub fn aws_error_text<E: std::error::Error + 'static, R>(e: &aws_sdk_sqs::error::SdkError<E, R>) -> String {
-    use aws_sdk_sqs::error::SdkError;
-    match e {
-        SdkError::ServiceError(s) => s.err().to_string(),
-        SdkError::TimeoutError(_) => "timed out".into(),
-        SdkError::DispatchFailure(_) => "could not connect".into(),
-        other => other.to_string(),
-    }
 }

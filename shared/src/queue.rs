@@ -89,7 +89,7 @@ impl CommandQueue for SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|e| QueueError::Unavailable(crate::http::aws_error_text(&e)))?;
+                .map_err(|e| QueueError::Unavailable(crate::aws::error_text(&e)))?;
             let failed = out.failed();
             if !failed.is_empty() {
                 return Err(QueueError::Rejected {
@@ -132,7 +132,7 @@ impl WorkerQueues for SqsQueue {
         if let Some(t) = p.trace_id {
             req = req.message_attributes("ghl_trace_id", attr(t));
         }
-        req.send().await.map_err(|e| QueueError::Unavailable(crate::http::aws_error_text(&e)))?;
+        req.send().await.map_err(|e| QueueError::Unavailable(crate::aws::error_text(&e)))?;
         Ok(())
     }
 
@@ -144,13 +144,7 @@ impl WorkerQueues for SqsQueue {
             .visibility_timeout(seconds.clamp(0, 43_200))
             .send()
             .await
-            .map_err(|e| QueueError::Unavailable(crate::http::aws_error_text(&e)))?;
+            .map_err(|e| QueueError::Unavailable(crate::aws::error_text(&e)))?;
         Ok(())
     }
-}
-
-/// An SQS client from the standard AWS configuration (`AWS_ENDPOINT_URL` points it at a local
-/// emulator).
-pub async fn aws_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }

@@ -198,7 +198,7 @@ impl SecretSource for SecretsManagerSource {
                     let exists = self.client.describe_secret().secret_id(&self.secret_id).send().await.is_ok();
                     Err(if exists { SecretError::Empty } else { SecretError::NotFound(self.secret_id.clone()) })
                 } else {
-                    Err(SecretError::Unavailable(crate::http::aws_error_text(&e)))
+                    Err(SecretError::Unavailable(crate::aws::error_text(&e)))
                 }
             }
         }
@@ -219,11 +219,7 @@ impl SecretSource for SecretsManagerSource {
                 let conflict = e
                     .as_service_error()
                     .is_some_and(|s| s.is_resource_exists_exception() || s.is_invalid_request_exception());
-                Err(if conflict {
-                    SecretError::Conflict
-                } else {
-                    SecretError::Unavailable(crate::http::aws_error_text(&e))
-                })
+                Err(if conflict { SecretError::Conflict } else { SecretError::Unavailable(crate::aws::error_text(&e)) })
             }
         }
     }

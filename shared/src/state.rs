@@ -92,7 +92,7 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
+            .map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
         Ok(out.item)
     }
 }
@@ -130,7 +130,7 @@ where
     match r {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
-        Err(e) => Err(StateError::Unavailable(crate::http::aws_error_text(&e))),
+        Err(e) => Err(StateError::Unavailable(crate::aws::error_text(&e))),
     }
 }
 
@@ -170,7 +170,7 @@ impl StateStore for DynamoStore {
         if let Some(ph) = &p.phone {
             req = req.item("phone", s(ph));
         }
-        req.send().await.map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
+        req.send().await.map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
         Ok(())
     }
 
@@ -192,7 +192,7 @@ impl StateStore for DynamoStore {
         match put {
             Ok(_) => return Ok(Claim::Fresh),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
-            Err(e) => return Err(StateError::Unavailable(crate::http::aws_error_text(&e))),
+            Err(e) => return Err(StateError::Unavailable(crate::aws::error_text(&e))),
         }
         let Some(item) = self.get(&pk).await? else {
             // Released between our put and get: try once more from the top next time.
@@ -225,7 +225,7 @@ impl StateStore for DynamoStore {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
                 Ok(Claim::Busy)
             }
-            Err(e) => Err(StateError::Unavailable(crate::http::aws_error_text(&e))),
+            Err(e) => Err(StateError::Unavailable(crate::aws::error_text(&e))),
         }
     }
 
@@ -242,7 +242,7 @@ impl StateStore for DynamoStore {
             .expression_attribute_values(":exp", n(now() + LEDGER_TTL.as_secs() as i64))
             .send()
             .await
-            .map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
+            .map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
         Ok(())
     }
 
@@ -290,7 +290,7 @@ impl StateStore for DynamoStore {
         if let Some(t) = ttl {
             req = req.item("expires_at", n(now() + t.as_secs() as i64));
         }
-        req.send().await.map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
+        req.send().await.map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
         Ok(())
     }
 
@@ -328,7 +328,7 @@ impl StateStore for DynamoStore {
                     .request_items(&self.table, std::mem::take(&mut reqs))
                     .send()
                     .await
-                    .map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
+                    .map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
                 reqs = r.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
             }
             if !reqs.is_empty() {
@@ -345,7 +345,7 @@ impl StateStore for DynamoStore {
             .key("pk", s(&format!("kv#{name}")))
             .send()
             .await
-            .map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
+            .map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
         Ok(())
     }
 }
@@ -378,7 +378,7 @@ impl BatchOps for DynamoStore {
                     .request_items(&self.table, ka)
                     .send()
                     .await
-                    .map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
+                    .map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
                 if let Some(mut resp) = r.responses {
                     out.extend(resp.remove(&self.table).unwrap_or_default());
                 }
@@ -416,7 +416,7 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Res
         Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {
             return Ok(());
         }
-        Err(e) => return Err(StateError::Unavailable(crate::http::aws_error_text(&e))),
+        Err(e) => return Err(StateError::Unavailable(crate::aws::error_text(&e))),
     }
     client
         .update_time_to_live()
@@ -426,6 +426,6 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Res
         )
         .send()
         .await
-        .map_err(|e| StateError::Unavailable(crate::http::aws_error_text(&e)))?;
+        .map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
     Ok(())
 }

@@ -68,7 +68,7 @@ impl Stack {
     /// Creates (or finds) the queue, DLQ, table and secret. `secret_json` is put as the
     /// secret's value when the secret is created.
     pub async fn create(names: StackNames, settings: StackSettings, secret_json: Option<&str>) -> anyhow::Result<Self> {
-        let sdk = shared::queue::aws_config().await;
+        let sdk = shared::aws::load_config().await;
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
         let sm = aws_sdk_secretsmanager::Client::new(&sdk);

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use intake::auth::sign;
 use serde_json::Value;
-use shared::intake::sign;
 
 /// The secret values `dev-stack` uses; none may appear in a log.
 pub const SECRET_VALUES: &[&str] =

@@ -8,10 +8,10 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use intake::auth::sign;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use shared::commands::SyncCommand;
-use shared::intake::sign;
 use shared::queue::{CommandQueue, QueueError, SqsQueue};
 use shared::secrets::{SecretCache, SecretError, SecretSource, SecretValue, SecretsManagerSource};
 use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator, secret_json};
@@ -38,7 +38,7 @@ async fn env(tag: &str) -> Env {
     let secret = secret_json(WEBHOOK_TOKEN, &[CURRENT_KEY, PREVIOUS_KEY], READ_KEY, "pit-intake", None);
     let stack = Stack::create(StackNames::unique(tag), StackSettings::default(), Some(&secret)).await.unwrap();
     let config = stack.config(&ghl_url, "http://127.0.0.1:9/v1", LOC, &[]);
-    let deps = shared::runtime::Deps::new(config).await.unwrap();
+    let deps = shared::deps::Deps::new(config).await.unwrap();
     let app = intake::router(intake::AppState {
         secrets: deps.secrets.clone(),
         queue: Arc::new(deps.queue.clone()),
@@ -384,7 +384,7 @@ fn the_published_event_schema_matches_what_the_intake_accepts() {
     let schema: Value = serde_json::from_str(&raw).unwrap();
     let types: Vec<&str> =
         schema["properties"]["type"]["enum"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert_eq!(types, shared::intake::EVENT_TYPES);
+    assert_eq!(types, intake::events::EVENT_TYPES);
     let mut fields: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
     fields.sort();
     let mut want = vec!["id", "type", "occurred_at", "contact", "video", "watch", "note", "task", "tags"];

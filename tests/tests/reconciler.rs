@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
+use reconciler::reconcile::{ReconcileInput, Report};
 use serde_json::{Value, json};
-use shared::reconcile::{ReconcileInput, Report};
-use shared::worker::{QueueMessage, Worker};
 use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator, secret_json};
 use sync_tests::local_ghl::{GhlBehaviour, LocalGhl};
 use sync_tests::local_sprout::{LocalSprout, SessionSeed, SproutBehaviour, VideoSeed};
+use worker::{QueueMessage, Worker};
 
 const LOC: &str = "locReconcileTest0001";
 
@@ -38,7 +38,7 @@ struct Env {
     sprout: LocalSprout,
     stack: Stack,
     worker: Arc<Worker>,
-    reconciler: shared::reconcile::Reconciler,
+    reconciler: reconciler::reconcile::Reconciler,
     /// Expected people and how many rule hits each has.
     people: Vec<(String, usize)>,
 }

@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 use shared::commands::{CommandBody, DesiredContact, SyncCommand};
 use shared::identity::{Email, Identity, Phone};
 use shared::queue::CommandQueue;
-use shared::worker::{QueueMessage, Worker};
 use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator, secret_json};
 use sync_tests::local_ghl::{FaultKind, Faults, GhlBehaviour, LocalGhl, ScriptedFault};
 use sync_tests::local_sprout::{LocalSprout, SessionSeed, SproutBehaviour, VideoSeed};
+use worker::{QueueMessage, Worker};
 
 const LOC: &str = "locWorkerTest0000001";
 

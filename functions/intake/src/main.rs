@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use shared::config::{Config, init_tracing};
-use shared::runtime::Deps;
+use shared::deps::Deps;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -17,13 +17,13 @@ async fn main() -> anyhow::Result<()> {
         mapping: deps.config.mapping.clone(),
         ghl: deps.ghl.clone(),
     });
-    if shared::runtime::in_lambda() {
+    if shared::config::in_lambda() {
         lambda_http::run(app).await.map_err(|e| anyhow::anyhow!(e))
     } else {
         let addr = std::env::var("INTAKE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
         let listener = tokio::net::TcpListener::bind(&addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "intake listening");
-        axum::serve(listener, app).with_graceful_shutdown(shared::runtime::shutdown_signal()).await?;
+        axum::serve(listener, app).with_graceful_shutdown(shared::deps::shutdown_signal()).await?;
         Ok(())
     }
 }

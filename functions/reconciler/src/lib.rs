@@ -1,32 +1,10 @@
-//! The reconciler's wiring: builds a [`Reconciler`] from the configuration.
+//! The scheduled reconciler: finds what webhooks missed and queues only what differs.
+//!
+//! `reconcile` is the logic (staged, checkpointed, never sees a Lambda type); `wiring` builds it
+//! from the configuration; `main.rs` adapts it to Lambda's scheduled invocation and to a CLI.
 
-use std::sync::Arc;
-use std::time::Duration;
+pub mod reconcile;
+pub mod wiring;
 
-use shared::config::Config;
-use shared::mapping::CustomFieldCatalog;
-use shared::reconcile::Reconciler;
-use shared::runtime::Deps;
-
-pub async fn build(config: Config) -> anyhow::Result<(Reconciler, Deps)> {
-    let deps = Deps::new(config).await?;
-    let sprout = deps
-        .sprout()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the secret has no sproutvideo_api_key; the reconciler needs one"))?;
-    let c = &deps.config;
-    let r = Reconciler {
-        sprout,
-        ghl: deps.ghl.clone(),
-        catalog: Arc::new(CustomFieldCatalog::new(deps.ghl.clone())),
-        store: deps.store.clone(),
-        queue: Arc::new(deps.queue.clone()),
-        mapping: c.mapping.clone(),
-        lookback_days: c.lookback_days,
-        plan_lines: c.plan_lines,
-        delete_orphans: c.delete_orphans,
-        safety_margin: Duration::from_secs(30),
-        search_page_size: shared::reconcile::SEARCH_PAGE,
-    };
-    Ok((r, deps))
-}
+pub use reconcile::{ReconcileInput, Reconciler, Report};
+pub use wiring::build;

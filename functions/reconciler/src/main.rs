@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use lambda_runtime::{LambdaEvent, service_fn};
+use reconciler::ReconcileInput;
 use shared::config::{Config, init_tracing};
-use shared::reconcile::ReconcileInput;
 
 const USAGE: &str =
     "sv-reconciler [--dry-run] [--since YYYY-MM-DD] [--emails a@x,b@y] [--max-steps N] [--restart] [--every SECONDS]";
@@ -15,7 +15,7 @@ const USAGE: &str =
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
-    if shared::runtime::in_lambda() {
+    if shared::config::in_lambda() {
         let (rec, _deps) = reconciler::build(Config::from_env()?).await?;
         let rec = &rec;
         return lambda_runtime::run(service_fn(move |ev: LambdaEvent<serde_json::Value>| async move {
@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
         input.restart = false;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(secs)) => {},
-            _ = shared::runtime::shutdown_signal() => return Ok(()),
+            _ = shared::deps::shutdown_signal() => return Ok(()),
         }
     }
 }

@@ -8,7 +8,7 @@ use shared::config::{Config, init_tracing};
 async fn main() -> anyhow::Result<()> {
     init_tracing();
     let (worker, deps) = worker::build(Config::from_env()?).await?;
-    if shared::runtime::in_lambda() {
+    if shared::config::in_lambda() {
         lambda_runtime::run(service_fn(move |ev: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
             let worker = worker.clone();
             async move { Ok::<_, lambda_runtime::Error>(worker::handle(&worker, ev.payload).await) }
@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
             deps.queue.client().clone(),
             deps.config.queue_url.clone(),
             wait,
-            shared::runtime::shutdown_signal(),
+            shared::deps::shutdown_signal(),
         )
         .await;
         Ok(())

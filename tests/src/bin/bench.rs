@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use chrono::Utc;
+use reconciler::reconcile::ReconcileInput;
 use serde_json::{Value, json};
 use shared::commands::{CommandBody, DesiredContact, SyncCommand};
 use shared::identity::{Email, Identity};
 use shared::queue::{CommandQueue, QueueError, SqsQueue};
-use shared::reconcile::ReconcileInput;
-use shared::worker::{QueueMessage, Worker};
 use sync_tests::aws::{Stack, StackNames, StackSettings, secret_json};
 use sync_tests::local_ghl::{GhlBehaviour, LocalGhl};
 use sync_tests::local_sprout::{LocalSprout, SessionSeed, SproutBehaviour, VideoSeed};
 use tower::ServiceExt;
+use worker::{QueueMessage, Worker};
 
 const LOC: &str = "locBench000000000001";
 
@@ -401,7 +401,7 @@ async fn reconcile_cost() -> anyhow::Result<Vec<Row>> {
     let secs = started.elapsed().as_secs_f64();
     let ghl_calls = w.ghl.requests().await.len();
     let sprout_calls = report.sproutvideo_calls as usize;
-    let ghl_pages = people.div_ceil(shared::reconcile::SEARCH_PAGE as usize);
+    let ghl_pages = people.div_ceil(reconciler::reconcile::SEARCH_PAGE as usize);
     let sv_pages = 2 + people.div_ceil(100);
     let changes = people / 100;
     Ok(vec![
@@ -521,7 +521,7 @@ fn signed_request(body: &str) -> axum::http::Request<Body> {
     axum::http::Request::post("/v1/events")
         .header("content-type", "application/json")
         .header("x-signature-timestamp", ts.to_string())
-        .header("x-signature", shared::intake::sign("bench-key", ts, body.as_bytes()))
+        .header("x-signature", intake::auth::sign("bench-key", ts, body.as_bytes()))
         .body(Body::from(body.to_string()))
         .expect("request")
 }
@@ -572,7 +572,7 @@ async fn load(app: axum::Router, secs: u64, conns: usize) -> f64 {
                     .post(format!("http://{addr}/v1/events"))
                     .header("content-type", "application/json")
                     .header("x-signature-timestamp", ts.to_string())
-                    .header("x-signature", shared::intake::sign("bench-key", ts, body.as_bytes()))
+                    .header("x-signature", intake::auth::sign("bench-key", ts, body.as_bytes()))
                     .body(body)
                     .send()
                     .await
@@ -604,7 +604,7 @@ async fn intake_cost() -> anyhow::Result<Vec<Row>> {
     let started = Instant::now();
     for i in 0..sends {
         let accepted =
-            shared::intake::event_commands(&mapping, event_body(i).as_bytes()).map_err(|e| anyhow::anyhow!(e.error))?;
+            intake::events::event_commands(&mapping, event_body(i).as_bytes()).map_err(|e| anyhow::anyhow!(e.error))?;
         q.send(&accepted.commands).await?;
     }
     let send_ms = started.elapsed().as_secs_f64() * 1000.0 / sends as f64;

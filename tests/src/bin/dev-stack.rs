@@ -318,7 +318,7 @@ Then look:
 }
 
 async fn supervise(s: &Settings, procs: &mut [Proc]) {
-    let mut shutdown = Box::pin(shared::runtime::shutdown_signal());
+    let mut shutdown = Box::pin(shared::deps::shutdown_signal());
     loop {
         tokio::select! {
             _ = &mut shutdown => return,

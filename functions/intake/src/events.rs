@@ -1,82 +1,14 @@
-//! What the webhook intake does, free of HTTP and Lambda types: authenticate callers in constant
-//! time, turn an event body into sync commands (or a reason it cannot be), and assemble the
-//! one-view read of a contact.
+//! Event bodies into sync commands, or the reason they cannot be: signed events (`POST
+//! /v1/events`) and SproutVideo's video webhook.
 
 use chrono::{DateTime, Utc};
-use hmac::{KeyInit, Mac};
-use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-
-use crate::commands::{CommandBody, SyncCommand};
-use crate::ghl::{GhlClient, GhlError};
-use crate::identity::Email;
-use crate::mapping::{ContactInput, Mapping, MappingError, Origin, WatchFacts};
+use serde_json::{Map, Value};
+use shared::commands::{CommandBody, SyncCommand};
+use shared::mapping::{ContactInput, Mapping, MappingError, Origin, WatchFacts};
 
 /// Largest accepted body.
 pub const MAX_BODY: usize = 256 * 1024;
-/// Largest accepted clock difference for signed events.
-pub const MAX_SKEW_SECS: i64 = 300;
-
-type HmacSha256 = hmac::Hmac<Sha256>;
-
-/// Compares a presented token with the expected one in constant time (both are hashed first,
-/// so not even the length leaks).
-pub fn token_matches(expected: &SecretString, presented: &str) -> bool {
-    let a = Sha256::digest(expected.expose_secret().as_bytes());
-    let b = Sha256::digest(presented.as_bytes());
-    bool::from(a.ct_eq(&b))
-}
-
-/// Checks `X-Signature` (`v1=<hex>` values, comma separated) over `{timestamp}.{body}` against
-/// every signing key, and that the timestamp is within five minutes of `now`.
-pub fn verify_signature(
-    keys: &[SecretString],
-    timestamp: Option<&str>,
-    signature: Option<&str>,
-    body: &[u8],
-    now: i64,
-) -> bool {
-    let (Some(ts), Some(sig)) = (timestamp, signature) else {
-        return false;
-    };
-    let Ok(ts_num) = ts.trim().parse::<i64>() else {
-        return false;
-    };
-    if (now - ts_num).abs() > MAX_SKEW_SECS {
-        return false;
-    }
-    let candidates: Vec<Vec<u8>> = sig
-        .split(',')
-        .filter_map(|p| p.trim().strip_prefix("v1="))
-        .filter_map(|h| hex::decode(h.trim()).ok())
-        .take(8)
-        .collect();
-    let mut ok = false;
-    for key in keys {
-        for c in &candidates {
-            let mut mac =
-                HmacSha256::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes any key length");
-            mac.update(ts.trim().as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            // verify_slice compares in constant time; keep looping so timing does not say which key matched.
-            ok |= mac.verify_slice(c).is_ok();
-        }
-    }
-    ok
-}
-
-/// Signs a body the way callers must (for examples, tools and tests).
-pub fn sign(key: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
-}
 
 /// Why a request body was refused.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -282,7 +214,7 @@ pub fn event_commands(mapping: &Mapping, body: &[u8]) -> Result<AcceptedEvent, I
                 }
             };
             let w = WatchFacts { video_id, video_title: title, video_tags, percent, at: occurred_at };
-            crate::plan::watch_commands(mapping, desired, &w, &id, occurred_at)
+            shared::facts::watch_commands(mapping, desired, &w, &id, occurred_at)
         }
         "note.create" => {
             let note = top.object("note")?.ok_or_else(|| InputError::field("note", "is required for note.create"))?;
@@ -353,55 +285,10 @@ pub fn webhook_commands(body: &[u8]) -> Result<AcceptedEvent, InputError> {
     Ok(AcceptedEvent { id: event_id, kind: "video.processed".into(), commands: vec![cmd] })
 }
 
-/// The one-view read of a contact: the GHL contact, its tasks, notes and appointments, fetched
-/// concurrently. `None` when GHL has no contact with this email.
-pub async fn contact_view(ghl: &GhlClient, email: &Email) -> Result<Option<Value>, GhlError> {
-    let Some(found) = ghl.find_duplicate(Some(email.as_str()), None).await? else {
-        return Ok(None);
-    };
-    let id = found.id.as_str();
-    let (contact, tasks, notes, appointments) =
-        tokio::join!(ghl.get_contact(id), ghl.list_tasks(id), ghl.list_notes(id), ghl.list_appointments(id));
-    Ok(Some(json!({
-        "contact": contact?,
-        "tasks": tasks?,
-        "notes": notes?,
-        "appointments": appointments?,
-    })))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn keys(k: &[&str]) -> Vec<SecretString> {
-        k.iter().map(|s| SecretString::from(s.to_string())).collect()
-    }
-
-    #[test]
-    fn signatures_verify_with_current_or_previous_key_and_fresh_timestamps() {
-        let body = br#"{"id":"e1"}"#;
-        let now = 1_764_400_000;
-        let sig = sign("old", now, body);
-        assert!(verify_signature(&keys(&["new", "old"]), Some(&now.to_string()), Some(&sig), body, now));
-        let both = format!("v1=00, {}", sign("new", now, body));
-        assert!(verify_signature(&keys(&["new"]), Some(&now.to_string()), Some(&both), body, now));
-        assert!(!verify_signature(&keys(&["new"]), Some(&now.to_string()), Some(&sig), body, now));
-        assert!(!verify_signature(&keys(&["old"]), Some(&now.to_string()), Some(&sig), b"tampered", now));
-        let stale = now - 301;
-        let old_sig = sign("old", stale, body);
-        assert!(!verify_signature(&keys(&["old"]), Some(&stale.to_string()), Some(&old_sig), body, now));
-        assert!(!verify_signature(&keys(&["old"]), None, Some(&sig), body, now));
-        assert!(!verify_signature(&keys(&["old"]), Some("soon"), Some(&sig), body, now));
-    }
-
-    #[test]
-    fn tokens_compare_by_value() {
-        let t = SecretString::from("tok-123".to_string());
-        assert!(token_matches(&t, "tok-123"));
-        assert!(!token_matches(&t, "tok-124"));
-        assert!(!token_matches(&t, ""));
-    }
+    use serde_json::json;
 
     fn ev(v: Value) -> Result<AcceptedEvent, InputError> {
         event_commands(&Mapping::default_mapping(), v.to_string().as_bytes())
@@ -614,15 +501,6 @@ mod tests {
                     Ok(a) => prop_assert!(!a.commands.is_empty()),
                     Err(e) => prop_assert!(e.status == 400 || e.field.is_some(), "{:?}", e),
                 }
-            }
-
-            #[test]
-            fn signature_checks_never_panic_and_never_accept_forgeries(
-                ts in proptest::option::of("[ -~]{0,20}"),
-                sig in proptest::option::of("[ -~]{0,200}"),
-                body in proptest::collection::vec(any::<u8>(), 0..256),
-            ) {
-                prop_assert!(!verify_signature(&keys(&["k1", "k2"]), ts.as_deref(), sig.as_deref(), &body, 1_764_400_000));
             }
         }
     }

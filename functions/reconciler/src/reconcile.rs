@@ -26,14 +26,14 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::commands::{CommandBody, DesiredContact, SyncCommand};
-use crate::ghl::{Contact, GhlClient, GhlError, SearchFilter, SearchPaging, SearchRequest};
-use crate::identity::Email;
-use crate::mapping::{ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, WatchFacts};
-use crate::plan::rule_commands;
-use crate::queue::{CommandQueue, QueueError};
-use crate::sprout::{MAX_PER_PAGE, SessionQuery, SproutClient, SproutError};
-use crate::state::{StateError, StateStore};
+use shared::commands::{CommandBody, DesiredContact, SyncCommand};
+use shared::facts::rule_commands;
+use shared::ghl::{Contact, GhlClient, GhlError, SearchFilter, SearchPaging, SearchRequest};
+use shared::identity::Email;
+use shared::mapping::{ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, WatchFacts};
+use shared::queue::{CommandQueue, QueueError};
+use shared::sprout::{MAX_PER_PAGE, SessionQuery, SproutClient, SproutError};
+use shared::state::{StateError, StateStore};
 
 const CHECKPOINT: &str = "reconcile#checkpoint";
 const LAST_REPORT: &str = "reconcile#last";
@@ -313,7 +313,7 @@ impl Run<'_> {
                     let page = self
                         .r
                         .sprout
-                        .page::<crate::sprout::Video>(&["videos"], "videos", &[], self.cp.page, MAX_PER_PAGE)
+                        .page::<shared::sprout::Video>(&["videos"], "videos", &[], self.cp.page, MAX_PER_PAGE)
                         .await?;
                     let infos: HashMap<String, VideoInfo> = page
                         .items

@@ -1,5 +1,5 @@
-//! Wiring shared by the three binaries: AWS clients, the cached secret, and the GHL and
-//! SproutVideo clients, all from one [`Config`].
+//! Dependency wiring shared by the three functions: AWS clients, the cached secret, and the GHL
+//! and SproutVideo clients, all from one [`Config`].
 
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ pub struct Deps {
 impl Deps {
     /// Builds every client; reads no secret yet (the first call that needs one does).
     pub async fn new(config: Config) -> anyhow::Result<Self> {
-        let aws = crate::queue::aws_config().await;
+        let aws = crate::aws::load_config().await;
         let sm = aws_sdk_secretsmanager::Client::new(&aws);
         let secrets = Arc::new(SecretCache::new(
             Arc::new(SecretsManagerSource::new(sm, config.secret_id.clone())),
@@ -51,11 +51,6 @@ impl Deps {
             None => None,
         })
     }
-}
-
-/// Whether this process runs inside Lambda (also true under `cargo lambda watch`).
-pub fn in_lambda() -> bool {
-    std::env::var("AWS_LAMBDA_RUNTIME_API").is_ok()
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

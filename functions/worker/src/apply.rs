@@ -20,13 +20,13 @@ use serde_json::json;
 use thiserror::Error;
 use tracing::Instrument;
 
-use crate::commands::{CommandBody, DesiredContact, IdempotencyKey, SyncCommand};
-use crate::ghl::{CreateTaskParams, GhlClient, GhlError, NoteBody, UpsertContactDto, due_date};
-use crate::identity::{Email, Identity};
-use crate::mapping::{ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, WatchFacts};
-use crate::queue::{CommandQueue, Parked, QueueError, WorkerQueues};
-use crate::sprout::{SessionQuery, SproutClient, SproutError};
-use crate::state::{Claim, PersonState, StateError, StateStore};
+use shared::commands::{CommandBody, DesiredContact, IdempotencyKey, SyncCommand};
+use shared::ghl::{CreateTaskParams, GhlClient, GhlError, NoteBody, UpsertContactDto, due_date};
+use shared::identity::{Email, Identity};
+use shared::mapping::{ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, WatchFacts};
+use shared::queue::{CommandQueue, Parked, QueueError, WorkerQueues};
+use shared::sprout::{SessionQuery, SproutClient, SproutError};
+use shared::state::{Claim, PersonState, StateError, StateStore};
 
 /// Why a command was not applied.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -197,7 +197,7 @@ impl Worker {
                     .put_value(
                         &task_value_name(&identity.email, external_id),
                         &format!("{contact_id}/{task_id}"),
-                        Some(crate::state::LEDGER_TTL * 12),
+                        Some(shared::state::LEDGER_TTL * 12),
                     )
                     .await?;
                 Ok(applied)
@@ -317,7 +317,7 @@ impl Worker {
 
     async fn add_tags(&self, identity: &Identity, tags: &[String]) -> Result<Applied, ApplyError> {
         let wanted: BTreeSet<String> =
-            tags.iter().map(|t| crate::mapping::normalise_tag(t)).filter(|t| !t.is_empty()).collect();
+            tags.iter().map(|t| shared::mapping::normalise_tag(t)).filter(|t| !t.is_empty()).collect();
         let contact_id = self.contact_id(identity).await?;
         let mut person = self.store.person(&identity.email).await?.unwrap_or_default();
         let missing: Vec<String> = wanted.iter().filter(|t| !person.tags.contains(*t)).cloned().collect();
@@ -449,7 +449,13 @@ impl Worker {
                 at,
             };
             let sid = s.id.clone().unwrap_or_else(|| format!("{raw}:{}", at.timestamp()));
-            commands.extend(crate::plan::watch_commands(&self.mapping, desired, &watch, &format!("session:{sid}"), at));
+            commands.extend(shared::facts::watch_commands(
+                &self.mapping,
+                desired,
+                &watch,
+                &format!("session:{sid}"),
+                at,
+            ));
         }
         if !commands.is_empty() {
             self.commands.send(&commands).await?;

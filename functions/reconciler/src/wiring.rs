@@ -1,0 +1,32 @@
+//! The reconciler's wiring: builds a [`Reconciler`] from the configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::reconcile::Reconciler;
+use shared::config::Config;
+use shared::deps::Deps;
+use shared::mapping::CustomFieldCatalog;
+
+pub async fn build(config: Config) -> anyhow::Result<(Reconciler, Deps)> {
+    let deps = Deps::new(config).await?;
+    let sprout = deps
+        .sprout()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the secret has no sproutvideo_api_key; the reconciler needs one"))?;
+    let c = &deps.config;
+    let r = Reconciler {
+        sprout,
+        ghl: deps.ghl.clone(),
+        catalog: Arc::new(CustomFieldCatalog::new(deps.ghl.clone())),
+        store: deps.store.clone(),
+        queue: Arc::new(deps.queue.clone()),
+        mapping: c.mapping.clone(),
+        lookback_days: c.lookback_days,
+        plan_lines: c.plan_lines,
+        delete_orphans: c.delete_orphans,
+        safety_margin: Duration::from_secs(30),
+        search_page_size: crate::reconcile::SEARCH_PAGE,
+    };
+    Ok((r, deps))
+}
