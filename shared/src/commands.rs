@@ -13,22 +13,88 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::identity::{Email, Identity, Phone};
+use crate::queue::{DedupId, MessageGroupId};
 
 /// The schema version this build writes and reads.
 pub const COMMAND_VERSION: u64 = 1;
 
-/// A stable idempotency key: SHA-256 of the source event id and the action, in hex. Used as the
-/// SQS deduplication id and as the ledger key, so a redelivered or re-sent command is applied once.
+/// Where a command comes from: the namespace its source id lives in, and the id. Two sources
+/// with the same id in different namespaces (a sender's `evt-1` and a SproutVideo session
+/// `evt-1`) are different sources.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A signed event (`POST /v1/events`): the sender's event id.
+    Event(String),
+    /// A SproutVideo webhook delivery: the video and its version.
+    SproutVideo(String),
+    /// An engagement session pulled from SproutVideo.
+    Session(String),
+    /// A rule's actions for one video (and the command's person): a rule acts once per person
+    /// and video, whichever path (event, webhook, reconciliation) sees the watch first.
+    Rule { rule: String, video_id: String },
+    /// A reconciliation run.
+    Reconcile(String),
+}
+
+impl Source {
+    /// The namespace that goes into the idempotency key.
+    pub fn namespace(&self) -> &'static str {
+        match self {
+            Self::Event(_) => "event",
+            Self::SproutVideo(_) => "sproutvideo",
+            Self::Session(_) => "session",
+            Self::Rule { .. } => "rule",
+            Self::Reconcile(_) => "reconcile",
+        }
+    }
+
+    /// How the source is named in logs and on the wire (`source_event`): a signed event by the
+    /// id its sender gave it, any other as `namespace:id`. Never holds a person's address.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Event(id) => id.clone(),
+            Self::SproutVideo(id) | Self::Session(id) | Self::Reconcile(id) => format!("{}:{id}", self.namespace()),
+            Self::Rule { rule, video_id } => format!("rule:{rule}:{video_id}"),
+        }
+    }
+}
+
+/// A bare id is a signed event's id, as its sender gave it.
+impl From<&str> for Source {
+    fn from(id: &str) -> Self {
+        Self::Event(id.to_string())
+    }
+}
+
+/// A stable idempotency key: SHA-256, in hex, of the source's namespace and id, the person and
+/// the action. Used as the SQS deduplication id and as the ledger key, so a redelivered or
+/// re-sent command is applied once, and two senders (or two people) never share a key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String")]
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
-    pub fn derive(source_event: &str, action: &str) -> Self {
+    /// The key of `action` on `person` (none for a video) from `source`.
+    ///
+    /// Each part is length-prefixed, so no two different inputs share a key. A rule's key keeps
+    /// the form it has always had (`rule:<rule>:<email>:<video>`, a zero byte, the action), so
+    /// ledger entries written before still count as done.
+    pub fn derive(source: &Source, person: Option<&Email>, action: &str) -> Self {
+        let email = person.map(Email::as_str).unwrap_or("");
         let mut h = Sha256::new();
-        h.update(source_event.as_bytes());
-        h.update([0u8]);
-        h.update(action.as_bytes());
+        match source {
+            Source::Rule { rule, video_id } => {
+                h.update(format!("rule:{rule}:{email}:{video_id}").as_bytes());
+                h.update([0u8]);
+                h.update(action.as_bytes());
+            }
+            Source::Event(id) | Source::SproutVideo(id) | Source::Session(id) | Source::Reconcile(id) => {
+                for part in [source.namespace(), id.as_str(), email, action] {
+                    h.update((part.len() as u64).to_be_bytes());
+                    h.update(part.as_bytes());
+                }
+            }
+        }
         Self(hex::encode(h.finalize()))
     }
 
@@ -39,6 +105,20 @@ impl IdempotencyKey {
     /// A short form for references inside GHL notes and tasks.
     pub fn short(&self) -> &str {
         &self.0[..self.0.len().min(12)]
+    }
+}
+
+impl TryFrom<String> for IdempotencyKey {
+    type Error = String;
+
+    /// A key read back from the wire: 64 lower-case hex digits, as [`IdempotencyKey::derive`]
+    /// makes them.
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(Self(s))
+        } else {
+            Err("an idempotency key is 64 lower-case hex digits".into())
+        }
     }
 }
 
@@ -170,23 +250,36 @@ pub struct SyncCommand {
 }
 
 impl SyncCommand {
-    /// A command whose key derives from `source_event` and `action` (which must be unique among
-    /// the commands one event produces, e.g. `add_note:rule-name`).
-    pub fn new(source_event: &str, action: &str, occurred_at: DateTime<Utc>, body: CommandBody) -> Self {
+    /// A command from `source` whose key derives from the source, the person the body is about
+    /// and `action` (which must be unique among the commands one source produces for one person,
+    /// e.g. `add_note`).
+    pub fn new(source: impl Into<Source>, action: &str, occurred_at: DateTime<Utc>, body: CommandBody) -> Self {
+        let source = source.into();
         Self {
-            key: IdempotencyKey::derive(source_event, action),
-            source_event: source_event.to_string(),
+            key: IdempotencyKey::derive(&source, body.email(), action),
+            source_event: source.label(),
             occurred_at,
             body,
         }
     }
 
-    /// The FIFO message group: one person's commands apply in order, one at a time.
-    pub fn group_id(&self) -> String {
+    /// The FIFO message group: one person's commands apply in order, one at a time (and one
+    /// video's refreshes). Derived from a hash, so it is valid for SQS whatever the address.
+    pub fn message_group(&self) -> MessageGroupId {
         match &self.body {
-            CommandBody::VideoChanged { video_id } => format!("video:{video_id}"),
-            b => b.email().map(|e| e.as_str().to_string()).unwrap_or_default(),
+            CommandBody::VideoChanged { video_id } => MessageGroupId::for_video(video_id),
+            b => MessageGroupId::for_person(b.email().expect("every command but a video change has a person")),
         }
+    }
+
+    /// [`Self::message_group`] as text (as a received message reports its group).
+    pub fn group_id(&self) -> String {
+        self.message_group().as_str().to_string()
+    }
+
+    /// The SQS deduplication id: the idempotency key.
+    pub fn dedup_id(&self) -> DedupId {
+        DedupId::new(self.key.as_str()).expect("a key is 64 hex digits")
     }
 
     pub fn encode(&self) -> String {
@@ -196,7 +289,14 @@ impl SyncCommand {
             #[serde(flatten)]
             cmd: &'a SyncCommand,
         }
-        serde_json::to_string(&Wire { v: COMMAND_VERSION, cmd: self }).expect("commands serialise")
+        let json = serde_json::to_string(&Wire { v: COMMAND_VERSION, cmd: self }).expect("commands serialise");
+        // SQS refuses U+FFFE and U+FFFF in a body; JSON writes them raw (only inside strings),
+        // so they travel escaped. serde_json already escapes the control characters SQS refuses.
+        if json.contains(['\u{FFFE}', '\u{FFFF}']) {
+            json.replace('\u{FFFE}', "\\ufffe").replace('\u{FFFF}', "\\uffff")
+        } else {
+            json
+        }
     }
 
     pub fn decode(body: &str) -> Result<Self, DecodeError> {
@@ -290,10 +390,91 @@ mod tests {
 
     #[test]
     fn keys_are_stable_and_distinct_per_action() {
-        assert_eq!(IdempotencyKey::derive("e", "a"), IdempotencyKey::derive("e", "a"));
-        assert_ne!(IdempotencyKey::derive("e", "a"), IdempotencyKey::derive("e", "b"));
-        assert_ne!(IdempotencyKey::derive("ea", ""), IdempotencyKey::derive("e", "a"));
-        assert_eq!(IdempotencyKey::derive("e", "a").as_str().len(), 64);
+        let ada = email("ada@example.com");
+        let key = |source: &Source, action: &str| IdempotencyKey::derive(source, Some(&ada), action);
+        let e = Source::Event("e".into());
+        assert_eq!(key(&e, "a"), key(&e, "a"));
+        assert_ne!(key(&e, "a"), key(&e, "b"));
+        assert_ne!(key(&Source::Event("ea".into()), ""), key(&e, "a"));
+        assert_eq!(key(&e, "a").as_str().len(), 64);
+    }
+
+    #[test]
+    fn two_senders_using_one_event_id_for_different_people_get_different_keys() {
+        let at = Utc::now();
+        let note =
+            |e: &str| CommandBody::AddNote { identity: Identity { email: email(e), phone: None }, body: "x".into() };
+        let ada = SyncCommand::new(Source::Event("evt-1".into()), "add_note", at, note("ada@example.com"));
+        let bob = SyncCommand::new(Source::Event("evt-1".into()), "add_note", at, note("bob@example.com"));
+        assert_ne!(ada.key, bob.key);
+        assert_ne!(ada.dedup_id(), bob.dedup_id());
+        // The same id in another namespace is another source.
+        let session = SyncCommand::new(Source::Session("evt-1".into()), "add_note", at, note("ada@example.com"));
+        assert_ne!(ada.key, session.key);
+        // A sender's retry is the same command.
+        assert_eq!(ada.key, SyncCommand::new("evt-1", "add_note", at, note("ada@example.com")).key);
+        assert_eq!(ada.source_event, "evt-1");
+    }
+
+    #[test]
+    fn rule_keys_keep_their_established_form() {
+        let ada = email("ada@example.com");
+        let rule = Source::Rule { rule: "watched-75".into(), video_id: "v1".into() };
+        let want = hex::encode(Sha256::digest(b"rule:watched-75:ada@example.com:v1\0add_note"));
+        assert_eq!(IdempotencyKey::derive(&rule, Some(&ada), "add_note").as_str(), want);
+        assert_eq!(rule.label(), "rule:watched-75:v1", "no address in logs");
+    }
+
+    #[test]
+    fn every_command_has_a_valid_group_and_dedup_id_whatever_the_address() {
+        let long = format!("{}@{}.example.com", "l".repeat(64), "d".repeat(150));
+        let at = Utc::now();
+        for raw in ["josé@example.com", "ada@bücher.example", long.as_str()] {
+            let c = SyncCommand::new(
+                "e",
+                "upsert_contact",
+                at,
+                CommandBody::UpsertContact { contact: DesiredContact::new(email(raw)) },
+            );
+            assert!(MessageGroupId::new(c.group_id()).is_ok(), "{raw}");
+            assert!(DedupId::new(c.key.as_str()).is_ok());
+            let again = SyncCommand::new(
+                "other",
+                "add_tags",
+                at,
+                CommandBody::AddTags {
+                    identity: Identity { email: email(&raw.to_uppercase()), phone: None },
+                    tags: vec![],
+                },
+            );
+            assert_eq!(c.message_group(), again.message_group(), "one person, one group");
+        }
+        let v =
+            SyncCommand::new("hook", "video_changed", at, CommandBody::VideoChanged { video_id: "vidéo ".repeat(40) });
+        assert!(MessageGroupId::new(v.group_id()).is_ok());
+    }
+
+    #[test]
+    fn bodies_with_characters_sqs_refuses_travel_escaped() {
+        let at = Utc::now();
+        let body = "a\u{FFFF}b\u{FFFE}c\u{1}d\u{0}".to_string();
+        let c = SyncCommand::new(
+            "e",
+            "add_note",
+            at,
+            CommandBody::AddNote { identity: Identity { email: email("a@example.com"), phone: None }, body },
+        );
+        let wire = c.encode();
+        assert_eq!(crate::queue::check_body(&wire), Ok(()));
+        assert_eq!(SyncCommand::decode(&wire).unwrap(), c);
+    }
+
+    #[test]
+    fn keys_read_from_the_wire_are_checked() {
+        let wire = sample()[0].encode();
+        let key = sample()[0].key.as_str().to_string();
+        assert!(matches!(SyncCommand::decode(&wire.replace(&key, "not a key")), Err(DecodeError::Invalid(_))));
+        assert!(matches!(SyncCommand::decode(&wire.replace(&key, &key.to_uppercase())), Err(DecodeError::Invalid(_))));
     }
 
     #[test]
@@ -338,7 +519,7 @@ mod tests {
                    CommandBody::AddTags { identity: identity.clone(), tags: tags.clone() },
                    CommandBody::CompleteTask { identity: identity.clone(), external_id: event.clone() },
                ] {
-                   let c = SyncCommand::new(&event, body.action_name(), at, body);
+                   let c = SyncCommand::new(event.as_str(), body.action_name(), at, body);
                    prop_assert_eq!(SyncCommand::decode(&c.encode()).unwrap(), c);
                }
            }

@@ -4,13 +4,15 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::commands::{CommandBody, DesiredContact, SyncCommand};
-use crate::mapping::{Mapping, WatchFacts};
+use crate::commands::{CommandBody, DesiredContact, Source, SyncCommand};
+use crate::identity::Identity;
+use crate::mapping::{Mapping, PlannedTask, WatchFacts};
 
-/// The source id of a rule's actions for one person and video: a rule fires once per person and
-/// video, whichever path (webhook, event, reconciliation) sees the watch first.
-pub fn rule_source(rule: &str, email: &str, video_id: &str) -> String {
-    format!("rule:{rule}:{email}:{video_id}")
+/// The source of a rule's actions for one video: with the person the command is about, a rule
+/// fires once per person and video, whichever path (webhook, event, reconciliation) sees the
+/// watch first.
+pub fn rule_source(rule: &str, video_id: &str) -> Source {
+    Source::Rule { rule: rule.to_string(), video_id: video_id.to_string() }
 }
 
 /// Commands for one watch: the upsert (with the watch's tags and custom fields merged into the
@@ -19,37 +21,35 @@ pub fn watch_commands(
     mapping: &Mapping,
     mut desired: DesiredContact,
     watch: &WatchFacts,
-    source_event: &str,
+    source: &Source,
     occurred_at: DateTime<Utc>,
 ) -> Vec<SyncCommand> {
     let actions = mapping.watch(&desired.email, watch);
     desired.tags.extend(actions.tags);
     desired.custom_fields.extend(actions.custom_fields);
     let identity = desired.identity();
-    let email = desired.email.to_string();
     let mut out = vec![SyncCommand::new(
-        source_event,
+        source.clone(),
         "upsert_contact",
         occurred_at,
         CommandBody::UpsertContact { contact: desired },
     )];
-    out.extend(rule_commands(&identity, &email, watch, actions.notes, actions.tasks, occurred_at));
+    out.extend(rule_commands(&identity, watch, actions.notes, actions.tasks, occurred_at));
     out
 }
 
 /// Only the rule actions of a watch (the reconciler diffs the contact separately).
 pub fn rule_commands(
-    identity: &crate::identity::Identity,
-    email: &str,
+    identity: &Identity,
     watch: &WatchFacts,
     notes: Vec<(String, String)>,
-    tasks: Vec<(String, crate::mapping::PlannedTask)>,
+    tasks: Vec<(String, PlannedTask)>,
     occurred_at: DateTime<Utc>,
 ) -> Vec<SyncCommand> {
     let mut out = Vec::new();
     for (rule, body) in notes {
         out.push(SyncCommand::new(
-            &rule_source(&rule, email, &watch.video_id),
+            rule_source(&rule, &watch.video_id),
             "add_note",
             occurred_at,
             CommandBody::AddNote { identity: identity.clone(), body },
@@ -57,7 +57,7 @@ pub fn rule_commands(
     }
     for (rule, t) in tasks {
         out.push(SyncCommand::new(
-            &rule_source(&rule, email, &watch.video_id),
+            rule_source(&rule, &watch.video_id),
             "create_task",
             occurred_at,
             CommandBody::CreateTask {
@@ -91,14 +91,25 @@ mod tests {
             percent: 80.0,
             at: Utc::now(),
         };
-        let a = watch_commands(&m, d.clone(), &w, "evt-1", w.at);
-        let b = watch_commands(&m, d, &w, "evt-2", w.at);
+        let a = watch_commands(&m, d.clone(), &w, &Source::Event("evt-1".into()), w.at);
+        let b = watch_commands(&m, d.clone(), &w, &Source::Event("evt-2".into()), w.at);
+        // The same watch seen by the worker's video refresh, from a session.
+        let c = watch_commands(&m, d, &w, &Source::Session("s-9".into()), w.at);
         assert_eq!(a.len(), 3);
         assert_ne!(a[0].key, b[0].key, "upserts follow their event");
         assert_eq!(a[1].key, b[1].key, "a rule's note is keyed by person, video and rule");
         assert_eq!(a[2].key, b[2].key);
+        assert_eq!((a[1].key.clone(), a[2].key.clone()), (c[1].key.clone(), c[2].key.clone()), "whichever path saw it");
         let CommandBody::UpsertContact { contact } = &a[0].body else { panic!() };
         assert!(contact.tags.contains("sv-watched:pricing"));
-        assert_eq!(a[1].group_id(), Email::parse("ada@example.com").unwrap().to_string());
+        let ada = Email::parse("ada@example.com").unwrap();
+        assert!(a.iter().all(|cmd| cmd.message_group() == crate::queue::MessageGroupId::for_person(&ada)));
+
+        // Another person watching the same video gets their own note.
+        let other =
+            m.desired(&ContactInput { email: "bob@example.com".into(), ..Default::default() }, Origin::Lead).unwrap();
+        let o = watch_commands(&m, other, &w, &Source::Event("evt-1".into()), w.at);
+        assert_ne!(a[0].key, o[0].key, "one event id, two people, two keys");
+        assert_ne!(a[1].key, o[1].key);
     }
 }

@@ -2,6 +2,7 @@
 //! a checker for GHL's published OpenAPI schemas, and helpers for tests against moto.
 
 pub mod aws;
+pub mod contract;
 pub mod local_ghl;
 pub mod local_sprout;
 pub mod pipeline;

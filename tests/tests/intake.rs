@@ -89,7 +89,8 @@ async fn a_signed_event_is_queued_with_its_group_and_dedup_ids() {
     assert_eq!(msgs.len(), 1);
     let attrs = msgs[0].attributes.as_ref().unwrap();
     use aws_sdk_sqs::types::MessageSystemAttributeName as A;
-    assert_eq!(attrs[&A::MessageGroupId], "lead@example.com");
+    let lead = shared::identity::Email::parse("lead@example.com").unwrap();
+    assert_eq!(attrs[&A::MessageGroupId], shared::queue::MessageGroupId::for_person(&lead).as_str());
     let cmd = SyncCommand::decode(msgs[0].body.as_deref().unwrap()).unwrap();
     assert_eq!(attrs[&A::MessageDeduplicationId], cmd.key.as_str());
     assert_eq!(cmd.source_event, "evt-100");

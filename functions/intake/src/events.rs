@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use shared::commands::{CommandBody, SyncCommand};
+use shared::commands::{CommandBody, Source, SyncCommand};
 use shared::mapping::{ContactInput, Mapping, MappingError, Origin, WatchFacts};
 
 /// Largest accepted body.
@@ -178,8 +178,14 @@ pub fn event_commands(mapping: &Mapping, body: &[u8]) -> Result<AcceptedEvent, I
         other => InputError::field("contact", other.to_string()),
     })?;
     let identity = desired.identity();
-    let upsert =
-        |desired| SyncCommand::new(&id, "upsert_contact", occurred_at, CommandBody::UpsertContact { contact: desired });
+    let upsert = |desired| {
+        SyncCommand::new(
+            Source::Event(id.clone()),
+            "upsert_contact",
+            occurred_at,
+            CommandBody::UpsertContact { contact: desired },
+        )
+    };
     let commands = match kind.as_str() {
         "lead.captured" | "login.created" | "login.updated" => vec![upsert(desired)],
         "video.watched" => {
@@ -214,7 +220,7 @@ pub fn event_commands(mapping: &Mapping, body: &[u8]) -> Result<AcceptedEvent, I
                 }
             };
             let w = WatchFacts { video_id, video_title: title, video_tags, percent, at: occurred_at };
-            shared::facts::watch_commands(mapping, desired, &w, &id, occurred_at)
+            shared::facts::watch_commands(mapping, desired, &w, &Source::Event(id.clone()), occurred_at)
         }
         "note.create" => {
             let note = top.object("note")?.ok_or_else(|| InputError::field("note", "is required for note.create"))?;
@@ -223,7 +229,12 @@ pub fn event_commands(mapping: &Mapping, body: &[u8]) -> Result<AcceptedEvent, I
             let body = nf.str("body", 10_000)?;
             vec![
                 upsert(desired),
-                SyncCommand::new(&id, "add_note", occurred_at, CommandBody::AddNote { identity, body }),
+                SyncCommand::new(
+                    Source::Event(id.clone()),
+                    "add_note",
+                    occurred_at,
+                    CommandBody::AddNote { identity, body },
+                ),
             ]
         }
         "task.create" => {
@@ -240,7 +251,7 @@ pub fn event_commands(mapping: &Mapping, body: &[u8]) -> Result<AcceptedEvent, I
             vec![
                 upsert(desired),
                 SyncCommand::new(
-                    &id,
+                    Source::Event(id.clone()),
                     "create_task",
                     occurred_at,
                     CommandBody::CreateTask { identity, external_id, title, body, due_at, assigned_to },
@@ -253,7 +264,7 @@ pub fn event_commands(mapping: &Mapping, body: &[u8]) -> Result<AcceptedEvent, I
             tf.only(&["external_id"])?;
             let external_id = tf.str("external_id", 200)?;
             vec![SyncCommand::new(
-                &id,
+                Source::Event(id.clone()),
                 "complete_task",
                 occurred_at,
                 CommandBody::CompleteTask { identity, external_id },
@@ -264,7 +275,12 @@ pub fn event_commands(mapping: &Mapping, body: &[u8]) -> Result<AcceptedEvent, I
             if tags.is_empty() {
                 return Err(InputError::field("tags", "is required for tags.add"));
             }
-            vec![SyncCommand::new(&id, "add_tags", occurred_at, CommandBody::AddTags { identity, tags })]
+            vec![SyncCommand::new(
+                Source::Event(id.clone()),
+                "add_tags",
+                occurred_at,
+                CommandBody::AddTags { identity, tags },
+            )]
         }
         _ => unreachable!("checked against EVENT_TYPES"),
     };
@@ -281,7 +297,12 @@ pub fn webhook_commands(body: &[u8]) -> Result<AcceptedEvent, InputError> {
     };
     let version = v.get("updated_at").and_then(Value::as_str).unwrap_or("");
     let event_id = format!("sv-video:{id}:{version}");
-    let cmd = SyncCommand::new(&event_id, "video_changed", Utc::now(), CommandBody::VideoChanged { video_id: id });
+    let cmd = SyncCommand::new(
+        Source::SproutVideo(event_id.clone()),
+        "video_changed",
+        Utc::now(),
+        CommandBody::VideoChanged { video_id: id },
+    );
     Ok(AcceptedEvent { id: event_id, kind: "video.processed".into(), commands: vec![cmd] })
 }
 
@@ -289,6 +310,7 @@ pub fn webhook_commands(body: &[u8]) -> Result<AcceptedEvent, InputError> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use shared::queue::MessageGroupId;
 
     fn ev(v: Value) -> Result<AcceptedEvent, InputError> {
         event_commands(&Mapping::default_mapping(), v.to_string().as_bytes())
@@ -351,7 +373,8 @@ mod tests {
             let a = ev(v.clone()).unwrap_or_else(|e| panic!("{v}: {e:?}"));
             let kinds: Vec<&str> = a.commands.iter().map(|c| c.body.action_name()).collect();
             assert_eq!(kinds, want, "{v}");
-            assert!(a.commands.iter().all(|c| c.group_id() == "ada@example.com"));
+            let ada = shared::identity::Email::parse("ada@example.com").unwrap();
+            assert!(a.commands.iter().all(|c| c.message_group() == MessageGroupId::for_person(&ada)));
         }
     }
 
@@ -508,7 +531,7 @@ mod tests {
     #[test]
     fn webhooks_need_a_video_id() {
         let a = webhook_commands(br#"{"id":"abc123","state":"deployed","updated_at":"2026-11-29T10:00:00Z"}"#).unwrap();
-        assert_eq!(a.commands[0].group_id(), "video:abc123");
+        assert_eq!(a.commands[0].message_group(), MessageGroupId::for_video("abc123"));
         assert_eq!(webhook_commands(b"{}").unwrap_err().status, 422);
         assert_eq!(webhook_commands(b"nope").unwrap_err().status, 400);
     }

@@ -26,7 +26,7 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::time::Instant;
 
-use shared::commands::{CommandBody, DesiredContact, SyncCommand};
+use shared::commands::{CommandBody, DesiredContact, Source, SyncCommand};
 use shared::facts::rule_commands;
 use shared::ghl::{Contact, GhlClient, GhlError, SearchFilter, SearchPaging, SearchRequest};
 use shared::identity::Email;
@@ -561,7 +561,7 @@ impl Run<'_> {
                 let actions = self.r.mapping.watch(&desired.email, &w);
                 desired.tags.extend(actions.tags);
                 let identity = desired.identity();
-                for c in rule_commands(&identity, email, &w, actions.notes, actions.tasks, now) {
+                for c in rule_commands(&identity, &w, actions.notes, actions.tasks, now) {
                     if !self.r.store.is_done(&c.key).await? {
                         rule_cmds.push(c);
                     }
@@ -588,9 +588,8 @@ impl Run<'_> {
                         self.cp.report.to_update += 1;
                     }
                     self.plan(email, action, reason.clone());
-                    let source = format!("reconcile:{}:{}", self.run_id, email);
                     commands.push(SyncCommand::new(
-                        &source,
+                        Source::Reconcile(self.run_id.clone()),
                         "repair_contact",
                         now,
                         CommandBody::RepairContact { contact: desired },

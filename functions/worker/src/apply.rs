@@ -20,11 +20,11 @@ use serde_json::json;
 use thiserror::Error;
 use tracing::Instrument;
 
-use shared::commands::{CommandBody, DesiredContact, IdempotencyKey, SyncCommand};
+use shared::commands::{CommandBody, DesiredContact, IdempotencyKey, Source, SyncCommand};
 use shared::ghl::{CreateTaskParams, GhlClient, GhlError, NoteBody, UpsertContactDto, due_date};
 use shared::identity::{Email, Identity};
 use shared::mapping::{ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, WatchFacts};
-use shared::queue::{CommandQueue, Parked, QueueError, WorkerQueues};
+use shared::queue::{CommandQueue, DedupId, MessageGroupId, Parked, QueueError, WorkerQueues};
 use shared::sprout::{SessionQuery, SproutClient, SproutError};
 use shared::state::{Claim, PersonState, StateError, StateStore};
 
@@ -69,7 +69,7 @@ impl From<GhlError> for ApplyError {
 
 impl From<StateError> for ApplyError {
     fn from(e: StateError) -> Self {
-        Self::transient(e.to_string())
+        if e.is_retryable() { Self::transient(e.to_string()) } else { Self::permanent(e.to_string()) }
     }
 }
 
@@ -193,12 +193,9 @@ impl Worker {
                         || async { Ok(self.ghl.create_task(&contact_id, &params).await?.id) },
                     )
                     .await?;
+                // Kept for good: the task can be completed whenever its sender asks.
                 self.store
-                    .put_value(
-                        &task_value_name(&identity.email, external_id),
-                        &format!("{contact_id}/{task_id}"),
-                        Some(shared::state::LEDGER_TTL * 12),
-                    )
+                    .put_value(&task_value_name(&identity.email, external_id), &format!("{contact_id}/{task_id}"), None)
                     .await?;
                 Ok(applied)
             }
@@ -449,13 +446,7 @@ impl Worker {
                 at,
             };
             let sid = s.id.clone().unwrap_or_else(|| format!("{raw}:{}", at.timestamp()));
-            commands.extend(shared::facts::watch_commands(
-                &self.mapping,
-                desired,
-                &watch,
-                &format!("session:{sid}"),
-                at,
-            ));
+            commands.extend(shared::facts::watch_commands(&self.mapping, desired, &watch, &Source::Session(sid), at));
         }
         if !commands.is_empty() {
             self.commands.send(&commands).await?;
@@ -547,12 +538,15 @@ impl Worker {
         reason: &str,
         trace_id: Option<&str>,
     ) -> Disposition {
-        let group = cmd.map(|c| c.group_id()).or_else(|| m.group_id.clone()).unwrap_or_default();
-        let dedup = cmd.map(|c| c.key.as_str().to_string()).unwrap_or_else(|| {
-            let mut id: String = m.id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-            id.truncate(128);
-            if id.is_empty() { "unknown".into() } else { id }
-        });
+        // A command keeps its group and key; an undecodable message the group it came with and
+        // its message id (hashed when SQS would not take it as an id).
+        let (group, dedup) = match cmd {
+            Some(c) => (c.message_group(), c.dedup_id()),
+            None => (
+                m.group_id.as_deref().and_then(|g| MessageGroupId::new(g).ok()).unwrap_or_else(MessageGroupId::parked),
+                DedupId::new(m.id.as_str()).unwrap_or_else(|_| DedupId::digest(&m.id)),
+            ),
+        };
         match self.queues.park(Parked { body: &m.body, group_id: &group, dedup_id: &dedup, reason, trace_id }).await {
             Ok(()) => Disposition::Parked,
             Err(e) => {

@@ -13,7 +13,7 @@ use axum::body::Body;
 use chrono::Utc;
 use reconciler::reconcile::ReconcileInput;
 use serde_json::{Value, json};
-use shared::commands::{CommandBody, DesiredContact, SyncCommand};
+use shared::commands::{CommandBody, DesiredContact, Source, SyncCommand};
 use shared::identity::{Email, Identity};
 use shared::queue::{CommandQueue, QueueError, SqsQueue};
 use sync_tests::aws::{Stack, StackNames, StackSettings, secret_json};
@@ -168,7 +168,7 @@ fn workload(people: usize, offset: usize) -> Vec<(&'static str, usize, Vec<SyncC
     let now = Utc::now();
     let id = |i: usize| Identity { email: email(i + offset), phone: None };
     let mk = |phase: &str, i: usize, body: CommandBody| {
-        SyncCommand::new(&format!("{phase}-{}", i + offset), phase, now, body)
+        SyncCommand::new(Source::Event(format!("{phase}-{}", i + offset)), phase, now, body)
     };
     vec![
         (

@@ -1,48 +1,10 @@
-//! The SQS FIFO queue the intake and reconciler write to, and the dead-letter queue the worker
-//! parks permanent failures in.
+//! The queues on AWS SQS.
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
-use thiserror::Error;
 
+use super::{CommandQueue, Parked, QueueError, SQS_BATCH_MAX, WorkerQueues};
 use crate::commands::SyncCommand;
-
-/// SQS takes at most 10 entries per batch call.
-pub const SQS_BATCH_MAX: usize = 10;
-
-#[derive(Debug, Error, Clone, PartialEq)]
-pub enum QueueError {
-    #[error("the queue did not accept {failed} of {total} message(s): {reason}")]
-    Rejected { failed: usize, total: usize, reason: String },
-    #[error("could not reach the queue: {0}")]
-    Unavailable(String),
-}
-
-/// Where commands go.
-#[async_trait]
-pub trait CommandQueue: Send + Sync {
-    /// Sends every command, or fails: a caller that gets `Ok` may acknowledge the event.
-    async fn send(&self, commands: &[SyncCommand]) -> Result<(), QueueError>;
-}
-
-/// What a parked message carries.
-#[derive(Debug, Clone)]
-pub struct Parked<'a> {
-    pub body: &'a str,
-    pub group_id: &'a str,
-    pub dedup_id: &'a str,
-    pub reason: &'a str,
-    pub trace_id: Option<&'a str>,
-}
-
-/// The operations the worker needs on its queues.
-#[async_trait]
-pub trait WorkerQueues: Send + Sync {
-    /// Moves a message to the dead-letter queue with its reason as an attribute.
-    async fn park(&self, p: Parked<'_>) -> Result<(), QueueError>;
-    /// Hides a message for `seconds` so its retry waits (exponential backoff).
-    async fn delay_retry(&self, receipt_handle: &str, seconds: i32) -> Result<(), QueueError>;
-}
 
 #[derive(Clone)]
 pub struct SqsQueue {
@@ -68,16 +30,18 @@ impl SqsQueue {
 #[async_trait]
 impl CommandQueue for SqsQueue {
     async fn send(&self, commands: &[SyncCommand]) -> Result<(), QueueError> {
-        for chunk in commands.chunks(SQS_BATCH_MAX) {
+        let bodies = super::check_bodies(commands)?;
+        for (chunk, bodies) in commands.chunks(SQS_BATCH_MAX).zip(bodies.chunks(SQS_BATCH_MAX)) {
             let entries = chunk
                 .iter()
+                .zip(bodies)
                 .enumerate()
-                .map(|(i, c)| {
+                .map(|(i, (c, body))| {
                     SendMessageBatchRequestEntry::builder()
                         .id(format!("m{i}"))
-                        .message_body(c.encode())
-                        .message_group_id(c.group_id())
-                        .message_deduplication_id(c.key.as_str())
+                        .message_body(body)
+                        .message_group_id(c.message_group().as_str())
+                        .message_deduplication_id(c.dedup_id().as_str())
                         .build()
                         .expect("id and body are set")
                 })
@@ -113,10 +77,11 @@ impl WorkerQueues for SqsQueue {
         let Some(dlq) = &self.dlq_url else {
             return Err(QueueError::Unavailable("SYNC_DLQ_URL is not set; cannot park a message".into()));
         };
+        super::check_body(p.body).map_err(|reason| QueueError::Rejected { failed: 1, total: 1, reason })?;
         let attr = |v: &str| {
             MessageAttributeValue::builder()
                 .data_type("String")
-                .string_value(v.chars().take(1000).collect::<String>())
+                .string_value(super::attribute_text(v))
                 .build()
                 .expect("type is set")
         };
@@ -125,8 +90,8 @@ impl WorkerQueues for SqsQueue {
             .send_message()
             .queue_url(dlq)
             .message_body(p.body)
-            .message_group_id(if p.group_id.is_empty() { "parked" } else { p.group_id })
-            .message_deduplication_id(p.dedup_id)
+            .message_group_id(p.group_id.as_str())
+            .message_deduplication_id(p.dedup_id.as_str())
             .message_attributes("reason", attr(p.reason))
             .message_attributes("parked_at", attr(&chrono::Utc::now().to_rfc3339()));
         if let Some(t) = p.trace_id {
@@ -141,7 +106,7 @@ impl WorkerQueues for SqsQueue {
             .change_message_visibility()
             .queue_url(&self.queue_url)
             .receipt_handle(receipt_handle)
-            .visibility_timeout(seconds.clamp(0, 43_200))
+            .visibility_timeout(super::visibility_secs(seconds))
             .send()
             .await
             .map_err(|e| QueueError::Unavailable(crate::aws::error_text(&e)))?;

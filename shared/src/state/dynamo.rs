@@ -1,77 +1,15 @@
-//! The sync state table (DynamoDB, one string partition key `pk`, TTL attribute `expires_at`):
-//! - `person#<email>`: the GHL contact id, the hash and tags of the last applied state, and when;
-//! - `idem#<key>`: the idempotency ledger: "pending" with a lease, or "done" with the created id;
-//! - `kv#<name>`: small named values (task ids by external id, checkpoints, high-water marks).
-//!
-//! Conditional writes make two workers racing on one key safe: exactly one claims it.
+//! The state table on DynamoDB.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
-use thiserror::Error;
 
+use super::{Claim, PENDING_CLAIM_TTL, PersonState, StateError, StateStore, ledger_pk, person_pk, value_pk};
 use crate::commands::IdempotencyKey;
 use crate::identity::Email;
-
-/// How long ledger entries are kept.
-pub const LEDGER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
-#[derive(Debug, Error, Clone, PartialEq)]
-pub enum StateError {
-    #[error("the state table is unavailable: {0}")]
-    Unavailable(String),
-    #[error("the state table holds an unreadable item {0}")]
-    Corrupt(String),
-}
-
-/// What the sync last applied for one person.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct PersonState {
-    pub contact_id: String,
-    pub state_hash: String,
-    pub tags: BTreeSet<String>,
-    pub phone: Option<String>,
-    pub applied_at: i64,
-}
-
-/// The answer to "may I perform this action now?".
-#[derive(Debug, Clone, PartialEq)]
-pub enum Claim {
-    /// Nobody tried before: go ahead.
-    Fresh,
-    /// An earlier attempt did not finish (crashed, or its outcome was unknown): look in GHL
-    /// before writing. `attempts` counts this one.
-    Retake { attempts: u32 },
-    /// Already applied; `result` is what was recorded (e.g. the created note id).
-    Done { result: String },
-    /// Another worker holds the lease right now.
-    Busy,
-}
-
-#[async_trait]
-pub trait StateStore: Send + Sync {
-    async fn person(&self, email: &Email) -> Result<Option<PersonState>, StateError>;
-    async fn put_person(&self, email: &Email, p: &PersonState) -> Result<(), StateError>;
-    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StateError>;
-    async fn complete(&self, key: &IdempotencyKey, result: &str) -> Result<(), StateError>;
-    /// The outcome of this attempt is unknown: the next attempt may take over after `grace`
-    /// (long enough for a request still in flight to have landed), and will look first.
-    async fn defer_claim(&self, key: &IdempotencyKey, grace: Duration) -> Result<(), StateError>;
-    /// Forgets a claim whose attempt certainly wrote nothing.
-    async fn release(&self, key: &IdempotencyKey) -> Result<(), StateError>;
-    /// Whether an action was applied (read-only; used by the reconciler).
-    async fn is_done(&self, key: &IdempotencyKey) -> Result<bool, StateError>;
-    async fn get_value(&self, name: &str) -> Result<Option<String>, StateError>;
-    async fn put_value(&self, name: &str, value: &str, ttl: Option<Duration>) -> Result<(), StateError>;
-    async fn delete_value(&self, name: &str) -> Result<(), StateError>;
-    /// Many named values at once (missing names are left out of the answer).
-    async fn get_values(&self, names: &[String]) -> Result<HashMap<String, String>, StateError>;
-    /// Many named values at once.
-    async fn put_values(&self, values: &[(String, String)], ttl: Option<Duration>) -> Result<(), StateError>;
-}
 
 pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
@@ -83,6 +21,7 @@ impl DynamoStore {
         Self { client, table: table.into() }
     }
 
+    /// The item under `pk`, unless it is absent or expired.
     async fn get(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, StateError> {
         let out = self
             .client
@@ -92,271 +31,24 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
+            .map_err(|e| state_error(&e))?;
+        Ok(out.item.filter(live))
+    }
+
+    /// The raw item under `pk` as stored, expired or not (to check what the table holds).
+    pub async fn raw_item(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, StateError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| state_error(&e))?;
         Ok(out.item)
     }
-}
 
-fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_string())
-}
-
-fn n(v: i64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn get_s(item: &HashMap<String, AttributeValue>, k: &str) -> Option<String> {
-    item.get(k).and_then(|v| v.as_s().ok()).cloned()
-}
-
-fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
-    item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
-}
-
-/// A conditional write on a pending claim: when the claim is no longer pending (completed or
-/// gone), there is nothing left to change.
-fn ok_unless_pending_gone<T, E>(r: Result<T, aws_sdk_dynamodb::error::SdkError<E>>) -> Result<(), StateError>
-where
-    E: std::error::Error + ProvideErrorMetadata + 'static,
-{
-    match r {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
-        Err(e) => Err(StateError::Unavailable(crate::aws::error_text(&e))),
-    }
-}
-
-fn idem_pk(key: &IdempotencyKey) -> String {
-    format!("idem#{}", key.as_str())
-}
-
-#[async_trait]
-impl StateStore for DynamoStore {
-    async fn person(&self, email: &Email) -> Result<Option<PersonState>, StateError> {
-        let Some(item) = self.get(&format!("person#{email}")).await? else {
-            return Ok(None);
-        };
-        let tags = match item.get("tags") {
-            Some(AttributeValue::L(l)) => l.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
-            _ => BTreeSet::new(),
-        };
-        Ok(Some(PersonState {
-            contact_id: get_s(&item, "contact_id").ok_or_else(|| StateError::Corrupt(format!("person#{email}")))?,
-            state_hash: get_s(&item, "state_hash").unwrap_or_default(),
-            tags,
-            phone: get_s(&item, "phone"),
-            applied_at: get_n(&item, "applied_at").unwrap_or_default(),
-        }))
-    }
-
-    async fn put_person(&self, email: &Email, p: &PersonState) -> Result<(), StateError> {
-        let mut req = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(&format!("person#{email}")))
-            .item("contact_id", s(&p.contact_id))
-            .item("state_hash", s(&p.state_hash))
-            .item("tags", AttributeValue::L(p.tags.iter().map(|t| s(t)).collect()))
-            .item("applied_at", n(p.applied_at));
-        if let Some(ph) = &p.phone {
-            req = req.item("phone", s(ph));
-        }
-        req.send().await.map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
-        Ok(())
-    }
-
-    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StateError> {
-        let pk = idem_pk(key);
-        let lease_until = now_ms() + lease.as_millis() as i64;
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(&pk))
-            .item("status", s("pending"))
-            .item("lease_until", n(lease_until))
-            .item("attempts", n(1))
-            .item("expires_at", n(now() + LEDGER_TTL.as_secs() as i64))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match put {
-            Ok(_) => return Ok(Claim::Fresh),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
-            Err(e) => return Err(StateError::Unavailable(crate::aws::error_text(&e))),
-        }
-        let Some(item) = self.get(&pk).await? else {
-            // Released between our put and get: try once more from the top next time.
-            return Ok(Claim::Busy);
-        };
-        if get_s(&item, "status").as_deref() == Some("done") {
-            return Ok(Claim::Done { result: get_s(&item, "result").unwrap_or_default() });
-        }
-        let old_lease = get_n(&item, "lease_until").unwrap_or(0);
-        if old_lease > now_ms() {
-            return Ok(Claim::Busy);
-        }
-        let attempts = get_n(&item, "attempts").unwrap_or(1) + 1;
-        let upd = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(&pk))
-            .update_expression("SET lease_until = :new, attempts = :a")
-            .condition_expression("#st = :pending AND lease_until = :old")
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":new", n(lease_until))
-            .expression_attribute_values(":a", n(attempts))
-            .expression_attribute_values(":pending", s("pending"))
-            .expression_attribute_values(":old", n(old_lease))
-            .send()
-            .await;
-        match upd {
-            Ok(_) => Ok(Claim::Retake { attempts: attempts as u32 }),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
-                Ok(Claim::Busy)
-            }
-            Err(e) => Err(StateError::Unavailable(crate::aws::error_text(&e))),
-        }
-    }
-
-    async fn complete(&self, key: &IdempotencyKey, result: &str) -> Result<(), StateError> {
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(&idem_pk(key)))
-            .update_expression("SET #st = :done, #res = :r, expires_at = :exp REMOVE lease_until")
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_names("#res", "result")
-            .expression_attribute_values(":done", s("done"))
-            .expression_attribute_values(":r", s(result))
-            .expression_attribute_values(":exp", n(now() + LEDGER_TTL.as_secs() as i64))
-            .send()
-            .await
-            .map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
-        Ok(())
-    }
-
-    async fn defer_claim(&self, key: &IdempotencyKey, grace: Duration) -> Result<(), StateError> {
-        let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(&idem_pk(key)))
-            .update_expression("SET lease_until = :until")
-            .condition_expression("#st = :pending")
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":until", n(now_ms() + grace.as_millis() as i64))
-            .expression_attribute_values(":pending", s("pending"))
-            .send()
-            .await;
-        ok_unless_pending_gone(r)
-    }
-
-    async fn release(&self, key: &IdempotencyKey) -> Result<(), StateError> {
-        let r = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", s(&idem_pk(key)))
-            .condition_expression("#st = :pending")
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":pending", s("pending"))
-            .send()
-            .await;
-        ok_unless_pending_gone(r)
-    }
-
-    async fn is_done(&self, key: &IdempotencyKey) -> Result<bool, StateError> {
-        Ok(self.get(&idem_pk(key)).await?.is_some_and(|i| get_s(&i, "status").as_deref() == Some("done")))
-    }
-
-    async fn get_value(&self, name: &str) -> Result<Option<String>, StateError> {
-        Ok(self.get(&format!("kv#{name}")).await?.and_then(|i| get_s(&i, "value")))
-    }
-
-    async fn put_value(&self, name: &str, value: &str, ttl: Option<Duration>) -> Result<(), StateError> {
-        let mut req =
-            self.client.put_item().table_name(&self.table).item("pk", s(&format!("kv#{name}"))).item("value", s(value));
-        if let Some(t) = ttl {
-            req = req.item("expires_at", n(now() + t.as_secs() as i64));
-        }
-        req.send().await.map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
-        Ok(())
-    }
-
-    async fn get_values(&self, names: &[String]) -> Result<HashMap<String, String>, StateError> {
-        let items = self.batch_get(names.iter().map(|n| format!("kv#{n}")).collect()).await?;
-        Ok(items
-            .into_iter()
-            .filter_map(|i| Some((get_s(&i, "pk")?.strip_prefix("kv#")?.to_string(), get_s(&i, "value")?)))
-            .collect())
-    }
-
-    async fn put_values(&self, values: &[(String, String)], ttl: Option<Duration>) -> Result<(), StateError> {
-        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
-        for chunk in values.chunks(25) {
-            let mut reqs: Vec<WriteRequest> = chunk
-                .iter()
-                .map(|(k, v)| {
-                    let mut item =
-                        HashMap::from([("pk".to_string(), s(&format!("kv#{k}"))), ("value".to_string(), s(v))]);
-                    if let Some(t) = ttl {
-                        item.insert("expires_at".into(), n(now() + t.as_secs() as i64));
-                    }
-                    WriteRequest::builder()
-                        .put_request(PutRequest::builder().set_item(Some(item)).build().expect("item is set"))
-                        .build()
-                })
-                .collect();
-            for _ in 0..10 {
-                if reqs.is_empty() {
-                    break;
-                }
-                let r = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, std::mem::take(&mut reqs))
-                    .send()
-                    .await
-                    .map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
-                reqs = r.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
-            }
-            if !reqs.is_empty() {
-                return Err(StateError::Unavailable("the table kept throttling a batch write".into()));
-            }
-        }
-        Ok(())
-    }
-
-    async fn delete_value(&self, name: &str) -> Result<(), StateError> {
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", s(&format!("kv#{name}")))
-            .send()
-            .await
-            .map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-trait BatchOps {
-    async fn batch_get(&self, pks: Vec<String>) -> Result<Vec<HashMap<String, AttributeValue>>, StateError>;
-}
-
-#[async_trait]
-impl BatchOps for DynamoStore {
     async fn batch_get(&self, pks: Vec<String>) -> Result<Vec<HashMap<String, AttributeValue>>, StateError> {
         use aws_sdk_dynamodb::types::KeysAndAttributes;
         let mut out = Vec::new();
@@ -378,9 +70,9 @@ impl BatchOps for DynamoStore {
                     .request_items(&self.table, ka)
                     .send()
                     .await
-                    .map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
+                    .map_err(|e| state_error(&e))?;
                 if let Some(mut resp) = r.responses {
-                    out.extend(resp.remove(&self.table).unwrap_or_default());
+                    out.extend(resp.remove(&self.table).unwrap_or_default().into_iter().filter(live));
                 }
                 keys = r.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).map(|k| k.keys).unwrap_or_default();
             }
@@ -389,6 +81,281 @@ impl BatchOps for DynamoStore {
             }
         }
         Ok(out)
+    }
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_string())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn expiry(ttl: Duration) -> AttributeValue {
+    n(now() + ttl.as_secs() as i64)
+}
+
+fn get_s(item: &HashMap<String, AttributeValue>, k: &str) -> Option<String> {
+    item.get(k).and_then(|v| v.as_s().ok()).cloned()
+}
+
+fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
+    item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+/// Whether an item has not expired (DynamoDB deletes expired items only eventually).
+fn live(item: &HashMap<String, AttributeValue>) -> bool {
+    get_n(item, "expires_at").is_none_or(|at| at > now())
+}
+
+/// A request the table refused as is (`ValidationException`: an item or key too large) cannot
+/// succeed on retry; anything else may.
+fn state_error<E, R>(e: &SdkError<E, R>) -> StateError
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+{
+    let text = crate::aws::error_text(e);
+    match e.as_service_error().and_then(|s| s.code()) {
+        Some("ValidationException") => StateError::Rejected(text),
+        _ => StateError::Unavailable(text),
+    }
+}
+
+fn is_conditional_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    e.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException")
+}
+
+/// A conditional write on a pending claim: when the claim is no longer pending (completed or
+/// gone), there is nothing left to change.
+fn ok_unless_pending_gone<T, E, R>(r: Result<T, SdkError<E, R>>) -> Result<(), StateError>
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+{
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if is_conditional_failure(&e) => Ok(()),
+        Err(e) => Err(state_error(&e)),
+    }
+}
+
+#[async_trait]
+impl StateStore for DynamoStore {
+    async fn person(&self, email: &Email) -> Result<Option<PersonState>, StateError> {
+        let pk = person_pk(email);
+        let Some(item) = self.get(&pk).await? else {
+            return Ok(None);
+        };
+        let tags = match item.get("tags") {
+            Some(AttributeValue::L(l)) => l.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
+            _ => BTreeSet::new(),
+        };
+        Ok(Some(PersonState {
+            contact_id: get_s(&item, "contact_id").ok_or(StateError::Corrupt(pk))?,
+            state_hash: get_s(&item, "state_hash").unwrap_or_default(),
+            tags,
+            phone: get_s(&item, "phone"),
+            applied_at: get_n(&item, "applied_at").unwrap_or_default(),
+        }))
+    }
+
+    async fn put_person(&self, email: &Email, p: &PersonState) -> Result<(), StateError> {
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&person_pk(email)))
+            .item("contact_id", s(&p.contact_id))
+            .item("state_hash", s(&p.state_hash))
+            .item("tags", AttributeValue::L(p.tags.iter().map(|t| s(t)).collect()))
+            .item("applied_at", n(p.applied_at));
+        if let Some(ph) = &p.phone {
+            req = req.item("phone", s(ph));
+        }
+        req.send().await.map_err(|e| state_error(&e))?;
+        Ok(())
+    }
+
+    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StateError> {
+        let pk = ledger_pk(key);
+        let lease_until = now_ms() + lease.as_millis() as i64;
+        // A claim that expired (and was not deleted yet) counts as no claim.
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&pk))
+            .item("status", s("pending"))
+            .item("lease_until", n(lease_until))
+            .item("attempts", n(1))
+            .item("expires_at", expiry(PENDING_CLAIM_TTL))
+            .condition_expression("attribute_not_exists(pk) OR expires_at <= :now")
+            .expression_attribute_values(":now", n(now()))
+            .send()
+            .await;
+        match put {
+            Ok(_) => return Ok(Claim::Fresh),
+            Err(e) if is_conditional_failure(&e) => {}
+            Err(e) => return Err(state_error(&e)),
+        }
+        let Some(item) = self.get(&pk).await? else {
+            // Released between our put and get: try once more from the top next time.
+            return Ok(Claim::Busy);
+        };
+        if get_s(&item, "status").as_deref() == Some("done") {
+            return Ok(Claim::Done { result: get_s(&item, "result").unwrap_or_default() });
+        }
+        let old_lease = get_n(&item, "lease_until").unwrap_or(0);
+        if old_lease > now_ms() {
+            return Ok(Claim::Busy);
+        }
+        let attempts = get_n(&item, "attempts").unwrap_or(1) + 1;
+        let upd = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .update_expression("SET lease_until = :new, attempts = :a, expires_at = :exp")
+            .condition_expression("#st = :pending AND lease_until = :old")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":new", n(lease_until))
+            .expression_attribute_values(":a", n(attempts))
+            .expression_attribute_values(":exp", expiry(PENDING_CLAIM_TTL))
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":old", n(old_lease))
+            .send()
+            .await;
+        match upd {
+            Ok(_) => Ok(Claim::Retake { attempts: attempts as u32 }),
+            Err(e) if is_conditional_failure(&e) => Ok(Claim::Busy),
+            Err(e) => Err(state_error(&e)),
+        }
+    }
+
+    async fn complete(&self, key: &IdempotencyKey, result: &str) -> Result<(), StateError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&ledger_pk(key)))
+            .update_expression("SET #st = :done, #res = :r REMOVE lease_until, expires_at")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#res", "result")
+            .expression_attribute_values(":done", s("done"))
+            .expression_attribute_values(":r", s(result))
+            .send()
+            .await
+            .map_err(|e| state_error(&e))?;
+        Ok(())
+    }
+
+    async fn defer_claim(&self, key: &IdempotencyKey, grace: Duration) -> Result<(), StateError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&ledger_pk(key)))
+            .update_expression("SET lease_until = :until")
+            .condition_expression("#st = :pending")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":until", n(now_ms() + grace.as_millis() as i64))
+            .expression_attribute_values(":pending", s("pending"))
+            .send()
+            .await;
+        ok_unless_pending_gone(r)
+    }
+
+    async fn release(&self, key: &IdempotencyKey) -> Result<(), StateError> {
+        let r = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(&ledger_pk(key)))
+            .condition_expression("#st = :pending")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":pending", s("pending"))
+            .send()
+            .await;
+        ok_unless_pending_gone(r)
+    }
+
+    async fn is_done(&self, key: &IdempotencyKey) -> Result<bool, StateError> {
+        Ok(self.get(&ledger_pk(key)).await?.is_some_and(|i| get_s(&i, "status").as_deref() == Some("done")))
+    }
+
+    async fn get_value(&self, name: &str) -> Result<Option<String>, StateError> {
+        Ok(self.get(&value_pk(name)).await?.and_then(|i| get_s(&i, "value")))
+    }
+
+    async fn put_value(&self, name: &str, value: &str, ttl: Option<Duration>) -> Result<(), StateError> {
+        let mut req =
+            self.client.put_item().table_name(&self.table).item("pk", s(&value_pk(name))).item("value", s(value));
+        if let Some(t) = ttl {
+            req = req.item("expires_at", expiry(t));
+        }
+        req.send().await.map_err(|e| state_error(&e))?;
+        Ok(())
+    }
+
+    async fn get_values(&self, names: &[String]) -> Result<HashMap<String, String>, StateError> {
+        let items = self.batch_get(names.iter().map(|n| value_pk(n)).collect()).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|i| Some((get_s(&i, "pk")?.strip_prefix("kv#")?.to_string(), get_s(&i, "value")?)))
+            .collect())
+    }
+
+    async fn put_values(&self, values: &[(String, String)], ttl: Option<Duration>) -> Result<(), StateError> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        for chunk in values.chunks(25) {
+            let mut reqs: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|(k, v)| {
+                    let mut item = HashMap::from([("pk".to_string(), s(&value_pk(k))), ("value".to_string(), s(v))]);
+                    if let Some(t) = ttl {
+                        item.insert("expires_at".into(), expiry(t));
+                    }
+                    WriteRequest::builder()
+                        .put_request(PutRequest::builder().set_item(Some(item)).build().expect("item is set"))
+                        .build()
+                })
+                .collect();
+            for _ in 0..10 {
+                if reqs.is_empty() {
+                    break;
+                }
+                let r = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, std::mem::take(&mut reqs))
+                    .send()
+                    .await
+                    .map_err(|e| state_error(&e))?;
+                reqs = r.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
+            }
+            if !reqs.is_empty() {
+                return Err(StateError::Unavailable("the table kept throttling a batch write".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_value(&self, name: &str) -> Result<(), StateError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(&value_pk(name)))
+            .send()
+            .await
+            .map_err(|e| state_error(&e))?;
+        Ok(())
     }
 }
 
@@ -416,7 +383,7 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Res
         Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {
             return Ok(());
         }
-        Err(e) => return Err(StateError::Unavailable(crate::aws::error_text(&e))),
+        Err(e) => return Err(state_error(&e)),
     }
     client
         .update_time_to_live()
@@ -426,6 +393,6 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Res
         )
         .send()
         .await
-        .map_err(|e| StateError::Unavailable(crate::aws::error_text(&e)))?;
+        .map_err(|e| state_error(&e))?;
     Ok(())
 }
