@@ -268,7 +268,13 @@ impl SyncCommand {
     pub fn message_group(&self) -> MessageGroupId {
         match &self.body {
             CommandBody::VideoChanged { video_id } => MessageGroupId::for_video(video_id),
-            b => MessageGroupId::for_person(b.email().expect("every command but a video change has a person")),
+            CommandBody::UpsertContact { contact } | CommandBody::RepairContact { contact } => {
+                MessageGroupId::for_person(&contact.email)
+            }
+            CommandBody::AddTags { identity, .. }
+            | CommandBody::AddNote { identity, .. }
+            | CommandBody::CreateTask { identity, .. }
+            | CommandBody::CompleteTask { identity, .. } => MessageGroupId::for_person(&identity.email),
         }
     }
 
