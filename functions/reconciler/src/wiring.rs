@@ -25,6 +25,7 @@ pub async fn build(config: Config) -> anyhow::Result<(Reconciler, Deps)> {
         lookback_days: c.lookback_days,
         plan_lines: c.plan_lines,
         delete_orphans: c.delete_orphans,
+        max_orphan_deletes: c.max_orphan_deletes,
         safety_margin: Duration::from_secs(30),
         search_page_size: crate::reconcile::SEARCH_PAGE,
     };
