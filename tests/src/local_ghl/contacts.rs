@@ -4,7 +4,7 @@
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 
-use super::{Location, Reply, Store, StoredContact, new_id, now_iso};
+use super::{Location, MatchField, Reply, Store, StoredContact, new_id, now_iso};
 
 // ---- the API ------------------------------------------------------------------------------
 
@@ -70,6 +70,26 @@ fn check_types(body: &Value) -> Result<(), Reply> {
         && normalise_phone(phone).is_none()
     {
         msgs.push("phone must be a valid phone number".into());
+    }
+    if msgs.is_empty() { Ok(()) } else { Err(Reply::unprocessable(msgs)) }
+}
+
+/// 422 for custom-field items with properties other than `id`, `key` and `field_value` (the
+/// OpenAPI's `customFieldsInput*Schema`); `fieldValue` and `value` pass unless `strict`.
+fn check_custom_fields(body: &Value, strict: bool) -> Result<(), Reply> {
+    let allowed: &[&str] =
+        if strict { &["id", "key", "field_value"] } else { &["id", "key", "field_value", "fieldValue", "value"] };
+    let mut msgs = Vec::new();
+    for (i, item) in body.get("customFields").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let Some(obj) = item.as_object() else {
+            msgs.push(format!("customFields.{i} must be an object"));
+            continue;
+        };
+        msgs.extend(
+            obj.keys()
+                .filter(|k| !allowed.contains(&k.as_str()))
+                .map(|k| format!("customFields.{i}.property {k} should not exist")),
+        );
     }
     if msgs.is_empty() { Ok(()) } else { Err(Reply::unprocessable(msgs)) }
 }
@@ -184,24 +204,35 @@ pub(super) fn refresh_derived(fields: &mut Map<String, Value>) {
     fields.insert("dateUpdated".into(), json!(now_iso()));
 }
 
-pub(super) fn find_match(loc: &Location, email: Option<&str>, phone: Option<&str>) -> Option<(String, &'static str)> {
-    let email = email.map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty());
-    let phone = phone.and_then(normalise_phone);
-    if let Some(e) = &email
-        && let Some((id, _)) = loc
-            .contacts
-            .iter()
-            .find(|(_, c)| c.fields.get("emailLowerCase").and_then(Value::as_str) == Some(e.as_str()))
-    {
-        return Some((id.clone(), "email"));
+/// An identifier as GHL compares it: emails trimmed and lower-cased, phones in E.164.
+fn normalised(field: MatchField, raw: &str) -> Option<String> {
+    match field {
+        MatchField::Email => Some(raw.trim().to_lowercase()).filter(|e| !e.is_empty()),
+        MatchField::Phone => normalise_phone(raw),
     }
-    if let Some(p) = &phone
-        && let Some((id, _)) =
-            loc.contacts.iter().find(|(_, c)| c.fields.get("phone").and_then(Value::as_str) == Some(p.as_str()))
-    {
-        return Some((id.clone(), "phone"));
-    }
-    None
+}
+
+/// The contact holding an identifier (the oldest, when duplicates are allowed).
+fn holder(loc: &Location, field: MatchField, raw: Option<&str>) -> Option<String> {
+    let want = normalised(field, raw?)?;
+    let stored_key = match field {
+        MatchField::Email => "emailLowerCase",
+        MatchField::Phone => "phone",
+    };
+    loc.contacts
+        .values()
+        .filter(|c| c.fields.get(stored_key).and_then(Value::as_str) == Some(want.as_str()))
+        .min_by(|a, b| (a.added_ms, id_of(a)).cmp(&(b.added_ms, id_of(b))))
+        .map(|c| id_of(c).to_string())
+}
+
+pub(super) fn id_of(c: &StoredContact) -> &str {
+    c.fields.get("id").and_then(Value::as_str).unwrap_or("")
+}
+
+/// The contact the first identifier of `order` that matches anyone matches, and that identifier.
+pub(super) fn find_match(loc: &Location, order: &[MatchField], body: &Value) -> Option<(String, MatchField)> {
+    order.iter().find_map(|f| holder(loc, *f, body[f.property()].as_str()).map(|id| (id, *f)))
 }
 
 pub(super) fn insert_new(s: &mut Store, loc_id: &str, body: &Value) -> Result<Map<String, Value>, Reply> {
@@ -230,7 +261,9 @@ pub(super) fn insert_new(s: &mut Store, loc_id: &str, body: &Value) -> Result<Ma
 }
 
 pub(super) fn create_contact(s: &mut Store, body: &Value) -> Reply {
-    if let Err(r) = reject_unknown(body, CONTACT_FIELDS, &["locationId", "companyName"]).and_then(|_| check_types(body))
+    if let Err(r) = reject_unknown(body, CONTACT_FIELDS, &["locationId", "companyName"])
+        .and_then(|_| check_types(body))
+        .and_then(|_| check_custom_fields(body, s.behaviour.strict_custom_field_values))
     {
         return r;
     }
@@ -239,13 +272,14 @@ pub(super) fn create_contact(s: &mut Store, body: &Value) -> Reply {
         Err(r) => return r,
     };
     if !s.behaviour.allow_duplicates {
+        let order = s.behaviour.match_order.clone();
         let loc = s.locations.entry(loc_id.clone()).or_default();
-        if let Some((id, field)) = find_match(loc, body["email"].as_str(), body["phone"].as_str()) {
+        if let Some((id, field)) = find_match(loc, &order, body) {
             let name = loc.contacts[&id].fields.get("name").cloned().unwrap_or(Value::Null);
             return Reply::ok(
                 400,
                 json!({"statusCode": 400, "message": "This location does not allow duplicated contacts.",
-                       "meta": {"contactId": id, "contactName": name, "matchingField": field}}),
+                       "meta": {"contactId": id, "contactName": name, "matchingField": field.property()}}),
             );
         }
     }
@@ -258,6 +292,7 @@ pub(super) fn create_contact(s: &mut Store, body: &Value) -> Reply {
 pub(super) fn upsert_contact(s: &mut Store, body: &Value) -> Reply {
     if let Err(r) = reject_unknown(body, CONTACT_FIELDS, &["locationId", "companyName", "createNewIfDuplicateAllowed"])
         .and_then(|_| check_types(body))
+        .and_then(|_| check_custom_fields(body, s.behaviour.strict_custom_field_values))
     {
         return r;
     }
@@ -265,42 +300,51 @@ pub(super) fn upsert_contact(s: &mut Store, body: &Value) -> Reply {
         Ok(l) => l,
         Err(r) => return r,
     };
-    let always_new = s.behaviour.allow_duplicates && body["createNewIfDuplicateAllowed"] == json!(true);
+    let b = s.behaviour.clone();
+    let always_new = b.allow_duplicates && body["createNewIfDuplicateAllowed"] == json!(true);
     let loc = s.locations.entry(loc_id.clone()).or_default();
-    let existing = if always_new {
-        None
-    } else {
-        find_match(loc, body["email"].as_str(), body["phone"].as_str()).map(|(id, _)| id)
-    };
-    match existing {
-        Some(id) => {
-            let defs = loc.custom_fields.clone();
-            let c = loc.contacts.get_mut(&id).expect("matched contact");
-            // Like GHL: the first identifier in the duplicate order wins; a conflicting second
-            // identifier is silently dropped.
-            let mut body = body.clone();
-            if let Some(obj) = body.as_object_mut() {
-                let other_email = c.fields.get("email").and_then(Value::as_str).is_some_and(|e| {
-                    obj.get("email").and_then(Value::as_str).is_some_and(|b| !b.eq_ignore_ascii_case(e))
-                });
-                if other_email {
-                    obj.remove("email");
-                }
-            }
-            if let Err(r) = apply_fields(&mut c.fields, &body, &defs) {
-                return r;
-            }
-            Reply::ok(200, json!({"new": false, "contact": c.fields}))
-        }
-        None => match insert_new(s, &loc_id, body) {
+    let existing = if always_new { None } else { find_match(loc, &b.match_order, body) };
+    let Some((id, matched_by)) = existing else {
+        return match insert_new(s, &loc_id, body) {
             Ok(fields) => Reply::ok(200, json!({"new": true, "contact": fields})),
             Err(r) => r,
-        },
+        };
+    };
+    // The contact the first matching identifier found is updated. Identifiers before it in the
+    // order matched nobody; those after it are ignored when another contact holds them.
+    let mut body = body.clone();
+    let obj = body.as_object_mut().expect("checked to be an object");
+    let position = b.match_order.iter().position(|f| *f == matched_by).unwrap_or(0);
+    for (i, field) in b.match_order.iter().enumerate() {
+        let key = field.property();
+        let Some(value) = obj.get(key).and_then(Value::as_str).map(str::to_string) else {
+            continue;
+        };
+        let drop = match i.cmp(&position) {
+            std::cmp::Ordering::Equal => false,
+            std::cmp::Ordering::Greater => holder(loc, *field, Some(&value)).is_some_and(|other| other != id),
+            std::cmp::Ordering::Less => {
+                let own = loc.contacts[&id].fields.get(key).and_then(Value::as_str).and_then(|v| normalised(*field, v));
+                !b.upsert_overwrites_identifiers && own.is_some_and(|own| Some(own) != normalised(*field, &value))
+            }
+        };
+        if drop {
+            obj.remove(key);
+        }
     }
+    let defs = loc.custom_fields.clone();
+    let c = loc.contacts.get_mut(&id).expect("matched contact");
+    if let Err(r) = apply_fields(&mut c.fields, &body, &defs) {
+        return r;
+    }
+    Reply::ok(200, json!({"new": false, "contact": c.fields}))
 }
 
 pub(super) fn update_contact(s: &mut Store, id: &str, body: &Value) -> Reply {
-    if let Err(r) = reject_unknown(body, CONTACT_FIELDS, &[]).and_then(|_| check_types(body)) {
+    if let Err(r) = reject_unknown(body, CONTACT_FIELDS, &[])
+        .and_then(|_| check_types(body))
+        .and_then(|_| check_custom_fields(body, s.behaviour.strict_custom_field_values))
+    {
         return r;
     }
     if body.get("gender").is_some() {

@@ -6,7 +6,8 @@
 //! - `GET /_admin/state`: every location's contacts with their tasks, notes and tags;
 //! - `GET /_admin/requests` (`DELETE` clears): method, path, query, status and body of every call;
 //! - `PUT /_admin/faults`: replace the fault settings ([`Faults`]);
-//! - `PUT /_admin/config`: replace [`GhlBehaviour`] (window, duplicates, not-found status);
+//! - `PUT /_admin/config`: replace [`GhlBehaviour`] (window, duplicates and matching order,
+//!   not-found status, custom-field strictness);
 //! - `POST /_admin/locations/{id}/custom-fields`: define a custom field `{name, fieldKey, dataType}`;
 //! - `POST /_admin/locations/{id}/appointments`: add an appointment `{contactId, title, startTime}`;
 //! - `POST /_admin/reset`: forget everything.
@@ -49,8 +50,31 @@ pub struct GhlBehaviour {
     pub burst_max: u32,
     pub burst_interval_ms: u64,
     pub daily_max: u64,
-    /// Whether locations allow duplicate contacts (create then never answers the duplicate 400).
+    /// The location's "Allow Duplicate Contact" setting. Off (the default): a create that
+    /// matches an existing contact answers 400 with its id, and the duplicate lookup uses the
+    /// location's unique identifiers in `match_order`. On: creates never answer that 400, an
+    /// upsert with `createNewIfDuplicateAllowed: true` always creates, and the duplicate lookup
+    /// tries email first, then phone (as the OpenAPI documents it).
     pub allow_duplicates: bool,
+    /// The identifiers an upsert matches an existing contact on, in the location's priority
+    /// order. The OpenAPI (upsert description): the contact the first identifier matches is
+    /// updated, and a later identifier that belongs to another contact is ignored without an
+    /// error. The order is a location setting; email then phone is the order the duplicate
+    /// lookup documents, and the default here. Which order "off" uses is UNCONFIRMED.
+    pub match_order: Vec<MatchField>,
+    /// When an upsert matches a contact by a later identifier (the phone) and the earlier one
+    /// (the email) belongs to no contact, whether that email is written onto the matched
+    /// contact, replacing its own. UNCONFIRMED: the default (true) follows the documented rule
+    /// literally (the matched contact is updated with the body; only an identifier held by
+    /// another contact is ignored).
+    pub upsert_overwrites_identifiers: bool,
+    /// What the duplicate lookup answers when nothing matches. UNCONFIRMED; the default is
+    /// `{"contact": null}`.
+    pub duplicate_miss: DuplicateMiss,
+    /// Custom-field items on writes take their value only as `field_value`, as the OpenAPI's
+    /// `customFieldsInput*Schema` say (the default); other properties get 422. Third-party
+    /// reports say `fieldValue` and `value` also work (UNCONFIRMED): `false` accepts them.
+    pub strict_custom_field_values: bool,
     /// Status for an unknown contact/task/note id (GHL answers 400; UNCONFIRMED).
     pub not_found_status: u16,
     /// Answer 401 when the `Version` header is missing.
@@ -67,11 +91,43 @@ impl Default for GhlBehaviour {
             burst_interval_ms: 10_000,
             daily_max: 200_000,
             allow_duplicates: false,
+            match_order: vec![MatchField::Email, MatchField::Phone],
+            upsert_overwrites_identifiers: true,
+            duplicate_miss: DuplicateMiss::Null,
+            strict_custom_field_values: true,
             not_found_status: 400,
             require_version: true,
             strict_due_dates: false,
         }
     }
+}
+
+/// An identifier GHL matches contacts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchField {
+    Email,
+    Phone,
+}
+
+impl MatchField {
+    /// The body property that carries it (`email`, `phone`).
+    pub fn property(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Phone => "phone",
+        }
+    }
+}
+
+/// The duplicate lookup's answer when nothing matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicateMiss {
+    /// `{"contact": null}`
+    Null,
+    /// `{}` (no `contact` property)
+    Omitted,
 }
 
 /// Injected faults: rates are probabilities per request (0.0–1.0); `script` is consumed first.
@@ -106,11 +162,19 @@ pub struct ScriptedFault {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FaultKind {
-    Status { status: u16 },
-    RateLimit { retry_after_secs: Option<u64> },
+    Status {
+        status: u16,
+    },
+    RateLimit {
+        retry_after_secs: Option<u64>,
+    },
     WriteThenFail,
+    /// Applies the write and answers its 2xx status with a body cut off mid-JSON (writes only).
+    WriteThenGarbage,
     Drop,
-    Delay { ms: u64 },
+    Delay {
+        ms: u64,
+    },
 }
 
 /// One logged API call.
@@ -268,11 +332,13 @@ struct Reply {
     status: StatusCode,
     body: Value,
     retry_after: Option<u64>,
+    /// Answer with the body cut off (see [`FaultKind::WriteThenGarbage`]).
+    garbled: bool,
 }
 
 impl Reply {
     fn ok(status: u16, body: Value) -> Self {
-        Self { status: StatusCode::from_u16(status).expect("valid status"), body, retry_after: None }
+        Self { status: StatusCode::from_u16(status).expect("valid status"), body, retry_after: None, garbled: false }
     }
     fn err(status: u16, message: impl Into<String>) -> Self {
         let message = message.into();
@@ -289,3 +355,6 @@ impl Reply {
         Self::ok(422, json!({"statusCode": 422, "message": messages, "error": "Unprocessable Entity"}))
     }
 }
+
+#[cfg(test)]
+mod tests;

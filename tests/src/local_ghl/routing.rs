@@ -80,8 +80,12 @@ pub(super) async fn handle(
             }
             let mut s = ghl.store.lock().await;
             let mut reply = route(&mut s, &method, &path, &query, &parsed_body, &body);
-            if fault == Some(FaultKind::WriteThenFail) && method != Method::GET && reply.status.is_success() {
+            let wrote = method != Method::GET && reply.status.is_success();
+            if fault == Some(FaultKind::WriteThenFail) && wrote {
                 reply = Reply::err(500, "Internal server error");
+            }
+            if fault == Some(FaultKind::WriteThenGarbage) && wrote {
+                reply.garbled = true;
             }
             (reply, limits)
         }
@@ -92,6 +96,11 @@ pub(super) async fn handle(
     {
         m.insert("traceId".into(), Value::String(trace_id()));
     }
+    // A garbled answer is the JSON cut off halfway, as a connection closed mid-body leaves it.
+    let garbled = reply.garbled.then(|| {
+        let text = body.to_string();
+        text.chars().take(text.chars().count() / 2).collect::<String>()
+    });
     {
         let mut s = ghl.store.lock().await;
         s.log.push(LoggedRequest {
@@ -100,10 +109,13 @@ pub(super) async fn handle(
             query,
             status: reply.status.as_u16(),
             body: parsed_body,
-            response: body.clone(),
+            response: garbled.clone().map(Value::String).unwrap_or_else(|| body.clone()),
         });
     }
-    let mut resp = (reply.status, axum::Json(body)).into_response();
+    let mut resp = match garbled {
+        Some(text) => (reply.status, [("content-type", "application/json")], text).into_response(),
+        None => (reply.status, axum::Json(body)).into_response(),
+    };
     let h = resp.headers_mut();
     for (k, v) in limits {
         h.insert(k, HeaderValue::from_str(&v).expect("header value"));

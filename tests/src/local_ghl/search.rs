@@ -5,17 +5,28 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use super::contacts::{find_match, location_of, reject_unknown};
-use super::{Reply, Store, StoredContact};
+use super::contacts::{find_match, id_of, location_of, reject_unknown};
+use super::{DuplicateMiss, MatchField, Reply, Store, StoredContact};
 
+/// `GET /contacts/search/duplicate?locationId&email&number`: `{"contact": {...}}` for the
+/// contact the first identifier matches. With "Allow Duplicate Contact" on, email is tried
+/// before the phone (OpenAPI); off, the location's unique identifiers in their order.
 pub(super) fn duplicate(s: &mut Store, q: &HashMap<String, String>) -> Reply {
     let Some(loc_id) = q.get("locationId").filter(|l| !l.is_empty()) else {
         return Reply::unprocessable(vec!["locationId must be a string".into()]);
     };
+    let order = if s.behaviour.allow_duplicates {
+        vec![MatchField::Email, MatchField::Phone]
+    } else {
+        s.behaviour.match_order.clone()
+    };
+    let miss = s.behaviour.duplicate_miss;
     let loc = s.locations.entry(loc_id.clone()).or_default();
-    match find_match(loc, q.get("email").map(String::as_str), q.get("number").map(String::as_str)) {
+    let wanted = json!({"email": q.get("email"), "phone": q.get("number")});
+    match find_match(loc, &order, &wanted) {
         Some((id, _)) => Reply::ok(200, json!({"contact": loc.contacts[&id].fields})),
-        None => Reply::ok(200, json!({"contact": null})),
+        None if miss == DuplicateMiss::Null => Reply::ok(200, json!({"contact": null})),
+        None => Reply::ok(200, json!({})),
     }
 }
 
@@ -66,10 +77,6 @@ pub(super) fn list_contacts(s: &mut Store, q: &HashMap<String, String>) -> Reply
     };
     let contacts: Vec<Value> = page.iter().map(|c| Value::Object(c.fields.clone())).collect();
     Reply::ok(200, json!({"contacts": contacts, "count": total, "meta": meta}))
-}
-
-fn id_of(c: &StoredContact) -> &str {
-    c.fields.get("id").and_then(Value::as_str).unwrap_or("")
 }
 
 // ---- search -------------------------------------------------------------------------------
