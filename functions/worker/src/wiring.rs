@@ -32,6 +32,7 @@ pub async fn build(config: Config) -> anyhow::Result<(Arc<Worker>, Deps)> {
         retry_base_secs: c.retry_base_secs,
         concurrency: c.batch_concurrency,
         lookback_days: c.lookback_days,
+        identity_conflicts: Default::default(),
     };
     Ok((Arc::new(worker), deps))
 }
