@@ -94,11 +94,20 @@ pub struct ScriptedFault {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FaultKind {
-    Status { status: u16 },
-    RateLimit { retry_after_secs: Option<u64> },
+    Status {
+        status: u16,
+    },
+    RateLimit {
+        retry_after_secs: Option<u64>,
+    },
     WriteThenFail,
     Drop,
-    Delay { ms: u64 },
+    Delay {
+        ms: u64,
+    },
+    /// Applies the request, then sends its answer's headers and half its body and ends the
+    /// connection.
+    CutOff,
 }
 
 /// One logged API call.
@@ -391,7 +400,13 @@ async fn handle(State(ghl): State<LocalGhl>, method: Method, uri: Uri, headers: 
             response: body.clone(),
         });
     }
+    let cut_off = (fault == Some(FaultKind::CutOff)).then(|| serde_json::to_vec(&body).expect("JSON body"));
     let mut resp = (reply.status, axum::Json(body)).into_response();
+    if let Some(bytes) = cut_off {
+        let half = Bytes::copy_from_slice(&bytes[..bytes.len() / 2]);
+        let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "local GHL cuts this answer off");
+        *resp.body_mut() = axum::body::Body::from_stream(futures::stream::iter([Ok(half), Err(cut)]));
+    }
     let h = resp.headers_mut();
     for (k, v) in limits {
         h.insert(k, HeaderValue::from_str(&v).expect("header value"));
@@ -446,7 +461,8 @@ fn gatekeep(
     }
     let used = window.len() as u32;
     let daily = s.daily.entry(key).or_default();
-    if !over {
+    let daily_spent = *daily >= b.daily_max;
+    if !over && !daily_spent {
         *daily += 1;
     }
     let limits: Limits = vec![
@@ -465,7 +481,7 @@ fn gatekeep(
     if b.require_version && headers.get("version").is_none() {
         return Err((Reply::err(401, "version header was not found."), limits));
     }
-    if over {
+    if over || daily_spent {
         let mut r = Reply::ok(429, json!({"statusCode": 429, "message": "Too many requests"}));
         r.retry_after = None;
         return Err((r, limits));
