@@ -646,6 +646,42 @@ async fn two_refreshers_at_once_both_end_with_a_working_token() {
     b.find_duplicate(Some("b2@example.com"), None).await.unwrap();
 }
 
+/// A secret store that refuses the next `fail` writes as unavailable.
+struct FailingWrites {
+    inner: Arc<MemorySecret>,
+    fail: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl SecretSource for FailingWrites {
+    async fn read(&self) -> Result<SecretValue, SecretError> {
+        self.inner.read().await
+    }
+    async fn write(&self, value: &str, idempotency: &str) -> Result<(), SecretError> {
+        if self.fail.load(Ordering::SeqCst) > 0 {
+            self.fail.fetch_sub(1, Ordering::SeqCst);
+            return Err(SecretError::Unavailable("throttled".into()));
+        }
+        self.inner.write(value, idempotency).await
+    }
+}
+
+#[tokio::test]
+async fn refreshed_tokens_that_could_not_be_stored_are_kept_and_stored_later() {
+    let (ghl, url) = start(GhlBehaviour { valid_tokens: vec!["at-unused".into()], ..Default::default() }).await;
+    let secret = Arc::new(MemorySecret::new(oauth_secret("at-old", "rt-1", Utc::now().timestamp() + 30, &url)));
+    let source = Arc::new(FailingWrites { inner: secret.clone(), fail: 3.into() });
+    let (c, _) = process(source.clone(), &url, TokenRefresh::Allowed);
+    // Every write of the refresh fails: the new tokens are used, and not thrown away.
+    c.find_duplicate(Some("s1@example.com"), None).await.unwrap();
+    assert_eq!(ghl.oauth_refreshes().await, 1);
+    assert_eq!(stored_refresh_token(&secret), "rt-1", "not stored yet");
+    // The next call stores them before it uses them.
+    c.find_duplicate(Some("s2@example.com"), None).await.unwrap();
+    assert_ne!(stored_refresh_token(&secret), "rt-1", "stored once the secret store answers");
+    assert_eq!(ghl.oauth_refreshes().await, 1, "the spent refresh token is not asked for again");
+}
+
 #[tokio::test]
 async fn two_workers_refreshing_through_secrets_manager_share_one_new_token() {
     use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator};

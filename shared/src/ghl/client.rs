@@ -603,7 +603,7 @@ impl GhlClient {
         let wait = retry_after
             .unwrap_or_else(until_next_utc_midnight)
             .min(self.settings.daily_quota_wait_max)
-            .max(Duration::from_secs(1));
+            .clamp(Duration::from_secs(1), MAX_SERVER_WAIT);
         let until = Instant::now() + wait;
         let mut blocked = self.quota_blocked_until.lock().expect("quota lock");
         if blocked.is_none_or(|b| b < until) {

@@ -190,7 +190,9 @@ impl SecretTokenProvider {
         // the same token collides here and keeps what the first stored.
         let idem = replacement_token(&o.refresh_token);
         let mut pause = Duration::from_millis(200);
-        for attempt in 1..=3 {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             match self.cache.write(next.clone(), &idem).await {
                 Ok(_) => {
                     tracing::info!("refreshed the GHL OAuth token and stored it");
@@ -218,13 +220,12 @@ impl SecretTokenProvider {
                 }
             }
         }
-        unreachable!("the last attempt returns")
     }
 
     /// GHL refused the refresh token: most likely another process spent it and is storing the
     /// new pair. Re-reads the secret until a different refresh token appears.
     async fn await_other_refresh(&self, spent: &SecretString, message: String) -> Result<SecretString, GhlError> {
-        let until = Instant::now() + self.wait_for_other_refresh;
+        let until = Instant::now() + self.wait_for_other_refresh.min(crate::retry::MAX_SERVER_WAIT);
         loop {
             let stored = self.cache.refresh().await.map_err(secret_error)?;
             if let Some(o) = &stored.ghl_oauth
