@@ -30,6 +30,8 @@ use crate::retry::{Attempt, Failure, MAX_SERVER_WAIT, Replay, RetryPolicy, Stop,
 pub const API_VERSION: &str = "2021-07-28";
 /// GHL's production base URL.
 pub const DEFAULT_BASE_URL: &str = "https://services.leadconnectorhq.com";
+/// Once the daily quota is spent, calls are held at least this long.
+const DAILY_QUOTA_WAIT_MIN: Duration = Duration::from_secs(60);
 
 /// Settings of a [`GhlClient`].
 #[derive(Debug, Clone)]
@@ -45,8 +47,8 @@ pub struct GhlSettings {
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
     /// Once the daily quota is spent, the longest the client waits before letting one call
-    /// through to see whether it was reset (GHL documents no reset time; by default the client
-    /// waits until the next midnight UTC, at most this long).
+    /// through to see whether it was reset. GHL documents no reset time: the client waits until
+    /// the next midnight UTC (or GHL's `Retry-After`), at most this long and at least a minute.
     pub daily_quota_wait_max: Duration,
 }
 
@@ -603,7 +605,7 @@ impl GhlClient {
         let wait = retry_after
             .unwrap_or_else(until_next_utc_midnight)
             .min(self.settings.daily_quota_wait_max)
-            .clamp(Duration::from_secs(1), MAX_SERVER_WAIT);
+            .clamp(DAILY_QUOTA_WAIT_MIN, MAX_SERVER_WAIT);
         let until = Instant::now() + wait;
         let mut blocked = self.quota_blocked_until.lock().expect("quota lock");
         if blocked.is_none_or(|b| b < until) {
