@@ -91,22 +91,16 @@ pub struct ScriptedFault {
     pub path_contains: Option<String>,
 }
 
+/// `CutOff` applies the request, then sends its answer's headers and half its body and ends the
+/// connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FaultKind {
-    Status {
-        status: u16,
-    },
-    RateLimit {
-        retry_after_secs: Option<u64>,
-    },
+    Status { status: u16 },
+    RateLimit { retry_after_secs: Option<u64> },
     WriteThenFail,
     Drop,
-    Delay {
-        ms: u64,
-    },
-    /// Applies the request, then sends its answer's headers and half its body and ends the
-    /// connection.
+    Delay { ms: u64 },
     CutOff,
 }
 
