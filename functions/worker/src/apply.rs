@@ -66,6 +66,7 @@ impl From<GhlError> for ApplyError {
             GhlError::Unauthorized { .. } | GhlError::Forbidden { .. } => {
                 format!("{e}. Fix the GHL credential in the secret, then redrive this message.")
             }
+            GhlError::DailyQuotaExhausted { .. } => format!("{e}; the message is held until then"),
             _ => e.to_string(),
         };
         if e.is_retryable() {
@@ -251,7 +252,7 @@ pub struct Worker {
     pub store: Arc<dyn StateStore>,
     pub queues: Arc<dyn WorkerQueues>,
     pub commands: Arc<dyn CommandQueue>,
-    pub sprout: Option<SproutClient>,
+    pub sprout: SproutClient,
     pub mapping: Arc<Mapping>,
     /// How long a claim is held before another attempt may take it over.
     pub lease: Duration,
@@ -641,10 +642,7 @@ impl Worker {
 
     /// Re-fetches a video and turns its new engagement sessions into commands on the queue.
     async fn video_changed(&self, video_id: &str, source_event: &str) -> Result<Applied, ApplyError> {
-        let sprout = self
-            .sprout
-            .as_ref()
-            .ok_or_else(|| ApplyError::permanent("no SproutVideo API key in the secret; cannot refresh videos"))?;
+        let sprout = &self.sprout;
         let video = match sprout.get_video(video_id).await {
             Ok(v) => v,
             Err(SproutError::NotFound(_)) => {
@@ -808,7 +806,12 @@ impl Worker {
         let Some(handle) = &m.receipt_handle else {
             return;
         };
-        let secs = retry_delay_secs(self.retry_base_secs, m.receive_count);
+        let mut secs = retry_delay_secs(self.retry_base_secs, m.receive_count);
+        if let Some(held) = self.ghl.held_for().await {
+            // GHL's daily quota is spent (or GHL asked for a long pause): hold the message until
+            // then rather than spend its receives.
+            secs = secs.max(hold_secs(held));
+        }
         if let Err(e) = self.queues.delay_retry(handle, secs).await {
             tracing::warn!(error = %e, "could not delay the retry");
         }
@@ -857,6 +860,11 @@ pub fn retry_delay_secs(base: u64, receive_count: u32) -> i32 {
     (capped / 2 + fastrand::u64(0..=capped / 2)) as i32
 }
 
+/// Visibility delay that holds a message for `held` (SQS allows at most 12 hours).
+pub fn hold_secs(held: Duration) -> i32 {
+    held.as_secs().saturating_add(1).min(43_200) as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -878,6 +886,10 @@ mod tests {
         let p: ApplyError =
             GhlError::Invalid { status: 422, messages: vec!["bad".into()], trace_id: Some("tr".into()) }.into();
         assert!(matches!(p, ApplyError::Permanent { trace_id: Some(ref t), .. } if t == "tr"));
+        let q: ApplyError = GhlError::DailyQuotaExhausted { retry_in: Duration::from_secs(3600) }.into();
+        assert!(matches!(q, ApplyError::Transient { ambiguous: false, .. }), "{q:?}");
+        assert_eq!(hold_secs(Duration::from_secs(3600)), 3601);
+        assert_eq!(hold_secs(Duration::from_secs(86_400 * 7)), 43_200);
     }
 
     #[test]

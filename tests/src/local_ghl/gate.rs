@@ -55,7 +55,8 @@ pub(super) fn gatekeep(
     }
     let used = window.len() as u32;
     let daily = s.daily.entry(key).or_default();
-    if !over {
+    let daily_spent = *daily >= b.daily_max;
+    if !over && !daily_spent {
         *daily += 1;
     }
     let limits: Limits = vec![
@@ -74,7 +75,7 @@ pub(super) fn gatekeep(
     if b.require_version && headers.get("version").is_none() {
         return Err((Reply::err(401, "version header was not found."), limits));
     }
-    if over {
+    if over || daily_spent {
         let mut r = Reply::ok(429, json!({"statusCode": 429, "message": "Too many requests"}));
         r.retry_after = None;
         return Err((r, limits));

@@ -171,6 +171,9 @@ pub enum FaultKind {
     WriteThenFail,
     /// Applies the write and answers its 2xx status with a body cut off mid-JSON (writes only).
     WriteThenGarbage,
+    /// Applies the request, then sends its answer's headers and half its body and ends the
+    /// connection (any method).
+    CutOff,
     Drop,
     Delay {
         ms: u64,

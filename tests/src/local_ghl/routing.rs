@@ -112,10 +112,16 @@ pub(super) async fn handle(
             response: garbled.clone().map(Value::String).unwrap_or_else(|| body.clone()),
         });
     }
+    let cut_off = (fault == Some(FaultKind::CutOff)).then(|| serde_json::to_vec(&body).expect("JSON body"));
     let mut resp = match garbled {
         Some(text) => (reply.status, [("content-type", "application/json")], text).into_response(),
         None => (reply.status, axum::Json(body)).into_response(),
     };
+    if let Some(bytes) = cut_off {
+        let half = axum::body::Bytes::copy_from_slice(&bytes[..bytes.len() / 2]);
+        let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "local GHL cuts this answer off");
+        *resp.body_mut() = axum::body::Body::from_stream(futures::stream::iter([Ok(half), Err(cut)]));
+    }
     let h = resp.headers_mut();
     for (k, v) in limits {
         h.insert(k, HeaderValue::from_str(&v).expect("header value"));
