@@ -49,10 +49,14 @@ build-arm64: tools
 	rustup target add aarch64-unknown-linux-gnu
 	$(CARGO) lambda build --release --arm64 --locked $(FUNCTIONS) --lambda-dir target/lambda-arm64 --output-format zip
 
-lambda-check: build
+## lambda-check: the Lambda zips build for the deployment target (cargo-lambda with zig, x86_64,
+## the glibc of provided.al2023), unoptimised so that every test run does not pay for a release
+## build; `make build` makes the optimised zips that are deployed.
+lambda-check: tools
+	$(CARGO) lambda build --locked $(FUNCTIONS) --lambda-dir target/lambda-check --output-format zip
 	@for b in sv-intake sv-worker sv-reconciler; do \
-	  test -s target/lambda-x86_64/$$b/bootstrap.zip || { echo "missing zip for $$b"; exit 1; }; \
-	  ls -l target/lambda-x86_64/$$b/bootstrap.zip; \
+	  test -s target/lambda-check/$$b/bootstrap.zip || { echo "missing zip for $$b"; exit 1; }; \
+	  ls -l target/lambda-check/$$b/bootstrap.zip; \
 	done
 
 ## dev: run the whole pipeline locally (moto, local GHL, local SproutVideo, intake, worker, reconciler)

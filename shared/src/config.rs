@@ -51,10 +51,12 @@ pub struct Config {
     /// SproutVideo (`SPROUTVIDEO_BASE_URL`, `SPROUTVIDEO_PER_MINUTE`, 90).
     pub sprout_base_url: Url,
     pub sprout_per_minute: u32,
-    /// Reconciler (`RECONCILE_LOOKBACK_DAYS` 7, `RECONCILE_PLAN_LINES` 200, `RECONCILE_DELETE_ORPHANS` false).
+    /// Reconciler (`RECONCILE_LOOKBACK_DAYS` 7, `RECONCILE_PLAN_LINES` 200, `RECONCILE_DELETE_ORPHANS`
+    /// false, `RECONCILE_MAX_ORPHAN_DELETES` 25 per run).
     pub lookback_days: u32,
     pub plan_lines: usize,
     pub delete_orphans: bool,
+    pub max_orphan_deletes: u64,
     /// The field mapping (`SYNC_MAPPING_FILE`, else the embedded default).
     pub mapping: Arc<Mapping>,
 }
@@ -115,6 +117,7 @@ impl Config {
             lookback_days: num(&get, "RECONCILE_LOOKBACK_DAYS", 7)?,
             plan_lines: num(&get, "RECONCILE_PLAN_LINES", 200)?,
             delete_orphans: num(&get, "RECONCILE_DELETE_ORPHANS", false)?,
+            max_orphan_deletes: num(&get, "RECONCILE_MAX_ORPHAN_DELETES", 25)?,
             mapping: Arc::new(mapping),
         })
     }

@@ -1,15 +1,14 @@
 //! Dependency wiring shared by the three functions: AWS clients, the cached secret, and the GHL
-//! and SproutVideo clients, all from one [`Config`].
+//! and SproutVideo clients (both reading their credentials through the cached secret), all from
+//! one [`Config`].
 
 use std::sync::Arc;
 
-use secrecy::SecretString;
-
 use crate::config::Config;
-use crate::ghl::GhlClient;
+use crate::ghl::{GhlClient, SecretTokenProvider, TokenRefresh};
 use crate::queue::SqsQueue;
-use crate::secrets::{SecretCache, SecretError, SecretTokenProvider, SecretsManagerSource};
-use crate::sprout::SproutClient;
+use crate::secrets::{SecretCache, SecretsManagerSource};
+use crate::sprout::{SecretApiKey, SproutClient};
 use crate::state::DynamoStore;
 
 pub struct Deps {
@@ -17,39 +16,35 @@ pub struct Deps {
     pub aws: aws_config::SdkConfig,
     pub secrets: Arc<SecretCache>,
     pub ghl: GhlClient,
+    /// Reads `sproutvideo_api_key` on every call; a missing key is an error of the call.
+    pub sprout: SproutClient,
     pub queue: SqsQueue,
     pub store: Arc<DynamoStore>,
 }
 
 impl Deps {
-    /// Builds every client; reads no secret yet (the first call that needs one does).
+    /// Builds every client for a process that never refreshes the GHL OAuth token (it may not
+    /// write the secret). Same as [`Deps::with_token_refresh`] with [`TokenRefresh::Never`].
     pub async fn new(config: Config) -> anyhow::Result<Self> {
+        Self::with_token_refresh(config, TokenRefresh::Never).await
+    }
+
+    /// Builds every client; reads no secret yet (the first call that needs one does). `refresh`
+    /// says whether this process may refresh the GHL OAuth token and store the new one: only a
+    /// process allowed to write the secret may.
+    pub async fn with_token_refresh(config: Config, refresh: TokenRefresh) -> anyhow::Result<Self> {
         let aws = crate::aws::load_config().await;
         let sm = aws_sdk_secretsmanager::Client::new(&aws);
         let secrets = Arc::new(SecretCache::new(
             Arc::new(SecretsManagerSource::new(sm, config.secret_id.clone())),
             config.secret_ttl,
         ));
-        let tokens = Arc::new(SecretTokenProvider::new(secrets.clone(), &config.ghl_base_url));
+        let tokens = Arc::new(SecretTokenProvider::new(secrets.clone(), &config.ghl_base_url, refresh));
         let ghl = GhlClient::new(config.ghl_settings(), tokens)?;
+        let sprout = SproutClient::new(config.sprout_settings(), Arc::new(SecretApiKey::new(secrets.clone())))?;
         let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), config.queue_url.clone(), config.dlq_url.clone());
         let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), config.table.clone()));
-        Ok(Self { config, aws, secrets, ghl, queue, store })
-    }
-
-    /// A SproutVideo client keyed from the secret, or `None` when the secret has no key.
-    pub async fn sprout(&self) -> Result<Option<SproutClient>, SecretError> {
-        let s = self.secrets.get().await?;
-        Ok(match &s.sproutvideo_api_key {
-            Some(k) => Some(
-                SproutClient::new(
-                    self.config.sprout_settings(),
-                    SecretString::from(secrecy::ExposeSecret::expose_secret(k).to_string()),
-                )
-                .map_err(|e| SecretError::Unavailable(e.to_string()))?,
-            ),
-            None => None,
-        })
+        Ok(Self { config, aws, secrets, ghl, sprout, queue, store })
     }
 }
 

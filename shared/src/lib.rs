@@ -16,6 +16,7 @@ pub mod identity;
 pub mod mapping;
 pub mod pacing;
 pub mod queue;
+pub mod retry;
 pub mod secrets;
 pub mod sprout;
 pub mod state;

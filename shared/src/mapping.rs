@@ -93,6 +93,25 @@ pub struct Refuse {
     pub phones: Vec<String>,
 }
 
+/// What the sync does when a person's phone belongs to another GHL contact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhoneConflict {
+    /// Write the person without the phone and record the conflict.
+    #[default]
+    WriteWithoutPhone,
+    /// Write nothing: park the command in the dead-letter queue with the conflict as its reason.
+    Park,
+}
+
+/// How the sync treats identifiers GHL holds on other contacts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityRules {
+    #[serde(default)]
+    pub on_phone_conflict: PhoneConflict,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRule {
@@ -135,6 +154,8 @@ pub struct Mapping {
     pub custom_fields: BTreeMap<String, String>,
     #[serde(default)]
     pub refuse: Refuse,
+    #[serde(default)]
+    pub identity: IdentityRules,
     #[serde(default)]
     pub rules: Vec<Rule>,
 }
@@ -683,6 +704,22 @@ mod tests {
         for (dt, input, want) in cases {
             assert_eq!(typed_value("contact.k", dt, &input).ok(), want, "{dt} {input}");
         }
+    }
+
+    #[test]
+    fn a_phone_conflict_writes_without_the_phone_unless_the_mapping_parks_it() {
+        assert_eq!(m().identity.on_phone_conflict, PhoneConflict::WriteWithoutPhone);
+        let parked = Mapping::from_toml(
+            "default_region = \"US\"\nsync_tag = \"s\"\n[tags]\n[identity]\non_phone_conflict = \"park\"\n",
+        )
+        .unwrap();
+        assert_eq!(parked.identity.on_phone_conflict, PhoneConflict::Park);
+        let e = Mapping::from_toml(
+            "default_region = \"US\"\nsync_tag = \"s\"\n[tags]\n[identity]\non_phone_conflict = \"merge\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("merge"), "{e}");
     }
 
     #[test]

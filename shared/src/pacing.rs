@@ -1,4 +1,4 @@
-//! Client-side pacing and retry timing shared by the GHL and SproutVideo clients.
+//! Client-side pacing shared by the GHL and SproutVideo clients (retries are in [`crate::retry`]).
 //!
 //! [`RateLimiter`] is a sliding-window limiter: at most `max` requests start in any `interval`.
 //! It can be corrected from what the server reports (remaining budget, window size, an explicit
@@ -47,13 +47,27 @@ impl RateLimiter {
 
     /// Waits until one more request may start, and counts it.
     pub async fn acquire(&self) {
+        // Without a bound the wait always ends in a start.
+        let _ = self.acquire_within(None).await;
+    }
+
+    /// Like [`acquire`](Self::acquire), but a server-ordered pause that lasts longer than
+    /// `max_pause` is not waited out: its remaining length comes back as the error, and no
+    /// request is counted. Waits for room in the window are taken as they come.
+    pub async fn acquire_within(&self, max_pause: Option<Duration>) -> Result<(), Duration> {
         loop {
             let wait = {
                 let mut w = self.inner.lock().await;
                 let now = Instant::now();
                 w.expire(now);
                 match w.paused_until {
-                    Some(until) if until > now => Some(until - now),
+                    Some(until) if until > now => {
+                        let left = until - now;
+                        if max_pause.is_some_and(|m| left > m) {
+                            return Err(left);
+                        }
+                        Some(left)
+                    }
                     _ => {
                         if (w.starts.len() as u32) < w.max {
                             w.starts.push_back(now);
@@ -66,10 +80,16 @@ impl RateLimiter {
                 }
             };
             match wait {
-                None => return,
+                None => return Ok(()),
                 Some(d) => tokio::time::sleep(d.max(Duration::from_millis(1))).await,
             }
         }
+    }
+
+    /// How long requests are still held by a server-ordered pause (None when they are not).
+    pub async fn paused_for(&self) -> Option<Duration> {
+        let w = self.inner.lock().await;
+        w.paused_until.map(|u| u.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
     }
 
     /// Corrects the window from rate-limit headers: the server's window size and ceiling, and
@@ -94,10 +114,12 @@ impl RateLimiter {
         }
     }
 
-    /// Stops every request from starting for `d` (after a 429).
+    /// Stops every request from starting for `d` (after a 429), at most
+    /// [`MAX_SERVER_WAIT`](crate::retry::MAX_SERVER_WAIT).
     pub async fn pause(&self, d: Duration) {
         let mut w = self.inner.lock().await;
-        let until = Instant::now() + d;
+        let now = Instant::now();
+        let until = now.checked_add(d.min(crate::retry::MAX_SERVER_WAIT)).unwrap_or(now);
         if w.paused_until.is_none_or(|p| p < until) {
             w.paused_until = Some(until);
         }
@@ -131,57 +153,6 @@ impl Window {
 
 fn scaled(max: u32, share: f64) -> u32 {
     ((max as f64) * share).floor().max(1.0) as u32
-}
-
-/// How often and how long a client retries.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first one included.
-    pub max_attempts: u32,
-    /// First backoff ceiling; doubles on each attempt.
-    pub base: Duration,
-    /// Largest backoff ceiling.
-    pub cap: Duration,
-    /// No new attempt starts after this much time since the first one.
-    pub deadline: Option<Duration>,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            base: Duration::from_millis(200),
-            cap: Duration::from_secs(20),
-            deadline: Some(Duration::from_secs(60)),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Exponential backoff with full jitter for retry number `attempt` (1 = first retry).
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.base.saturating_mul(1u32.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(u32::MAX));
-        let ceiling = exp.min(self.cap);
-        let millis = ceiling.as_millis().min(u64::MAX as u128) as u64;
-        Duration::from_millis(fastrand::u64(0..=millis))
-    }
-
-    /// Whether a wait of `wait` before another attempt still fits the deadline.
-    pub fn fits(&self, started: Instant, wait: Duration) -> bool {
-        match self.deadline {
-            Some(d) => started.elapsed() + wait < d,
-            None => true,
-        }
-    }
-}
-
-/// Parses a `Retry-After` header given in seconds (HTTP dates are not used by these APIs).
-pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
-    let v = value?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    v.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
 }
 
 #[cfg(test)]
@@ -220,25 +191,17 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_secs(3));
     }
 
-    #[test]
-    fn backoff_stays_under_its_ceiling() {
-        let p = RetryPolicy {
-            max_attempts: 10,
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-            deadline: None,
-        };
-        for attempt in 1..20 {
-            assert!(p.backoff(attempt) <= Duration::from_secs(1));
-        }
-        assert!(p.backoff(1) <= Duration::from_millis(100));
-    }
-
-    #[test]
-    fn retry_after_parses_seconds() {
-        assert_eq!(parse_retry_after(Some("3")), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after(Some("0.5")), Some(Duration::from_millis(500)));
-        assert_eq!(parse_retry_after(Some("soon")), None);
-        assert_eq!(parse_retry_after(None), None);
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_longer_than_allowed_is_reported_not_waited() {
+        let l = RateLimiter::new(10, Duration::from_secs(10), 1.0);
+        l.pause(Duration::from_secs(u64::MAX)).await;
+        let left = l.acquire_within(Some(Duration::from_secs(5))).await.unwrap_err();
+        assert!(left > Duration::from_secs(3600) && left <= crate::retry::MAX_SERVER_WAIT, "{left:?}");
+        assert!(l.paused_for().await.is_some());
+        let l = RateLimiter::new(10, Duration::from_secs(10), 1.0);
+        l.pause(Duration::from_secs(2)).await;
+        let start = Instant::now();
+        l.acquire_within(Some(Duration::from_secs(5))).await.unwrap();
+        assert!(start.elapsed() >= Duration::from_secs(2));
     }
 }

@@ -1,7 +1,8 @@
-//! The sync's one JSON secret in Secrets Manager, cached in memory with a TTL so a rotation is
-//! picked up without a redeploy, and the GHL credential drawn from it (a Private Integration
-//! Token, or an OAuth location token refreshed ahead of expiry, single flight, and stored back
-//! with a version check).
+//! The sync's one JSON secret in Secrets Manager: read, cached in memory with a TTL so a
+//! rotation is picked up without a redeploy, and written back (by a process allowed to) with an
+//! idempotency token so two writers replacing the same value collide instead of clobbering each
+//! other. What the values are for (the GHL token provider, the SproutVideo key) lives with the
+//! clients that use them.
 //!
 //! Secret JSON shape:
 //! ```json
@@ -11,6 +12,8 @@
 //!                  "client_id": "...", "client_secret": "...", "token_url": "optional" },
 //!   "sproutvideo_api_key": "..." }
 //! ```
+//!
+//! Errors about a malformed value name the key and position, never the value.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +22,8 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::RwLock;
 use tokio::time::Instant;
-
-use crate::ghl::{GhlError, TokenProvider};
 
 #[derive(Debug, Error, Clone)]
 pub enum SecretError {
@@ -91,10 +92,8 @@ impl std::fmt::Debug for SyncSecrets {
 
 impl SyncSecrets {
     pub fn parse(raw: &str) -> Result<Self, SecretError> {
-        let s: SyncSecrets = serde_json::from_str(raw).map_err(|e| {
-            // serde's message names the field and position, never the value.
-            SecretError::Invalid(e.to_string())
-        })?;
+        let de = &mut serde_json::Deserializer::from_str(raw);
+        let s: SyncSecrets = serde_path_to_error::deserialize(de).map_err(|e| SecretError::Invalid(describe(&e)))?;
         if s.signing_secrets.is_empty() {
             return Err(SecretError::Invalid("signing_secrets must hold at least one key".into()));
         }
@@ -109,6 +108,42 @@ impl SyncSecrets {
     }
 }
 
+/// The message of [`secret_str`] for an empty value.
+const EMPTY_VALUE: &str = "is empty";
+
+/// Describes a decoding error by key path and position only. serde's own messages quote the
+/// offending value ("invalid type: string \"...\""), so they are never passed on, except the two
+/// that carry no value (a missing field's name, an empty value).
+fn describe(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    use serde_json::error::Category;
+    let inner = e.inner();
+    let at = format!("line {}, column {}", inner.line(), inner.column());
+    let path = e.path().to_string();
+    let key = if path == "." { "the top level".to_string() } else { format!("`{path}`") };
+    match inner.classify() {
+        Category::Syntax | Category::Eof => format!("not valid JSON ({at})"),
+        Category::Io => "could not be read".to_string(),
+        Category::Data => {
+            let msg = inner.to_string();
+            if let Some(field) = msg.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+                format!("{key} lacks the field `{field}`")
+            } else if msg.starts_with(EMPTY_VALUE) {
+                format!("{key} {EMPTY_VALUE} ({at})")
+            } else {
+                format!("{key} has the wrong type or an invalid value ({at})")
+            }
+        }
+    }
+}
+
+/// An idempotency token for a write that replaces `replaced` (a value of the secret that changes
+/// on every write, such as a refresh token): the same replaced value always gives the same token.
+pub fn replacement_token(replaced: &SecretString) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(replaced.expose_secret().as_bytes());
+    let h = hex::encode(&digest[..16]);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
 mod secret_str {
     use secrecy::{ExposeSecret, SecretString};
     use serde::{Deserialize, Deserializer, Serializer};
@@ -118,7 +153,7 @@ mod secret_str {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
         let s = String::deserialize(d)?;
         if s.is_empty() {
-            return Err(serde::de::Error::custom("a secret value is empty"));
+            return Err(serde::de::Error::custom(super::EMPTY_VALUE));
         }
         Ok(SecretString::from(s))
     }
@@ -225,6 +260,70 @@ impl SecretSource for SecretsManagerSource {
     }
 }
 
+/// A secret held in memory, with Secrets Manager's write rule: a write that reuses an
+/// idempotency token with another value is a [`SecretError::Conflict`]. For tests and local runs.
+#[derive(Default)]
+pub struct MemorySecret {
+    inner: std::sync::Mutex<MemoryInner>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    value: Option<String>,
+    version: u64,
+    tokens: std::collections::HashMap<String, String>,
+    writes: u64,
+}
+
+impl MemorySecret {
+    pub fn new(value: impl Into<String>) -> Self {
+        let s = Self::default();
+        s.set(value);
+        s
+    }
+
+    /// Puts a value as an operator would (no idempotency token).
+    pub fn set(&self, value: impl Into<String>) {
+        let mut m = self.inner.lock().expect("memory secret");
+        m.value = Some(value.into());
+        m.version += 1;
+    }
+
+    /// The current value.
+    pub fn value(&self) -> Option<String> {
+        self.inner.lock().expect("memory secret").value.clone()
+    }
+
+    /// Writes accepted through [`SecretSource::write`].
+    pub fn writes(&self) -> u64 {
+        self.inner.lock().expect("memory secret").writes
+    }
+}
+
+#[async_trait]
+impl SecretSource for MemorySecret {
+    async fn read(&self) -> Result<SecretValue, SecretError> {
+        let m = self.inner.lock().expect("memory secret");
+        let value = m.value.clone().ok_or(SecretError::Empty)?;
+        Ok(SecretValue { value: SecretString::from(value), version_id: Some(m.version.to_string()) })
+    }
+
+    async fn write(&self, value: &str, idempotency: &str) -> Result<(), SecretError> {
+        let mut m = self.inner.lock().expect("memory secret");
+        match m.tokens.get(idempotency) {
+            Some(v) if v == value => Ok(()),
+            Some(_) => Err(SecretError::Conflict),
+            None => {
+                m.tokens.insert(idempotency.to_string(), value.to_string());
+                m.value = Some(value.to_string());
+                m.version += 1;
+                m.writes += 1;
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The secret, cached for `ttl`.
 pub struct SecretCache {
     source: Arc<dyn SecretSource>,
@@ -239,8 +338,13 @@ impl SecretCache {
 
     /// The secret, re-read when older than the TTL.
     pub async fn get(&self) -> Result<Arc<SyncSecrets>, SecretError> {
+        self.get_fresher_than(self.ttl).await
+    }
+
+    /// The secret, re-read when the cached copy is older than `max_age`.
+    pub async fn get_fresher_than(&self, max_age: Duration) -> Result<Arc<SyncSecrets>, SecretError> {
         if let Some((s, at)) = &*self.cached.read().await
-            && at.elapsed() < self.ttl
+            && at.elapsed() < max_age
         {
             return Ok(s.clone());
         }
@@ -255,167 +359,18 @@ impl SecretCache {
         Ok(parsed)
     }
 
+    /// Stores `next` as the secret's value and caches it. `idempotency` comes from what the
+    /// write replaces (see [`replacement_token`]): a second writer replacing the same value with
+    /// another one gets [`SecretError::Conflict`] and should read what the first one stored.
+    pub async fn write(&self, next: SyncSecrets, idempotency: &str) -> Result<Arc<SyncSecrets>, SecretError> {
+        self.source.write(&next.to_json(), idempotency).await?;
+        let next = Arc::new(next);
+        *self.cached.write().await = Some((next.clone(), Instant::now()));
+        Ok(next)
+    }
+
     pub fn source(&self) -> &Arc<dyn SecretSource> {
         &self.source
-    }
-}
-
-/// GHL credentials from the secret: a PIT as is, or an OAuth token refreshed ahead of expiry.
-pub struct SecretTokenProvider {
-    cache: Arc<SecretCache>,
-    http: reqwest::Client,
-    default_token_url: String,
-    refresh_lock: Mutex<()>,
-    /// Refresh this long before expiry.
-    pub refresh_ahead: Duration,
-}
-
-impl SecretTokenProvider {
-    pub fn new(cache: Arc<SecretCache>, ghl_base_url: &url::Url) -> Self {
-        let default_token_url = ghl_base_url.join("oauth/token").map(|u| u.to_string()).unwrap_or_default();
-        Self {
-            cache,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("HTTP client"),
-            default_token_url,
-            refresh_lock: Mutex::new(()),
-            refresh_ahead: Duration::from_secs(300),
-        }
-    }
-
-    fn expiring(&self, o: &OAuthCredentials) -> bool {
-        let now = chrono::Utc::now().timestamp();
-        o.expires_at - now <= self.refresh_ahead.as_secs() as i64
-    }
-
-    /// Refreshes the OAuth token once for every concurrent caller; stores both new tokens before
-    /// using them. Returns the access token to use.
-    /// `rejected` is the access token GHL just refused (forces a refresh unless the stored
-    /// token has already moved on).
-    async fn refresh_oauth(&self, rejected: Option<&str>) -> Result<SecretString, GhlError> {
-        let _guard = self.refresh_lock.lock().await;
-        // Someone may have refreshed while we waited, here or in another process.
-        let current = self.cache.refresh().await.map_err(secret_to_ghl)?;
-        let o = current.ghl_oauth.clone().ok_or_else(|| secret_to_ghl(SecretError::Invalid("no ghl_oauth".into())))?;
-        let still_rejected = rejected.is_some_and(|r| r == o.access_token.expose_secret());
-        if !self.expiring(&o) && !still_rejected {
-            return Ok(o.access_token);
-        }
-        let url = o.token_url.clone().unwrap_or_else(|| self.default_token_url.clone());
-        let form = [
-            ("client_id", o.client_id.clone()),
-            ("client_secret", o.client_secret.expose_secret().to_string()),
-            ("grant_type", "refresh_token".to_string()),
-            ("refresh_token", o.refresh_token.expose_secret().to_string()),
-            ("user_type", o.user_type.clone().unwrap_or_else(|| "Location".into())),
-        ];
-        let resp = self.http.post(&url).form(&form).send().await.map_err(|e| {
-            GhlError::Transport(format!(
-                "token refresh failed: {}",
-                if e.is_timeout() { "timed out" } else { "connection failed" }
-            ))
-        })?;
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        if !status.is_success() {
-            // Another process may have spent this refresh token first and stored its result.
-            if let Ok(now) = self.cache.refresh().await
-                && let Some(stored) = &now.ghl_oauth
-                && stored.refresh_token.expose_secret() != o.refresh_token.expose_secret()
-                && !self.expiring(stored)
-            {
-                return Ok(stored.access_token.clone());
-            }
-            let msg = body["message"].as_str().or(body["error"].as_str()).unwrap_or("refresh refused").to_string();
-            return Err(if status.is_server_error() {
-                GhlError::Server { status: status.as_u16(), message: msg, trace_id: None }
-            } else {
-                // e.g. 400 "Location is not active": permanent, needs a person.
-                GhlError::Unauthorized { message: format!("OAuth refresh refused: {msg}"), trace_id: None }
-            });
-        }
-        let (Some(access), Some(refresh)) = (body["access_token"].as_str(), body["refresh_token"].as_str()) else {
-            return Err(GhlError::Decode("OAuth refresh answer lacks access_token or refresh_token".into()));
-        };
-        let expires_in = body["expires_in"].as_i64().unwrap_or(86_399);
-        let mut next = (*current).clone();
-        next.ghl_oauth = Some(OAuthCredentials {
-            access_token: SecretString::from(access.to_string()),
-            refresh_token: SecretString::from(refresh.to_string()),
-            expires_at: chrono::Utc::now().timestamp() + expires_in,
-            ..o.clone()
-        });
-        // The write's idempotency token comes from the refresh token being replaced: a second
-        // process that refreshed from the same token collides here and keeps what was stored.
-        let idem =
-            hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(o.refresh_token.expose_secret().as_bytes())[..16]);
-        match self.cache.source().write(&next.to_json(), &format_uuid(&idem)).await {
-            Ok(()) => {
-                let stored = self.cache.refresh().await.map_err(secret_to_ghl)?;
-                tracing::info!("refreshed the GHL OAuth token");
-                Ok(stored
-                    .ghl_oauth
-                    .as_ref()
-                    .map(|o| o.access_token.clone())
-                    .unwrap_or(SecretString::from(access.to_string())))
-            }
-            Err(SecretError::Conflict) => {
-                let stored = self.cache.refresh().await.map_err(secret_to_ghl)?;
-                stored
-                    .ghl_oauth
-                    .as_ref()
-                    .map(|o| o.access_token.clone())
-                    .ok_or_else(|| secret_to_ghl(SecretError::Conflict))
-            }
-            Err(e) => Err(secret_to_ghl(e)),
-        }
-    }
-}
-
-fn format_uuid(hex32: &str) -> String {
-    format!("{}-{}-{}-{}-{}", &hex32[0..8], &hex32[8..12], &hex32[12..16], &hex32[16..20], &hex32[20..32])
-}
-
-fn secret_to_ghl(e: SecretError) -> GhlError {
-    if e.is_retryable() {
-        GhlError::Transport(e.to_string())
-    } else {
-        GhlError::Unauthorized { message: e.to_string(), trace_id: None }
-    }
-}
-
-#[async_trait]
-impl TokenProvider for SecretTokenProvider {
-    async fn token(&self) -> Result<SecretString, GhlError> {
-        let s = self.cache.get().await.map_err(secret_to_ghl)?;
-        if let Some(o) = &s.ghl_oauth {
-            if self.expiring(o) {
-                return self.refresh_oauth(None).await;
-            }
-            return Ok(o.access_token.clone());
-        }
-        s.ghl_token.clone().ok_or_else(|| secret_to_ghl(SecretError::Invalid("no GHL credential".into())))
-    }
-
-    async fn refresh_after_unauthorized(&self) -> bool {
-        let token_of = |s: &SyncSecrets| {
-            s.ghl_oauth
-                .as_ref()
-                .map(|o| o.access_token.expose_secret().to_string())
-                .or_else(|| s.ghl_token.as_ref().map(|t| t.expose_secret().to_string()))
-        };
-        let before = self.cache.get().await.ok().as_deref().and_then(token_of);
-        let Ok(after) = self.cache.refresh().await else {
-            return false;
-        };
-        if token_of(&after) != before {
-            // The secret was rotated since it was cached.
-            return true;
-        }
-        // Same token: an OAuth token can still be refreshed, once.
-        if after.ghl_oauth.is_some() {
-            return self.refresh_oauth(before.as_deref()).await.is_ok();
-        }
-        false
     }
 }
 
@@ -451,5 +406,68 @@ mod tests {
         assert!(e.contains("ghl_token"), "{e}");
         let e = SyncSecrets::parse(r#"{"webhook_token":"wt-123"}"#).unwrap_err().to_string();
         assert!(!e.contains("wt-123"), "{e}");
+        assert!(e.contains("signing_secrets"), "{e}");
+    }
+
+    /// Values in the wrong place, of the wrong type or in broken JSON: the error names the key
+    /// and the position, and quotes nothing.
+    #[test]
+    fn malformed_secrets_never_echo_a_value() {
+        let cases: &[(&str, &str, &str)] = &[
+            // A list given as a string.
+            (
+                r#"{"webhook_token":"wt-123","signing_secrets":"sig-topsecret","read_api_key":"rk"}"#,
+                "sig-topsecret",
+                "`signing_secrets`",
+            ),
+            // A number where a string belongs.
+            (
+                r#"{"webhook_token":98765432123,"signing_secrets":["s"],"read_api_key":"rk"}"#,
+                "98765432123",
+                "`webhook_token`",
+            ),
+            // A nested field of the wrong type.
+            (
+                r#"{"webhook_token":"w","signing_secrets":["s"],"read_api_key":"rk","ghl_oauth":{"access_token":"at-leak","refresh_token":"rt-leak","expires_at":"rt-in-the-wrong-place","client_id":"c","client_secret":"cs-leak"}}"#,
+                "rt-in-the-wrong-place",
+                "`ghl_oauth.expires_at`",
+            ),
+            // An element of the wrong type in a list.
+            (
+                r#"{"webhook_token":"w","signing_secrets":["ok",{"k":"sig-in-object"}],"read_api_key":"rk"}"#,
+                "sig-in-object",
+                "`signing_secrets",
+            ),
+            // Broken JSON right after a value.
+            (r#"{"webhook_token":"wt-broken" "signing_secrets":["s"]}"#, "wt-broken", "line 1"),
+            (r#"{"webhook_token":"wt-unterminated"#, "wt-unterminated", "line 1"),
+            // An empty value.
+            (
+                r#"{"webhook_token":"","signing_secrets":["sig-x"],"read_api_key":"rk-x","ghl_token":"p"}"#,
+                "sig-x",
+                "`webhook_token` is empty",
+            ),
+        ];
+        for (raw, value, names) in cases {
+            let e = SyncSecrets::parse(raw).unwrap_err().to_string();
+            assert!(!e.contains(value), "{e} echoes {value}");
+            assert!(!e.contains("leak"), "{e}");
+            assert!(e.contains(names), "{e} should name {names}");
+        }
+        let e = SyncSecrets::parse(
+            r#"{"webhook_token":"w","signing_secrets":["s"],"read_api_key":"rk","ghl_oauth":{"access_token":"at-leak"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`ghl_oauth` lacks the field `refresh_token`") && !e.contains("leak"), "{e}");
+    }
+
+    #[test]
+    fn replacement_tokens_depend_only_on_the_replaced_value() {
+        let a = replacement_token(&SecretString::from("rt-1"));
+        assert_eq!(a, replacement_token(&SecretString::from("rt-1")));
+        assert_ne!(a, replacement_token(&SecretString::from("rt-2")));
+        assert_eq!(a.len(), 36);
+        assert!(!a.contains("rt-1"));
     }
 }

@@ -183,6 +183,14 @@ impl LocalSprout {
         insert_login(&mut s, email)
     }
 
+    /// Forgets a login by email (as if it was deleted in SproutVideo); false when none matched.
+    pub async fn remove_login(&self, email: &str) -> bool {
+        let mut s = self.store.lock().await;
+        let before = s.logins.len();
+        s.logins.retain(|_, l| l.get("email").and_then(Value::as_str) != Some(email));
+        s.logins.len() != before
+    }
+
     pub async fn add_session(&self, seed: SessionSeed) -> String {
         let mut s = self.store.lock().await;
         insert_session(&mut s, seed)

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use chrono::Utc;
 use futures::TryStreamExt;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use shared::ghl::*;
-use shared::pacing::RetryPolicy;
+use shared::retry::{MAX_SERVER_WAIT, RetryPolicy};
+use shared::secrets::{MemorySecret, SecretCache, SecretError, SecretSource, SecretValue};
 use sync_tests::local_ghl::{FaultKind, GhlBehaviour, LocalGhl, LoggedRequest, ScriptedFault};
 use sync_tests::spec::{Spec, Strictness, template_for};
 use url::Url;
@@ -397,8 +399,8 @@ async fn unauthorized_is_surfaced_and_a_refresh_is_used_once() {
         async fn token(&self) -> Result<SecretString, GhlError> {
             Ok(SecretString::from(if self.0.load(Ordering::SeqCst) { "good-token" } else { "stale-token" }))
         }
-        async fn refresh_after_unauthorized(&self) -> bool {
-            !self.0.swap(true, Ordering::SeqCst)
+        async fn renew_after_unauthorized(&self, _: &SecretString) -> Result<bool, GhlError> {
+            Ok(!self.0.swap(true, Ordering::SeqCst))
         }
     }
     ghl.clear_requests().await;
@@ -422,4 +424,304 @@ async fn retries_stop_at_the_deadline() {
     let err = c.get_contact("x").await.unwrap_err();
     assert!(err.is_retryable());
     assert!(t.elapsed() < Duration::from_secs(2), "gave up near the deadline");
+}
+
+// ---- cut-off answers, long waits, the daily quota -----------------------------------------
+
+fn cut_off(method: &str, path: &str) -> ScriptedFault {
+    ScriptedFault { kind: FaultKind::CutOff, method: Some(method.into()), path_contains: Some(path.into()) }
+}
+
+#[tokio::test]
+async fn a_read_whose_answer_is_cut_off_is_sent_again_within_the_deadline() {
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    let c = client(&url);
+    let id = c.upsert_contact(&upsert_body("cut@example.com")).await.unwrap().contact.id;
+    ghl.clear_requests().await;
+    ghl.push_fault(cut_off("GET", "/contacts/")).await;
+    let got = c.get_contact(&id).await.unwrap();
+    assert_eq!(got.id, id);
+    let statuses: Vec<u16> = ghl.requests().await.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 200], "the 200 whose body was cut off, then the full one");
+    assert_eq!(c.stats().retries.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_is_cut_off_may_have_written_and_is_not_sent_again() {
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    let c = client(&url);
+    let id = c.upsert_contact(&upsert_body("cutnote@example.com")).await.unwrap().contact.id;
+    ghl.clear_requests().await;
+    ghl.push_fault(cut_off("POST", "/notes")).await;
+    let err = c.create_note(&id, &NoteBody { body: Some("once".into()), ..Default::default() }).await.unwrap_err();
+    assert!(matches!(err, GhlError::MayHaveWritten { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert_eq!(ghl.requests().await.len(), 1, "no blind re-send of a create");
+    assert_eq!(c.list_notes(&id).await.unwrap().len(), 1, "the note landed although its answer was cut off");
+}
+
+#[tokio::test]
+async fn the_deadline_is_checked_after_a_cut_off_answer() {
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    let c = client(&url);
+    let id = c.upsert_contact(&upsert_body("late@example.com")).await.unwrap().contact.id;
+    ghl.clear_requests().await;
+    ghl.push_fault(cut_off("GET", "/contacts/")).await;
+    // No time is left after the first attempt: the cut-off answer must not be followed by another.
+    let c = c.with_retry(RetryPolicy { deadline: Some(Duration::ZERO), ..fast_retry() });
+    let err = c.get_contact(&id).await.unwrap_err();
+    assert!(matches!(err, GhlError::DeadlineExceeded { attempts: 1, .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert_eq!(ghl.requests().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_huge_retry_after_ends_the_call_with_a_typed_error_instead_of_sleeping() {
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    let c = client(&url);
+    ghl.push_fault(ScriptedFault {
+        kind: FaultKind::RateLimit { retry_after_secs: Some(99_999_999_999) },
+        method: None,
+        path_contains: Some("/contacts/search/duplicate".into()),
+    })
+    .await;
+    // Were the wait slept, this would not end for years.
+    let call = tokio::time::timeout(Duration::from_secs(30), c.find_duplicate(Some("x@example.com"), None));
+    let err = call.await.expect("the call ends without sleeping out Retry-After").unwrap_err();
+    let GhlError::RateLimited { retry_after: Some(wait) } = err else {
+        panic!("expected a rate limit with its wait, got {err:?}");
+    };
+    assert!(wait <= MAX_SERVER_WAIT && wait > Duration::from_secs(20), "{wait:?}");
+    assert_eq!(ghl.requests().await.len(), 1);
+    // The pause GHL asked for holds the client's other calls too, without a request.
+    let err = c.get_contact("abc").await.unwrap_err();
+    assert!(matches!(err, GhlError::RateLimited { retry_after: Some(_) }), "{err:?}");
+    assert_eq!(ghl.requests().await.len(), 1);
+    assert!(c.held_for().await.is_some());
+}
+
+#[tokio::test]
+async fn a_spent_daily_quota_stops_calls_until_it_resets() {
+    let (ghl, url) = start(GhlBehaviour { daily_max: 3, ..Default::default() }).await;
+    let c = client(&url);
+    for i in 0..3 {
+        c.find_duplicate(Some(&format!("q{i}@example.com")), None).await.unwrap();
+    }
+    assert_eq!(c.stats().daily_remaining(), Some(0), "GHL's daily budget is visible for a metric");
+    // The last answer said none is left: the client does not ask again.
+    let err = c.find_duplicate(Some("q3@example.com"), None).await.unwrap_err();
+    let GhlError::DailyQuotaExhausted { retry_in } = err else {
+        panic!("expected the daily quota, got {err:?}");
+    };
+    assert!(err.is_retryable());
+    assert!(retry_in >= Duration::from_secs(59) && retry_in <= Duration::from_secs(3600), "{retry_in:?}");
+    assert_eq!(err.retry_hint(), Some(retry_in));
+    assert_eq!(ghl.requests().await.len(), 3, "no request once the quota is spent");
+    assert_eq!(c.stats().daily_quota_refusals.load(Ordering::Relaxed), 1);
+    assert!(c.held_for().await.is_some_and(|h| h >= Duration::from_secs(30)));
+
+    // A process that has not seen it yet learns it from GHL's 429, once, without retrying.
+    let other = client(&url);
+    let err = other.get_contact("abc").await.unwrap_err();
+    assert!(matches!(err, GhlError::DailyQuotaExhausted { .. }), "{err:?}");
+    let log = ghl.requests().await;
+    assert_eq!(log.len(), 4);
+    assert_eq!(log[3].status, 429);
+    assert!(other.daily_quota_wait().is_some());
+}
+
+// ---- credentials from the secret ----------------------------------------------------------
+
+fn oauth_secret(access: &str, refresh: &str, expires_at: i64, token_url: &Url) -> String {
+    json!({
+        "webhook_token": "wt-value", "signing_secrets": ["sig-value"], "read_api_key": "rk-value",
+        "ghl_oauth": {
+            "access_token": access, "refresh_token": refresh, "expires_at": expires_at,
+            "client_id": "cid", "client_secret": "csecret-value",
+            "token_url": token_url.join("oauth/token").unwrap().to_string()
+        }
+    })
+    .to_string()
+}
+
+/// One process's view of the secret: its own cache and token provider, and a client.
+fn process(source: Arc<dyn SecretSource>, url: &Url, refresh: TokenRefresh) -> (GhlClient, Arc<SecretTokenProvider>) {
+    let cache = Arc::new(SecretCache::new(source, Duration::from_secs(600)));
+    let mut tokens = SecretTokenProvider::new(cache, url, refresh);
+    tokens.reread_every = Duration::from_millis(50);
+    tokens.wait_for_other_refresh = Duration::from_secs(5);
+    let tokens = Arc::new(tokens);
+    (client_with(url, tokens.clone()), tokens)
+}
+
+fn stored_refresh_token(secret: &MemorySecret) -> String {
+    let v: Value = serde_json::from_str(&secret.value().unwrap()).unwrap();
+    v["ghl_oauth"]["refresh_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_process_that_may_not_write_the_secret_never_spends_the_refresh_token() {
+    let (ghl, url) = start(GhlBehaviour { valid_tokens: vec!["at-live".into()], ..Default::default() }).await;
+    // Due for a refresh (within five minutes of expiry) but still valid: a reader just uses it.
+    let secret = Arc::new(MemorySecret::new(oauth_secret("at-live", "rt-1", Utc::now().timestamp() + 30, &url)));
+    let (reader, _) = process(secret.clone(), &url, TokenRefresh::Never);
+    reader.find_duplicate(Some("r@example.com"), None).await.unwrap();
+    assert_eq!(ghl.oauth_refreshes().await, 0);
+
+    // Expired: the reader re-reads the secret and waits; it never calls the token endpoint.
+    secret.set(oauth_secret("at-live", "rt-1", Utc::now().timestamp() - 10, &url));
+    let (reader, _) = process(secret.clone(), &url, TokenRefresh::Never);
+    let reader = reader.with_retry(RetryPolicy { deadline: Some(Duration::from_millis(300)), ..fast_retry() });
+    ghl.clear_requests().await;
+    let err = reader.find_duplicate(Some("r@example.com"), None).await.unwrap_err();
+    assert!(matches!(err, GhlError::CredentialUnavailable(_)), "{err:?}");
+    assert!(err.is_retryable(), "a reader waits for the worker; its work is not parked");
+    assert!(ghl.requests().await.is_empty(), "no call with an expired token");
+    assert_eq!(ghl.oauth_refreshes().await, 0);
+    assert_eq!(stored_refresh_token(&secret), "rt-1");
+
+    // GHL refuses a token that has not expired: the reader still does not refresh.
+    ghl.set_behaviour(GhlBehaviour { valid_tokens: vec!["at-other".into()], ..Default::default() }).await;
+    secret.set(oauth_secret("at-revoked", "rt-1", Utc::now().timestamp() + 3600, &url));
+    let (reader2, _) = process(secret.clone(), &url, TokenRefresh::Never);
+    let err = reader2.find_duplicate(Some("r@example.com"), None).await.unwrap_err();
+    assert!(matches!(err, GhlError::CredentialUnavailable(_)), "{err:?}");
+    assert_eq!(ghl.oauth_refreshes().await, 0);
+    assert_eq!(stored_refresh_token(&secret), "rt-1");
+
+    // The worker refreshes and stores; the waiting reader picks the new token up from the secret.
+    ghl.set_behaviour(GhlBehaviour { valid_tokens: vec!["at-other".into()], ..Default::default() }).await;
+    secret.set(oauth_secret("at-live", "rt-1", Utc::now().timestamp() - 10, &url));
+    let (worker, _) = process(secret.clone(), &url, TokenRefresh::Allowed);
+    worker.find_duplicate(Some("w@example.com"), None).await.unwrap();
+    assert_eq!(ghl.oauth_refreshes().await, 1);
+    assert_ne!(stored_refresh_token(&secret), "rt-1", "the rotated refresh token is stored");
+    reader.find_duplicate(Some("r@example.com"), None).await.unwrap();
+    assert_eq!(ghl.oauth_refreshes().await, 1);
+}
+
+/// A secret whose writes take a while, so a second refresher asks GHL before the first one's
+/// new tokens are stored.
+struct SlowWrites(Arc<MemorySecret>);
+
+#[async_trait::async_trait]
+impl SecretSource for SlowWrites {
+    async fn read(&self) -> Result<SecretValue, SecretError> {
+        self.0.read().await
+    }
+    async fn write(&self, value: &str, idempotency: &str) -> Result<(), SecretError> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.0.write(value, idempotency).await
+    }
+}
+
+#[tokio::test]
+async fn two_refreshers_at_once_both_end_with_a_working_token() {
+    let (ghl, url) = start(GhlBehaviour { valid_tokens: vec!["at-unused".into()], ..Default::default() }).await;
+    let secret = Arc::new(MemorySecret::new(oauth_secret("at-old", "rt-1", Utc::now().timestamp() + 30, &url)));
+    let source: Arc<dyn SecretSource> = Arc::new(SlowWrites(secret.clone()));
+    let (a, a_tokens) = process(source.clone(), &url, TokenRefresh::Allowed);
+    let (b, b_tokens) = process(source, &url, TokenRefresh::Allowed);
+    // Both are due for a refresh and ask at the same time; GHL spends rt-1 for the first and
+    // refuses it to the second, which then finds the first one's tokens in the secret.
+    let (ra, rb) =
+        tokio::join!(a.find_duplicate(Some("a@example.com"), None), b.find_duplicate(Some("b@example.com"), None));
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(ghl.oauth_refreshes().await, 1, "one refresh token spent");
+    assert_eq!(secret.writes(), 1, "one set of tokens stored");
+    let stored: Value = serde_json::from_str(&secret.value().unwrap()).unwrap();
+    let access = stored["ghl_oauth"]["access_token"].as_str().unwrap();
+    assert_ne!(access, "at-old");
+    assert_eq!(a_tokens.token().await.unwrap().expose_secret(), access);
+    assert_eq!(b_tokens.token().await.unwrap().expose_secret(), access);
+    let log = ghl.requests().await;
+    assert!(
+        log.iter().all(|r| r.status == 200),
+        "no call was refused: {:?}",
+        log.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    // Both keep working.
+    a.find_duplicate(Some("a2@example.com"), None).await.unwrap();
+    b.find_duplicate(Some("b2@example.com"), None).await.unwrap();
+}
+
+/// A secret store that refuses the next `fail` writes as unavailable.
+struct FailingWrites {
+    inner: Arc<MemorySecret>,
+    fail: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl SecretSource for FailingWrites {
+    async fn read(&self) -> Result<SecretValue, SecretError> {
+        self.inner.read().await
+    }
+    async fn write(&self, value: &str, idempotency: &str) -> Result<(), SecretError> {
+        if self.fail.load(Ordering::SeqCst) > 0 {
+            self.fail.fetch_sub(1, Ordering::SeqCst);
+            return Err(SecretError::Unavailable("throttled".into()));
+        }
+        self.inner.write(value, idempotency).await
+    }
+}
+
+#[tokio::test]
+async fn refreshed_tokens_that_could_not_be_stored_are_kept_and_stored_later() {
+    let (ghl, url) = start(GhlBehaviour { valid_tokens: vec!["at-unused".into()], ..Default::default() }).await;
+    let secret = Arc::new(MemorySecret::new(oauth_secret("at-old", "rt-1", Utc::now().timestamp() + 30, &url)));
+    let source = Arc::new(FailingWrites { inner: secret.clone(), fail: 3.into() });
+    let (c, _) = process(source.clone(), &url, TokenRefresh::Allowed);
+    // Every write of the refresh fails: the new tokens are used, and not thrown away.
+    c.find_duplicate(Some("s1@example.com"), None).await.unwrap();
+    assert_eq!(ghl.oauth_refreshes().await, 1);
+    assert_eq!(stored_refresh_token(&secret), "rt-1", "not stored yet");
+    // The next call stores them before it uses them.
+    c.find_duplicate(Some("s2@example.com"), None).await.unwrap();
+    assert_ne!(stored_refresh_token(&secret), "rt-1", "stored once the secret store answers");
+    assert_eq!(ghl.oauth_refreshes().await, 1, "the spent refresh token is not asked for again");
+}
+
+#[tokio::test]
+async fn two_workers_refreshing_through_secrets_manager_share_one_new_token() {
+    use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator};
+    require_emulator();
+    let (ghl, url) = start(GhlBehaviour { valid_tokens: vec!["at-unused".into()], ..Default::default() }).await;
+    let stack = Stack::create(
+        StackNames::unique("ghl-oauth"),
+        StackSettings::default(),
+        Some(&oauth_secret("at-old", "rt-1", Utc::now().timestamp() + 30, &url)),
+    )
+    .await
+    .unwrap();
+    let source = || -> Arc<dyn SecretSource> {
+        Arc::new(shared::secrets::SecretsManagerSource::new(stack.sm.clone(), stack.names.secret.clone()))
+    };
+    let (a, _) = process(source(), &url, TokenRefresh::Allowed);
+    let (b, _) = process(source(), &url, TokenRefresh::Allowed);
+    let runs = (0..4).map(|i| {
+        let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move { c.find_duplicate(Some(&format!("sm{i}@example.com")), None).await }
+    });
+    for r in futures::future::join_all(runs).await {
+        r.unwrap();
+    }
+    assert_eq!(ghl.oauth_refreshes().await, 1);
+    let stored = stack.sm.get_secret_value().secret_id(&stack.names.secret).send().await.unwrap();
+    let v: Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
+    assert_ne!(v["ghl_oauth"]["refresh_token"], "rt-1");
+    assert!(v["ghl_oauth"]["expires_at"].as_i64().unwrap() > Utc::now().timestamp() + 3600);
+}
+
+#[tokio::test]
+async fn a_malformed_secret_fails_calls_without_echoing_its_values() {
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    let raw = r#"{"webhook_token":"wt-do-not-print","signing_secrets":"sig-do-not-print","read_api_key":"rk-do-not-print","ghl_token":"pit-do-not-print"}"#;
+    let (c, _) = process(Arc::new(MemorySecret::new(raw)), &url, TokenRefresh::Allowed);
+    let err = c.find_duplicate(Some("m@example.com"), None).await.unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("do-not-print"), "{text}");
+    assert!(text.contains("signing_secrets"), "the error names the key: {text}");
+    assert!(!err.is_retryable(), "a person has to fix the secret");
+    assert!(ghl.requests().await.is_empty());
 }

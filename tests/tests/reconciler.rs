@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use shared::state::StateStore;
+
 use reconciler::reconcile::{ReconcileInput, Report};
 use serde_json::{Value, json};
 use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator, secret_json};
@@ -178,6 +180,12 @@ impl Env {
         }
     }
 
+    /// What the first run of this seed queues: one upsert per person and a note and a task per hit.
+    fn stack_commands_expected(&self) -> usize {
+        let hits: usize = self.people.iter().map(|(_, h)| h).sum();
+        self.people.len() + 2 * hits
+    }
+
     async fn contacts(&self) -> Vec<Value> {
         self.ghl.state().await["locations"][LOC]["contacts"].as_array().cloned().unwrap_or_default()
     }
@@ -329,4 +337,94 @@ async fn ghl_calls_grow_with_pages_and_changes_not_with_people() {
     e.drain().await;
     let total = e.ghl.requests().await.len();
     assert!(total <= pages + 1 + 2 * k, "{total} calls for {n} people with {k} changes");
+}
+
+#[tokio::test]
+async fn a_dry_run_during_an_unfinished_run_queues_nothing_and_leaves_its_checkpoint() {
+    let e = env("dry-during", 230).await;
+    let first = e.run(ReconcileInput { max_steps: Some(2), ..Default::default() }).await;
+    assert!(!first.complete, "the real run stopped part way");
+    let store = store_of(&e);
+    let checkpoint = store.get_value("reconcile#checkpoint").await.unwrap().expect("a checkpoint");
+    let depth = e.stack.depth(&e.stack.queue_url).await.unwrap();
+
+    let dry = e.run(ReconcileInput { dry_run: true, ..Default::default() }).await;
+    assert!(dry.dry_run && dry.complete, "{dry:?}");
+    assert_ne!(dry.run_id, first.run_id, "the dry run is a run of its own");
+    assert_eq!(dry.commands_queued, 0);
+    assert_eq!(e.stack.depth(&e.stack.queue_url).await.unwrap(), depth, "the dry run queued nothing");
+    assert_eq!(store.get_value("reconcile#checkpoint").await.unwrap().as_deref(), Some(checkpoint.as_str()));
+
+    let mut last = e.run(ReconcileInput::default()).await;
+    assert_eq!(last.run_id, first.run_id, "the real run continues where it stopped");
+    while !last.complete {
+        last = e.run(ReconcileInput::default()).await;
+    }
+    assert_eq!(last.people_seen as usize, e.people.len());
+}
+
+#[tokio::test]
+async fn two_invocations_at_once_do_not_both_work() {
+    let e = env("lease", 60).await;
+    let (a, b) = tokio::join!(
+        e.reconciler.run(ReconcileInput::default(), None, &|_| {}),
+        e.reconciler.run(ReconcileInput::default(), None, &|_| {})
+    );
+    let (ok, busy): (Vec<_>, Vec<_>) = [a, b].into_iter().partition(|r| r.is_ok());
+    assert_eq!(ok.len(), 1, "exactly one invocation ran");
+    assert!(matches!(busy[0], Err(reconciler::reconcile::ReconcileError::Busy)), "{:?}", busy[0]);
+    assert_eq!(e.drain().await, e.stack_commands_expected(), "every command queued once");
+    // The lease is released: the next run works.
+    assert!(e.reconciler.run(ReconcileInput::default(), None, &|_| {}).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_login_missing_once_untags_nothing_and_missing_a_day_later_is_untagged_not_deleted() {
+    let e = env("orphans", 10).await;
+    e.run(ReconcileInput::default()).await;
+    e.drain().await;
+    let gone = "member1@example.com";
+    let id = e.contacts().await.iter().find(|c| c["email"] == gone).unwrap()["id"].as_str().unwrap().to_string();
+    assert!(e.sprout.remove_login(gone).await);
+
+    let once = e.run(ReconcileInput::default()).await;
+    assert_eq!((once.orphans, once.orphans_pending, once.orphans_untagged), (1, 1, 0), "{once:?}");
+    let tags = |c: &Value| {
+        c["tags"].as_array().unwrap().iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>()
+    };
+    let contact = e.contacts().await.into_iter().find(|c| c["id"] == id.as_str()).unwrap();
+    assert!(tags(&contact).contains(&"sv-login".to_string()), "nothing done after one run");
+
+    // A second run soon after: still within the grace.
+    let soon = e.run(ReconcileInput::default()).await;
+    assert_eq!((soon.orphans_pending, soon.orphans_untagged), (1, 0), "{soon:?}");
+
+    // A day later (the first sighting moved back 25 hours).
+    let store = store_of(&e);
+    let mark = format!("reconcile#orphan#{gone}");
+    let raw: Value = serde_json::from_str(&store.get_value(&mark).await.unwrap().unwrap()).unwrap();
+    let earlier = json!({"since": raw["since"].as_i64().unwrap() - 25 * 3600, "run": raw["run"]});
+    store.put_value(&mark, &earlier.to_string(), None).await.unwrap();
+    let dry = e.run(ReconcileInput { dry_run: true, ..Default::default() }).await;
+    assert!(
+        dry.plan.iter().any(|l| l.email == gone && l.reason.contains("login tag would be removed")),
+        "{:?}",
+        dry.plan
+    );
+    let later = e.run(ReconcileInput::default()).await;
+    assert_eq!((later.orphans_untagged, later.orphans_deleted), (1, 0), "{later:?}");
+    let contact = e.contacts().await.into_iter().find(|c| c["id"] == id.as_str()).expect("the contact is kept");
+    assert!(!tags(&contact).contains(&"sv-login".to_string()), "the login tag is removed");
+    assert!(tags(&contact).contains(&"sproutvideo".to_string()), "other tags stay");
+    let others = e
+        .contacts()
+        .await
+        .into_iter()
+        .filter(|c| c["email"] != gone)
+        .all(|c| tags(&c).contains(&"sproutvideo".to_string()));
+    assert!(others, "nobody else is touched");
+}
+
+fn store_of(e: &Env) -> shared::state::DynamoStore {
+    shared::state::DynamoStore::new(e.stack.ddb.clone(), e.stack.names.table.clone())
 }

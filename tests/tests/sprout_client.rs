@@ -1,9 +1,15 @@
 //! The SproutVideo client against the local SproutVideo.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::Response;
 use secrecy::SecretString;
-use shared::pacing::RetryPolicy;
+use shared::retry::{MAX_SERVER_WAIT, RetryPolicy};
+use shared::secrets::{MemorySecret, SecretCache};
 use shared::sprout::*;
 use sync_tests::local_sprout::{Generate, LocalSprout, SessionSeed, SproutBehaviour, SproutFaults, VideoSeed};
 use url::Url;
@@ -14,7 +20,7 @@ async fn start(b: SproutBehaviour) -> (LocalSprout, Url) {
     (sv, Url::parse(&format!("http://{addr}/v1")).unwrap())
 }
 
-fn client(url: &Url, key: &str, per_minute: u32) -> SproutClient {
+fn settings(url: &Url, per_minute: u32) -> SproutSettings {
     let mut s = SproutSettings::new(url.clone());
     s.per_minute = per_minute;
     s.retry = RetryPolicy {
@@ -23,7 +29,11 @@ fn client(url: &Url, key: &str, per_minute: u32) -> SproutClient {
         cap: Duration::from_millis(200),
         deadline: Some(Duration::from_secs(30)),
     };
-    SproutClient::new(s, SecretString::from(key.to_string())).unwrap()
+    s
+}
+
+fn client(url: &Url, key: &str, per_minute: u32) -> SproutClient {
+    SproutClient::new(settings(url, per_minute), Arc::new(StaticKey(SecretString::from(key.to_string())))).unwrap()
 }
 
 #[tokio::test]
@@ -148,4 +158,111 @@ async fn logins_and_access_grants_can_be_written() {
     let page = c.logins_page(1, 10).await.unwrap();
     assert_eq!(page.total, Some(1));
     assert!(!page.has_next);
+}
+
+// ---- cut-off answers, long waits, the key from the secret ---------------------------------
+
+/// A SproutVideo stand-in whose first `cut` answers are a 200 whose body stops halfway (the
+/// connection ends), then full answers. Returns its base URL and the request count.
+async fn cutting_server(cut: usize) -> (Url, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    let app = axum::Router::new().fallback(move || {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let full = serde_json::json!({"id": "abc123", "title": "Intro", "email": "new@example.com"}).to_string();
+            let body = if n < cut {
+                let half = axum::body::Bytes::copy_from_slice(&full.as_bytes()[..full.len() / 2]);
+                let err = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut off");
+                Body::from_stream(futures::stream::iter([Ok(half), Err(err)]))
+            } else {
+                Body::from(full)
+            };
+            Response::builder().status(StatusCode::OK).header("content-type", "application/json").body(body).unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (Url::parse(&format!("http://{addr}/v1")).unwrap(), count)
+}
+
+#[tokio::test]
+async fn a_read_whose_answer_is_cut_off_is_sent_again_within_the_deadline() {
+    let (url, count) = cutting_server(2).await;
+    let v = client(&url, "k", 1000).get_video("abc123").await.unwrap();
+    assert_eq!(v.title.as_deref(), Some("Intro"));
+    assert_eq!(count.load(Ordering::SeqCst), 3, "two cut-off answers, then a whole one");
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_is_cut_off_may_have_written_and_is_not_sent_again() {
+    let (url, count) = cutting_server(1).await;
+    let err = client(&url, "k", 1000).create_login("new@example.com", &SecretString::from("pw")).await.unwrap_err();
+    assert!(matches!(err, SproutError::MayHaveWritten(_)), "{err:?}");
+    assert!(err.is_retryable());
+    assert_eq!(count.load(Ordering::SeqCst), 1, "no blind re-send of a create");
+}
+
+#[tokio::test]
+async fn the_deadline_is_checked_after_a_cut_off_answer() {
+    let (url, count) = cutting_server(1).await;
+    let mut s = settings(&url, 1000);
+    s.retry.deadline = Some(Duration::ZERO);
+    let c = SproutClient::new(s, Arc::new(StaticKey(SecretString::from("k")))).unwrap();
+    let err = c.get_video("abc123").await.unwrap_err();
+    assert!(matches!(err, SproutError::DeadlineExceeded(_)), "{err:?}");
+    assert!(err.is_retryable());
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_huge_retry_after_ends_the_call_with_a_typed_error_instead_of_sleeping() {
+    let (sv, url) = start(SproutBehaviour::default()).await;
+    sv.set_faults(SproutFaults {
+        next_statuses: [429].into(),
+        retry_after_secs: Some(99_999_999_999),
+        ..Default::default()
+    })
+    .await;
+    let c = client(&url, "k", 1000);
+    // Were the wait slept, this would not end for years.
+    let err = tokio::time::timeout(Duration::from_secs(30), c.account())
+        .await
+        .expect("the call ends without sleeping out Retry-After")
+        .unwrap_err();
+    let SproutError::RateLimited { retry_after: Some(wait) } = err else {
+        panic!("expected a rate limit with its wait, got {err:?}");
+    };
+    assert!(wait <= MAX_SERVER_WAIT && wait > Duration::from_secs(30), "{wait:?}");
+    assert!(err.is_retryable());
+    assert_eq!(sv.requests().await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_key_is_read_from_the_secret_so_a_key_set_or_rotated_later_is_used() {
+    let (sv, url) = start(SproutBehaviour { api_keys: vec!["sv-first".into()], ..Default::default() }).await;
+    let base = r#""webhook_token":"wt","signing_secrets":["sig"],"read_api_key":"rk","ghl_token":"pit""#;
+    let secret = Arc::new(MemorySecret::new(format!("{{{base}}}")));
+    // Re-read on every call, as after the cache's TTL.
+    let keys = Arc::new(SecretApiKey::new(Arc::new(SecretCache::new(secret.clone(), Duration::ZERO))));
+    let c = SproutClient::new(settings(&url, 1000), keys).unwrap();
+    let err = c.account().await.unwrap_err();
+    assert!(matches!(err, SproutError::NoKey(_)), "{err:?}");
+    assert!(!err.is_retryable(), "a person has to put the key in the secret");
+    assert!(sv.requests().await.is_empty());
+
+    // The key is put in the secret after start.
+    secret.set(format!(r#"{{{base},"sproutvideo_api_key":"sv-first"}}"#));
+    c.account().await.unwrap();
+
+    // Rotated: SproutVideo refuses the old key; a client whose cached copy is older re-reads it.
+    let cached = Arc::new(SecretApiKey::new(Arc::new(SecretCache::new(secret.clone(), Duration::from_secs(600)))));
+    let c = SproutClient::new(settings(&url, 1000), cached).unwrap();
+    c.account().await.unwrap();
+    sv.update_behaviour(|b| b.api_keys = vec!["sv-second".into()]).await;
+    secret.set(format!(r#"{{{base},"sproutvideo_api_key":"sv-second"}}"#));
+    c.account().await.unwrap();
+    let statuses: Vec<u16> = sv.requests().await.iter().map(|r| r.status).collect();
+    assert!(statuses.ends_with(&[200, 401, 200]), "{statuses:?}");
 }

@@ -219,28 +219,197 @@ async fn an_unchanged_upsert_makes_no_call_and_a_changed_one_the_minimum() {
     assert!(paths[1].ends_with("/tags"));
 }
 
+const BOB_PHONE: &str = "+14155552671";
+
+/// Bob, already in GHL with his phone, and his record as the local GHL holds it (notes and
+/// tasks included), serialised.
+async fn seed_bob(env: &Env) -> (String, String) {
+    let id =
+        env.ghl.insert_contact(LOC, json!({"email": "bob@example.com", "firstName": "Bob", "phone": BOB_PHONE})).await;
+    let record = bob_record(env, &id).await;
+    (id, record)
+}
+
+/// Bob's record by id, so a change of his email shows as a difference too.
+async fn bob_record(env: &Env, id: &str) -> String {
+    let c = env.contacts().await.into_iter().find(|c| c["id"] == id);
+    c.unwrap_or_else(|| panic!("Bob's contact {id} is gone")).to_string()
+}
+
+async fn conflict_of(w: &Worker, e: &str) -> Value {
+    let raw =
+        w.store.get_value(&format!("conflict#{e}")).await.unwrap().unwrap_or_else(|| panic!("no conflict for {e}"));
+    serde_json::from_str(&raw).unwrap()
+}
+
+fn upsert_with_phone(event: &str, e: &str, first: &str, phone: &str) -> SyncCommand {
+    let mut d = DesiredContact::new(email(e));
+    d.first_name = Some(first.into());
+    d.phone = Some(Phone::parse(phone, "US").unwrap());
+    SyncCommand::new(event, "upsert_contact", Utc::now(), CommandBody::UpsertContact { contact: d })
+}
+
+/// No request the worker sent carried Bob's phone in a body.
+async fn no_write_carried(env: &Env, phone: &str) {
+    for r in env.ghl.requests().await {
+        assert!(!r.body.to_string().contains(phone), "{} {} sent the phone: {}", r.method, r.path, r.body);
+    }
+}
+
 #[tokio::test]
-async fn an_email_and_phone_of_two_different_contacts_are_not_merged() {
-    let env = Env::new("conflict", GhlBehaviour::default(), None).await;
+async fn eve_with_bobs_phone_is_written_without_it_and_bob_is_untouched() {
+    let env = Env::new("eve", GhlBehaviour::default(), None).await;
     let w = env.worker().await;
-    let phone = Phone::parse("+14155552671", "US").unwrap();
+    let (bob_id, bob_before) = seed_bob(&env).await;
+
+    let out = w.process_batch(vec![msg("e", &upsert_with_phone("e1", "eve@example.com", "Eve", BOB_PHONE))]).await;
+    assert_eq!((out.applied, out.parked, out.failed.len()), (1, 0, 0), "{out:?}");
+    assert_eq!(out.identity_conflicts, 1);
+    assert!(w.emf_line(&out).contains("\"IdentityConflicts\":1"), "{}", w.emf_line(&out));
+
+    assert_eq!(bob_record(&env, &bob_id).await, bob_before, "Bob's record is byte-for-byte unchanged");
+    let eve = env.contact("eve@example.com").await;
+    assert_ne!(eve["id"], bob_id.as_str());
+    assert_eq!(eve["firstName"], "Eve");
+    assert!(eve.get("phone").is_none_or(Value::is_null), "Eve has no phone: {eve}");
+    no_write_carried(&env, BOB_PHONE).await;
+
+    let conflict = conflict_of(&w, "eve@example.com").await;
+    assert_eq!(conflict["field"], "phone");
+    assert_eq!(conflict["other_contact_id"], bob_id.as_str());
+    assert_eq!(conflict["contact_id"], eve["id"]);
+    assert_eq!(conflict["parked"], false);
+    assert!(!conflict.to_string().contains("5552671"), "the record keeps only the last digits: {conflict}");
+    assert!(conflict["at"].as_str().is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()));
+
+    // A repair (the reconciler's forced upsert) checks again and still leaves Bob alone.
+    let mut d = DesiredContact::new(email("eve@example.com"));
+    d.first_name = Some("Eve".into());
+    d.phone = Some(Phone::parse(BOB_PHONE, "US").unwrap());
+    let repair = SyncCommand::new("e2", "repair_contact", Utc::now(), CommandBody::RepairContact { contact: d });
+    let out = w.process_batch(vec![msg("r", &repair)]).await;
+    assert_eq!((out.applied, out.identity_conflicts), (1, 1), "{out:?}");
+    assert_eq!(bob_record(&env, &bob_id).await, bob_before);
+}
+
+#[tokio::test]
+async fn a_note_for_a_new_person_with_bobs_phone_creates_her_without_it() {
+    let env = Env::new("evenote", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    let (bob_id, bob_before) = seed_bob(&env).await;
+    let eve = Identity { email: email("eve@example.com"), phone: Some(Phone::parse(BOB_PHONE, "US").unwrap()) };
+    let n = SyncCommand::new("e1", "add_note", Utc::now(), CommandBody::AddNote { identity: eve, body: "Hi".into() });
+    let out = w.process_batch(vec![msg("n", &n)]).await;
+    assert_eq!((out.applied, out.parked, out.identity_conflicts), (1, 0, 1), "{out:?}");
+    assert_eq!(bob_record(&env, &bob_id).await, bob_before, "no note and no field landed on Bob");
+    let eve = env.contact("eve@example.com").await;
+    assert!(eve.get("phone").is_none_or(Value::is_null), "{eve}");
+    assert_eq!(eve["notes"].as_array().unwrap().len(), 1);
+    no_write_carried(&env, BOB_PHONE).await;
+    assert_eq!(conflict_of(&w, "eve@example.com").await["other_contact_id"], bob_id.as_str());
+}
+
+#[tokio::test]
+async fn an_email_and_phone_of_two_different_contacts_are_parked_when_the_mapping_says_so() {
+    let env = Env::new("conflict", GhlBehaviour::default(), None).await;
+    let mapping = std::env::temp_dir().join(format!("mapping-park-{}.toml", sync_tests::local_ghl::new_id()));
+    let text = shared::mapping::DEFAULT_MAPPING
+        .replace("on_phone_conflict = \"write_without_phone\"", "on_phone_conflict = \"park\"");
+    assert!(text.contains("\"park\""));
+    std::fs::write(&mapping, text).unwrap();
+    let w = env.worker_with(&[("SYNC_MAPPING_FILE", mapping.to_str().unwrap())]).await;
     // Two people already in GHL: one with the email, another with the phone.
-    let mut other = DesiredContact::new(email("phone.owner@example.com"));
-    other.phone = Some(phone.clone());
     w.process_batch(vec![
         msg("a", &upsert("e1", "mail.owner@example.com", None)),
-        msg("b", &SyncCommand::new("e2", "upsert_contact", Utc::now(), CommandBody::UpsertContact { contact: other })),
+        msg("b", &upsert_with_phone("e2", "phone.owner@example.com", "Phil", BOB_PHONE)),
     ])
     .await;
-    let mut both = DesiredContact::new(email("mail.owner@example.com"));
-    both.phone = Some(phone);
-    let c = SyncCommand::new("e3", "upsert_contact", Utc::now(), CommandBody::UpsertContact { contact: both });
+    let owner_before = env.contact("phone.owner@example.com").await.to_string();
+    let mail_before = env.contact("mail.owner@example.com").await.to_string();
+    let c = upsert_with_phone("e3", "mail.owner@example.com", "Mel", BOB_PHONE);
     let out = w.process_batch(vec![msg("c", &c)]).await;
-    assert_eq!(out.parked, 1, "{out:?}");
+    assert_eq!((out.parked, out.identity_conflicts), (1, 1), "{out:?}");
     let parked = env.stack.receive(&env.stack.dlq_url, 10, 30).await.unwrap();
     let reason = parked[0].message_attributes.as_ref().unwrap()["reason"].string_value().unwrap().to_string();
     assert!(reason.contains("identity conflict"), "{reason}");
-    assert_eq!(env.contact("mail.owner@example.com").await["phone"], Value::Null);
+    assert!(!reason.contains("5552671"), "the reason does not carry the phone: {reason}");
+    assert_eq!(env.contact("mail.owner@example.com").await.to_string(), mail_before, "nothing written");
+    assert_eq!(env.contact("phone.owner@example.com").await.to_string(), owner_before);
+    assert_eq!(conflict_of(&w, "mail.owner@example.com").await["parked"], true);
+}
+
+#[tokio::test]
+async fn a_contact_deleted_in_ghl_between_two_notes_gets_the_second_note_on_the_new_contact() {
+    let env = Env::new("gone", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    w.process_batch(vec![msg("u", &upsert("e0", "ada@example.com", Some("Ada")))]).await;
+    let first = w.process_batch(vec![msg("n1", &note("e1", "ada@example.com", "first"))]).await;
+    assert_eq!(first.applied, 1);
+    let old_id = env.contact("ada@example.com").await["id"].as_str().unwrap().to_string();
+    // Someone deletes (or merges away) the contact in GHL.
+    assert!(w.ghl.delete_contact(&old_id).await.unwrap());
+
+    let second = w.process_batch(vec![msg("n2", &note("e2", "ada@example.com", "second"))]).await;
+    assert_eq!((second.applied, second.parked, second.failed.len()), (1, 0, 0), "{second:?}");
+    let ada = env.contact("ada@example.com").await;
+    assert_ne!(ada["id"], old_id.as_str(), "a new contact for the same person");
+    let notes = ada["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 1);
+    assert!(notes[0]["body"].as_str().unwrap().starts_with("second"));
+    let person = w.store.person(&email("ada@example.com")).await.unwrap().unwrap();
+    assert_eq!(person.contact_id, ada["id"].as_str().unwrap(), "the recorded id healed");
+
+    // The next upsert of her state writes her fields onto the new contact (the old hash is gone).
+    let again = w.process_batch(vec![msg("u2", &upsert("e3", "ada@example.com", Some("Ada")))]).await;
+    assert_eq!(again.applied, 1, "{again:?}");
+    assert_eq!(env.contact("ada@example.com").await["firstName"], "Ada");
+}
+
+#[tokio::test]
+async fn a_note_create_answered_with_an_unreadable_body_makes_one_note_after_redelivery() {
+    let env = Env::new("garbage", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    w.process_batch(vec![msg("u", &upsert("e1", "garb@example.com", None))]).await;
+    env.ghl
+        .push_fault(ScriptedFault {
+            kind: FaultKind::WriteThenGarbage,
+            method: Some("POST".into()),
+            path_contains: Some("/notes".into()),
+        })
+        .await;
+    let n = note("e1", "garb@example.com", "Hello");
+    let first = w.process_batch(vec![msg("n", &n)]).await;
+    assert_eq!((first.failed.len(), first.parked), (1, 0), "retried, not parked: {first:?}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = w.process_batch(vec![msg("n", &n)]).await;
+    assert_eq!((second.failed.len(), second.unchanged), (0, 1), "{second:?}");
+    assert_eq!(env.contact("garb@example.com").await["notes"].as_array().unwrap().len(), 1);
+    let posts = env.ghl.requests().await.iter().filter(|r| r.method == "POST" && r.path.ends_with("/notes")).count();
+    assert_eq!(posts, 1, "the redelivery found the note instead of writing another");
+}
+
+#[tokio::test]
+async fn a_refused_note_create_releases_its_claim_and_is_written_on_redrive() {
+    let env = Env::new("refused", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    w.process_batch(vec![msg("u", &upsert("e1", "ref@example.com", None))]).await;
+    env.ghl
+        .push_fault(ScriptedFault {
+            kind: FaultKind::Status { status: 401 },
+            method: Some("POST".into()),
+            path_contains: Some("/notes".into()),
+        })
+        .await;
+    let n = note("e1", "ref@example.com", "Hello");
+    let first = w.process_batch(vec![msg("n", &n)]).await;
+    assert_eq!(first.parked, 1, "a refused credential is parked: {first:?}");
+    env.ghl.clear_requests().await;
+    // The redrive writes at once: nothing could have landed, so there is nothing to look for.
+    let redrive = w.process_batch(vec![msg("n", &n)]).await;
+    assert_eq!(redrive.applied, 1, "{redrive:?}");
+    let paths: Vec<String> = env.ghl.requests().await.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+    assert!(paths.iter().all(|p| !p.starts_with("GET")), "no look before the write: {paths:?}");
+    assert_eq!(env.contact("ref@example.com").await["notes"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -11,9 +11,9 @@ use shared::commands::{CommandBody, DesiredContact, Source, SyncCommand};
 use shared::ghl::{GhlClient, GhlSettings, StaticToken};
 use shared::identity::{Email, Identity, Phone};
 use shared::mapping::{ContactInput, CustomFieldCatalog, Mapping, Origin, WatchFacts};
-use shared::pacing::RetryPolicy;
 use shared::queue::{CommandQueue, DedupId, MemoryQueue, MessageGroupId};
-use shared::sprout::{SproutClient, SproutSettings};
+use shared::retry::RetryPolicy;
+use shared::sprout::{SproutClient, SproutSettings, StaticKey};
 use shared::state::{Claim, ManualClock, MemoryStore, StateStore};
 use sync_tests::local_ghl::{FaultKind, GhlBehaviour, LocalGhl, ScriptedFault};
 use sync_tests::local_sprout::{LocalSprout, SessionSeed, SproutBehaviour, VideoSeed};
@@ -28,6 +28,7 @@ const GRACE: Duration = Duration::from_secs(4);
 
 struct World {
     ghl: LocalGhl,
+    sprout: LocalSprout,
     clock: ManualClock,
     store: Arc<MemoryStore>,
     queue: Arc<MemoryQueue>,
@@ -36,10 +37,17 @@ struct World {
 
 impl World {
     async fn new() -> Self {
-        Self::with_sprout(None).await
+        Self::with_mapping(Mapping::default_mapping()).await
     }
 
-    async fn with_sprout(sprout: Option<SproutClient>) -> Self {
+    async fn with_mapping(mapping: Mapping) -> Self {
+        let sprout = LocalSprout::new(SproutBehaviour::default());
+        let sprout_url = format!("http://{}/v1", sprout.spawn("127.0.0.1:0").await.unwrap());
+        let sprout_client = SproutClient::new(
+            SproutSettings::new(Url::parse(&sprout_url).unwrap()),
+            Arc::new(StaticKey(SecretString::from("sv-key"))),
+        )
+        .unwrap();
         let ghl = LocalGhl::new(GhlBehaviour::default());
         let addr = ghl.spawn("127.0.0.1:0").await.unwrap();
         let mut settings = GhlSettings::new(Url::parse(&format!("http://{addr}/")).unwrap(), LOC);
@@ -60,15 +68,16 @@ impl World {
             store: store.clone(),
             queues: queue.clone(),
             commands: queue.clone(),
-            sprout,
-            mapping: Arc::new(Mapping::default_mapping()),
+            sprout: sprout_client,
+            mapping: Arc::new(mapping),
             lease: LEASE,
             ambiguity_grace: GRACE,
             retry_base_secs: 5,
             concurrency: 4,
             lookback_days: 30,
+            identity_conflicts: Default::default(),
         };
-        Self { ghl, clock, store, queue, worker }
+        Self { ghl, sprout, clock, store, queue, worker }
     }
 
     async fn contact(&self, email: &str) -> Value {
@@ -308,8 +317,11 @@ async fn permanent_failures_are_parked_with_their_reasons_and_ids() {
 }
 
 #[tokio::test]
-async fn an_email_and_a_phone_of_two_different_contacts_are_parked_not_merged() {
-    let w = World::new().await;
+async fn an_email_and_a_phone_of_two_different_contacts_are_parked_when_the_mapping_says_so() {
+    let text = shared::mapping::DEFAULT_MAPPING
+        .replace("on_phone_conflict = \"write_without_phone\"", "on_phone_conflict = \"park\"");
+    assert!(text.contains("\"park\""));
+    let w = World::with_mapping(Mapping::from_toml(&text).unwrap()).await;
     let phone = Phone::parse("+14155552671", "US").unwrap();
     let mut phone_owner = DesiredContact::new(email("phone.owner@example.com"));
     phone_owner.phone = Some(phone.clone());
@@ -375,9 +387,9 @@ async fn addresses_sqs_would_refuse_as_group_ids_travel_and_apply() {
 
 #[tokio::test]
 async fn a_rule_acts_once_whichever_path_saw_the_watch_first() {
-    let sprout = LocalSprout::new(SproutBehaviour::default());
-    let sprout_url = format!("http://{}/v1", sprout.spawn("127.0.0.1:0").await.unwrap());
-    let vid = sprout
+    let w = World::new().await;
+    let vid = w
+        .sprout
         .add_video(VideoSeed {
             title: "Pricing walkthrough".into(),
             duration: Some(200.0),
@@ -385,7 +397,7 @@ async fn a_rule_acts_once_whichever_path_saw_the_watch_first() {
             ..Default::default()
         })
         .await;
-    sprout
+    w.sprout
         .add_session(SessionSeed {
             video_id: vid.clone(),
             vemail: Some("lead@example.com".into()),
@@ -393,9 +405,6 @@ async fn a_rule_acts_once_whichever_path_saw_the_watch_first() {
             ..Default::default()
         })
         .await;
-    let client =
-        SproutClient::new(SproutSettings::new(Url::parse(&sprout_url).unwrap()), SecretString::from("sv-key")).unwrap();
-    let w = World::with_sprout(Some(client)).await;
 
     // A signed event reports the watch first.
     let mapping = Mapping::default_mapping();

@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use shared::config::{Config, init_tracing};
 use shared::deps::Deps;
+use shared::ghl::TokenRefresh;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
-    let deps = Deps::new(Config::from_env()?).await?;
+    // The intake may not write the secret: it never refreshes the GHL token.
+    let deps = Deps::with_token_refresh(Config::from_env()?, TokenRefresh::Never).await?;
     let app = intake::router(intake::AppState {
         secrets: deps.secrets.clone(),
         queue: Arc::new(deps.queue.clone()),

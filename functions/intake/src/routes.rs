@@ -6,15 +6,17 @@
 //! - `GET /v1/contacts/{email}`: the contact view (bearer read key).
 //! - `GET /health`: liveness.
 //!
-//! Nothing is acknowledged (202) until SQS accepted every message of the event; a queue failure
-//! answers 503 so the sender retries.
+//! Authentication and body limits are extractors (`extract`); this module maps every refusal
+//! to its HTTP answer. Nothing is acknowledged (202) until SQS accepted every message of the
+//! event; a queue failure answers 503 so the sender retries.
+
+mod extract;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -23,8 +25,9 @@ use shared::mapping::Mapping;
 use shared::queue::CommandQueue;
 use shared::secrets::SecretCache;
 
-use crate::events::{self, InputError, MAX_BODY};
-use crate::{auth, view};
+pub use self::extract::{ReadKey, Refusal, SignedEvent, WebhookBody};
+use crate::events::{self, InputError};
+use crate::view;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -37,7 +40,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhooks/sproutvideo/{token}", post(sproutvideo_webhook))
-        .route("/v1/events", post(events))
+        .route("/v1/events", post(signed_event))
         .route("/v1/contacts/{email}", get(contact_view))
         .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
@@ -51,34 +54,46 @@ fn error(status: StatusCode, msg: &str) -> Response {
     (status, axum::Json(json!({ "error": msg }))).into_response()
 }
 
-fn unauthorized() -> Response {
-    // One answer whatever was wrong, so a caller learns nothing about which check failed.
-    error(StatusCode::UNAUTHORIZED, "unauthorized")
+fn retry_later(msg: &str) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], axum::Json(json!({ "error": msg }))).into_response()
 }
 
-fn input_error(e: InputError) -> Response {
-    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-    (status, axum::Json(e)).into_response()
+/// 400 for a body that is not a JSON object, 422 naming the field, 413 too large, 415 not JSON.
+impl IntoResponse for InputError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            InputError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            InputError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            InputError::Malformed(_) => StatusCode::BAD_REQUEST,
+            InputError::Field { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let body = match self {
+            InputError::Field { field, reason } => json!({ "error": reason, "field": field }),
+            other => json!({ "error": other.to_string() }),
+        };
+        (status, axum::Json(body)).into_response()
+    }
 }
 
-async fn read_body(body: Body) -> Result<bytes::Bytes, Response> {
-    axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body is larger than {} KiB", MAX_BODY / 1024)))
-}
-
-fn is_json(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).is_some_and(|m| {
-        let m = m.trim().to_ascii_lowercase();
-        m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-    })
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            // One answer whatever was wrong, so a caller learns nothing about which check failed.
+            Refusal::Unauthorized => error(StatusCode::UNAUTHORIZED, "unauthorized"),
+            Refusal::SecretUnavailable(e) => {
+                tracing::error!(error = %e, "secret unavailable");
+                retry_later("temporarily unavailable; retry later")
+            }
+            Refusal::Input(e) => e.into_response(),
+        }
+    }
 }
 
 /// Sends an accepted event's commands; 202 only once the queue took every one.
 async fn enqueue(state: &AppState, accepted: events::AcceptedEvent) -> Response {
     match state.queue.send(&accepted.commands).await {
         Ok(()) => {
-            tracing::info!(event_id = %accepted.id, kind = %accepted.kind, commands = accepted.commands.len(), "event queued");
+            tracing::info!(event_id = %accepted.id, kind = accepted.kind, commands = accepted.commands.len(), "event queued");
             (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({ "accepted": true, "event_id": accepted.id, "commands": accepted.commands.len() })),
@@ -97,78 +112,29 @@ async fn enqueue(state: &AppState, accepted: events::AcceptedEvent) -> Response 
     }
 }
 
-fn secrets_unavailable(e: &shared::secrets::SecretError) -> Response {
-    tracing::error!(error = %e, "secret unavailable");
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, "5")],
-        axum::Json(json!({ "error": "temporarily unavailable; retry later" })),
-    )
-        .into_response()
-}
-
-async fn sproutvideo_webhook(State(state): State<AppState>, Path(token): Path<String>, body: Body) -> Response {
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let secrets = match state.secrets.get().await {
-        Ok(s) => s,
-        Err(e) => return secrets_unavailable(&e),
-    };
-    if !auth::token_matches(&secrets.webhook_token, &token) {
-        return unauthorized();
-    }
+async fn sproutvideo_webhook(State(state): State<AppState>, WebhookBody(body): WebhookBody) -> Response {
     match events::webhook_commands(&body) {
         Ok(a) => enqueue(&state, a).await,
-        Err(e) => input_error(e),
+        Err(e) => e.into_response(),
     }
 }
 
-async fn events(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if !is_json(&headers) {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
-    }
-    let secrets = match state.secrets.get().await {
-        Ok(s) => s,
-        Err(e) => return secrets_unavailable(&e),
-    };
-    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let now = chrono::Utc::now().timestamp();
-    if !auth::verify_signature(&secrets.signing_secrets, h("x-signature-timestamp"), h("x-signature"), &body, now) {
-        return unauthorized();
-    }
+async fn signed_event(State(state): State<AppState>, SignedEvent(body): SignedEvent) -> Response {
     match events::event_commands(&state.mapping, &body) {
         Ok(a) => enqueue(&state, a).await,
         Err(e) => {
-            tracing::info!(status = e.status, field = ?e.field, "event refused");
-            input_error(e)
+            let field = e.field_name().map(str::to_string);
+            let response = e.into_response();
+            tracing::info!(status = response.status().as_u16(), field, "event refused");
+            response
         }
     }
 }
 
-async fn contact_view(State(state): State<AppState>, headers: HeaderMap, Path(email): Path<String>) -> Response {
-    let secrets = match state.secrets.get().await {
-        Ok(s) => s,
-        Err(e) => return secrets_unavailable(&e),
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !auth::token_matches(&secrets.read_api_key, presented) {
-        return unauthorized();
-    }
+async fn contact_view(State(state): State<AppState>, _: ReadKey, Path(email): Path<String>) -> Response {
     let email = match shared::identity::Email::parse(&email) {
         Ok(e) => e,
-        Err(e) => {
-            return input_error(InputError { status: 422, error: e.to_string(), field: Some("email".into()) });
-        }
+        Err(e) => return InputError::field("email", e.to_string()).into_response(),
     };
     match view::contact_view(&state.ghl, &email).await {
         Ok(Some(view)) => axum::Json(view).into_response(),
@@ -178,5 +144,46 @@ async fn contact_view(State(state): State<AppState>, headers: HeaderMap, Path(em
             let status = if e.is_retryable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
             error(status, &format!("GHL could not be read: {e}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn answer(r: impl IntoResponse) -> (StatusCode, serde_json::Value, Option<String>) {
+        let r = r.into_response();
+        let status = r.status();
+        let retry = r.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_string());
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap(), retry)
+    }
+
+    #[tokio::test]
+    async fn each_refusal_has_its_status_and_a_json_reason() {
+        let cases: Vec<(Refusal, u16, serde_json::Value)> = vec![
+            (InputError::TooLarge.into(), 413, json!({"error": "body is larger than 256 KiB"})),
+            (InputError::NotJson.into(), 415, json!({"error": "Content-Type must be application/json"})),
+            (
+                InputError::Malformed("body must be a JSON object".into()).into(),
+                400,
+                json!({"error": "body must be a JSON object"}),
+            ),
+            (
+                InputError::field("contact.email", "is required").into(),
+                422,
+                json!({"error": "is required", "field": "contact.email"}),
+            ),
+            (Refusal::Unauthorized, 401, json!({"error": "unauthorized"})),
+        ];
+        for (refusal, status, body) in cases {
+            let (s, b, retry) = answer(refusal).await;
+            assert_eq!((s.as_u16(), b), (status, body));
+            assert_eq!(retry, None);
+        }
+        let (s, b, retry) = answer(Refusal::SecretUnavailable(shared::secrets::SecretError::Conflict)).await;
+        assert_eq!((s, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("5")));
+        assert_eq!(b, json!({"error": "temporarily unavailable; retry later"}), "no detail about the secret");
     }
 }

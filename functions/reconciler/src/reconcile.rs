@@ -11,8 +11,19 @@
 //!    percent per video, last activity), kept per person in the state table for the run;
 //! 4. `diff`: per person, desired state and rule actions against GHL (read in bulk with search
 //!    by the sync tag, `searchAfter` paging) and the idempotency ledger; differences are queued;
-//! 5. `orphans`: contacts tagged as logins that no longer exist in SproutVideo (reported; deleted
-//!    only when configured).
+//! 5. `orphans`: contacts tagged as logins whose SproutVideo login is gone. A contact is only
+//!    judged by an unfiltered run, only when the sync's own record says it wrote that contact
+//!    under that email, and only after its login was missing from two complete runs at least a
+//!    day apart. Then the login tag is removed (the contact and its history stay); deletion is
+//!    opt-in and capped per run. A dry run shows what would happen and records nothing.
+//!
+//! Runs and checkpoints:
+//! - one run at a time: a run holds a lease in the state table while it works; a second
+//!   invocation that finds the lease held stops at once and says so;
+//! - a dry run has its own checkpoint and scratch data: it never resumes, changes or finishes a
+//!   real run, and never queues;
+//! - the checkpoint stays a few hundred bytes whatever the backfill's size (page lists are
+//!   counted, not named; plan lines are capped).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -26,16 +37,23 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::time::Instant;
 
-use shared::commands::{CommandBody, DesiredContact, Source, SyncCommand};
+use shared::commands::{CommandBody, DesiredContact, IdempotencyKey, Source, SyncCommand};
 use shared::facts::rule_commands;
 use shared::ghl::{Contact, GhlClient, GhlError, SearchFilter, SearchPaging, SearchRequest};
 use shared::identity::Email;
 use shared::mapping::{ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, WatchFacts};
 use shared::queue::{CommandQueue, QueueError};
 use shared::sprout::{MAX_PER_PAGE, SessionQuery, SproutClient, SproutError};
-use shared::state::{StateError, StateStore};
+use shared::state::{Claim, StateError, StateStore};
 
 const CHECKPOINT: &str = "reconcile#checkpoint";
+const DRY_CHECKPOINT: &str = "reconcile#checkpoint#dry";
+/// A contact whose login was first found missing, by email: `{"since": unix seconds, "run": id}`.
+const ORPHAN_PREFIX: &str = "reconcile#orphan#";
+/// How long a login must have been missing (across complete runs) before the contact is acted on.
+const ORPHAN_GRACE_SECS: i64 = 24 * 3600;
+/// A run's lease when the invocation has no deadline (a local run).
+const LOCAL_LEASE: Duration = Duration::from_secs(3600);
 const LAST_REPORT: &str = "reconcile#last";
 /// Scratch data of a run lives this long.
 const SCRATCH_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
@@ -77,6 +95,11 @@ pub enum ReconcileError {
     Mapping(#[from] MappingError),
     #[error("invalid input: {0}")]
     Input(String),
+    #[error(
+        "another reconciliation run holds the lease (a scheduled run still working, or one that stopped \
+         less than its lease ago); this invocation did nothing"
+    )]
+    Busy,
 }
 
 /// One line of the plan.
@@ -101,7 +124,11 @@ pub struct Report {
     pub to_create: u64,
     pub to_update: u64,
     pub actions_pending: u64,
+    /// Contacts whose login is missing in this run (including those still within their grace).
     pub orphans: u64,
+    /// Of those, first found missing now or less than a day ago: nothing done yet.
+    pub orphans_pending: u64,
+    pub orphans_untagged: u64,
     pub orphans_deleted: u64,
     pub commands_queued: u64,
     pub ghl_calls: u64,
@@ -131,9 +158,9 @@ struct Checkpoint {
     page: u32,
     /// Video pages stored for this run.
     video_pages: u32,
-    /// Names of the per-page lists of people first seen on that page, in order.
-    people_pages: Vec<String>,
-    /// Next entry of `people_pages` to diff.
+    /// How many lists of people first seen on a page were stored (`new#0`, `new#1`, ...).
+    people_pages: usize,
+    /// Next list to diff.
     diff_index: usize,
     started_at: i64,
     report: Report,
@@ -180,6 +207,8 @@ pub struct Reconciler {
     pub lookback_days: u32,
     pub plan_lines: usize,
     pub delete_orphans: bool,
+    /// Most contacts deleted in one run when `delete_orphans` is on.
+    pub max_orphan_deletes: u64,
     /// Stop this long before the deadline.
     pub safety_margin: Duration,
     /// Contacts per GHL search page ([`SEARCH_PAGE`]).
@@ -206,10 +235,37 @@ impl Reconciler {
         deadline: Option<Instant>,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<Report, ReconcileError> {
+        let lease_key = IdempotencyKey::derive(
+            &Source::Reconcile(if input.dry_run { "lease:dry" } else { "lease" }.into()),
+            None,
+            "reconcile_run",
+        );
+        let lease = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()) + self.safety_margin,
+            None => LOCAL_LEASE,
+        };
+        match self.store.claim(&lease_key, lease).await? {
+            Claim::Fresh | Claim::Retake { .. } => {}
+            Claim::Busy | Claim::Done { .. } => return Err(ReconcileError::Busy),
+        }
+        let out = self.run_leased(input, deadline, progress).await;
+        if let Err(e) = self.store.release(&lease_key).await {
+            tracing::warn!(error = %e, "could not release the run lease; the next run waits for it to lapse");
+        }
+        out
+    }
+
+    async fn run_leased(
+        &self,
+        input: ReconcileInput,
+        deadline: Option<Instant>,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Report, ReconcileError> {
         let started = Instant::now();
         let ghl_before = self.ghl.stats().requests.load(Ordering::Relaxed);
         let sprout_before = self.sprout.requests_sent();
-        let existing = match self.store.get_value(CHECKPOINT).await? {
+        let checkpoint = checkpoint_name(input.dry_run);
+        let existing = match self.store.get_value(checkpoint).await? {
             Some(raw) if !input.restart => serde_json::from_str::<Checkpoint>(&raw).ok(),
             _ => None,
         };
@@ -237,10 +293,12 @@ impl Reconciler {
         report.duration_ms += started.elapsed().as_millis() as u64;
         report.complete = finished;
         if finished {
-            self.store.delete_value(CHECKPOINT).await?;
-            let mut last = report.clone();
-            last.plan.clear();
-            self.store.put_value(LAST_REPORT, &serde_json::to_string(&last).expect("report"), None).await?;
+            self.store.delete_value(checkpoint).await?;
+            if !report.dry_run {
+                let mut last = report.clone();
+                last.plan.clear();
+                self.store.put_value(LAST_REPORT, &serde_json::to_string(&last).expect("report"), None).await?;
+            }
         } else {
             run.cp.report = report.clone();
             self.save(&run.cp).await?;
@@ -259,7 +317,7 @@ impl Reconciler {
             stage: Stage::Videos,
             page: 1,
             video_pages: 0,
-            people_pages: Vec::new(),
+            people_pages: 0,
             diff_index: 0,
             started_at: Utc::now().timestamp(),
             report: Report {
@@ -276,7 +334,8 @@ impl Reconciler {
     async fn save(&self, cp: &Checkpoint) -> Result<(), ReconcileError> {
         let mut slim = cp.clone();
         slim.report.plan.truncate(self.plan_lines);
-        self.store.put_value(CHECKPOINT, &serde_json::to_string(&slim).expect("checkpoint"), Some(SCRATCH_TTL)).await?;
+        let name = checkpoint_name(cp.input.dry_run);
+        self.store.put_value(name, &serde_json::to_string(&slim).expect("checkpoint"), Some(SCRATCH_TTL)).await?;
         Ok(())
     }
 }
@@ -347,7 +406,7 @@ impl Run<'_> {
                             frags.entry(e).or_default().login = true;
                         }
                     }
-                    let new = self.merge_people(frags, &format!("logins#{}", self.cp.page)).await?;
+                    let new = self.merge_people(frags).await?;
                     progress(&format!(
                         "logins: page {} ({} logins, {} new people)",
                         self.cp.page,
@@ -375,7 +434,7 @@ impl Run<'_> {
                             entry.1 = entry.1.max(at);
                         }
                     }
-                    let new = self.merge_people(frags, &format!("sessions#{}", self.cp.page)).await?;
+                    let new = self.merge_people(frags).await?;
                     progress(&format!(
                         "sessions: page {} ({} sessions, {} new people)",
                         self.cp.page,
@@ -385,14 +444,14 @@ impl Run<'_> {
                     self.advance(page.has_next && !page.items.is_empty(), Stage::Diff);
                 }
                 Stage::Diff => {
-                    if self.cp.diff_index >= self.cp.people_pages.len() {
+                    if self.cp.diff_index >= self.cp.people_pages {
                         self.cp.stage = Stage::Orphans;
                         self.checkpoint().await?;
                         continue;
                     }
                     self.load_videos().await?;
                     self.load_actual(progress).await?;
-                    let name = self.cp.people_pages[self.cp.diff_index].clone();
+                    let name = self.key(&format!("new#{}", self.cp.diff_index));
                     let emails: Vec<String> = match self.r.store.get_value(&name).await? {
                         Some(raw) => serde_json::from_str(&raw).unwrap_or_default(),
                         None => Vec::new(),
@@ -401,7 +460,7 @@ impl Run<'_> {
                     progress(&format!(
                         "diff: {}/{} ({} people, {} commands)",
                         self.cp.diff_index + 1,
-                        self.cp.people_pages.len(),
+                        self.cp.people_pages,
                         emails.len(),
                         queued
                     ));
@@ -449,7 +508,7 @@ impl Run<'_> {
     }
 
     /// Merges a page's fragments into the run's per-person aggregates; records who is new.
-    async fn merge_people(&mut self, frags: HashMap<String, Aggregate>, page: &str) -> Result<usize, ReconcileError> {
+    async fn merge_people(&mut self, frags: HashMap<String, Aggregate>) -> Result<usize, ReconcileError> {
         if frags.is_empty() {
             return Ok(0);
         }
@@ -473,12 +532,12 @@ impl Run<'_> {
         let n = new_people.len();
         if n > 0 {
             new_people.sort();
-            let list = self.key(&format!("new#{page}"));
+            let list = self.key(&format!("new#{}", self.cp.people_pages));
             self.r
                 .store
                 .put_value(&list, &serde_json::to_string(&new_people).expect("list"), Some(SCRATCH_TTL))
                 .await?;
-            self.cp.people_pages.push(list);
+            self.cp.people_pages += 1;
             self.cp.report.people_seen += n as u64;
         }
         Ok(n)
@@ -658,42 +717,101 @@ impl Run<'_> {
         Ok((!reasons.is_empty()).then(|| reasons.join("; ")))
     }
 
+    /// Contacts tagged as logins whose login is gone, judged over complete runs (see the module
+    /// header). Only unfiltered runs judge: a run limited to some emails did not list everyone.
     async fn orphans(&mut self) -> Result<(), ReconcileError> {
         let Some(login_tag) = self.r.mapping.tags.login.clone() else { return Ok(()) };
+        if self.filter.is_some() {
+            return Ok(());
+        }
         let candidates: Vec<(String, String)> = self
             .actual
             .as_ref()
             .map(|a| {
                 a.iter()
                     .filter(|(_, c)| c.tags.iter().any(|t| t.eq_ignore_ascii_case(&login_tag)))
-                    .filter(|(e, _)| self.filter.as_ref().is_none_or(|f| f.contains(*e)))
                     .map(|(e, c)| (e.clone(), c.id.clone()))
                     .collect()
             })
             .unwrap_or_default();
+        let now = Utc::now().timestamp();
+        let mut deleted_this_run = 0u64;
         for chunk in candidates.chunks(100) {
             let names: Vec<String> = chunk.iter().map(|(e, _)| self.key(&format!("p#{e}"))).collect();
             let known = self.r.store.get_values(&names).await?;
+            let marks: Vec<String> = chunk.iter().map(|(e, _)| format!("{ORPHAN_PREFIX}{e}")).collect();
+            let marked = self.r.store.get_values(&marks).await?;
             for (email, id) in chunk {
+                let mark = format!("{ORPHAN_PREFIX}{email}");
                 let login_now = known
                     .get(&self.key(&format!("p#{email}")))
                     .and_then(|r| serde_json::from_str::<Aggregate>(r).ok())
                     .is_some_and(|a| a.login);
                 if login_now {
+                    if marked.contains_key(&mark) && !self.cp.input.dry_run {
+                        self.r.store.delete_value(&mark).await?;
+                    }
+                    continue;
+                }
+                // Only a contact the sync itself wrote under this email: an email changed by hand
+                // in GHL is not proof that anyone left.
+                let ours = match Email::parse(email) {
+                    Ok(e) => self.r.store.person(&e).await?.is_some_and(|p| p.contact_id == *id),
+                    Err(_) => false,
+                };
+                if !ours {
                     continue;
                 }
                 self.cp.report.orphans += 1;
-                if self.r.delete_orphans && !self.cp.input.dry_run {
-                    self.r.ghl.delete_contact(id).await?;
-                    self.cp.report.orphans_deleted += 1;
-                    self.plan(email, "orphan", "login no longer exists in SproutVideo; contact deleted".into());
-                } else {
-                    self.plan(email, "orphan", "login no longer exists in SproutVideo; left in place".into());
+                let first: Option<OrphanMark> = marked.get(&mark).and_then(|r| serde_json::from_str(r).ok());
+                let due = first.as_ref().is_some_and(|m| m.run != self.run_id && now - m.since >= ORPHAN_GRACE_SECS);
+                if !due {
+                    self.cp.report.orphans_pending += 1;
+                    if first.is_none() && !self.cp.input.dry_run {
+                        let m = OrphanMark { since: now, run: self.run_id.clone() };
+                        self.r.store.put_value(&mark, &serde_json::to_string(&m).expect("mark"), None).await?;
+                    }
+                    self.plan(
+                        email,
+                        "orphan",
+                        "login missing in SproutVideo; acted on only if still missing in a complete run a day later"
+                            .into(),
+                    );
+                    continue;
                 }
+                let delete = self.r.delete_orphans && deleted_this_run < self.r.max_orphan_deletes;
+                if self.cp.input.dry_run {
+                    let what = if delete { "would be deleted" } else { "login tag would be removed" };
+                    self.plan(email, "orphan", format!("login missing for over a day; {what}"));
+                    continue;
+                }
+                if delete {
+                    self.r.ghl.delete_contact(id).await?;
+                    deleted_this_run += 1;
+                    self.cp.report.orphans_deleted += 1;
+                    self.plan(email, "orphan", "login missing for over a day; contact deleted (opt-in)".into());
+                } else {
+                    self.r.ghl.remove_tags(id, std::slice::from_ref(&login_tag)).await?;
+                    self.cp.report.orphans_untagged += 1;
+                    let capped = if self.r.delete_orphans { " (deletion cap reached for this run)" } else { "" };
+                    self.plan(email, "orphan", format!("login missing for over a day; login tag removed{capped}"));
+                }
+                self.r.store.delete_value(&mark).await?;
             }
         }
         Ok(())
     }
+}
+
+/// When a contact's login was first found missing.
+#[derive(Debug, Serialize, Deserialize)]
+struct OrphanMark {
+    since: i64,
+    run: String,
+}
+
+fn checkpoint_name(dry_run: bool) -> &'static str {
+    if dry_run { DRY_CHECKPOINT } else { CHECKPOINT }
 }
 
 /// Numbers GHL returns as strings (and the reverse) count as equal.

@@ -1,29 +1,39 @@
 //! Applies queued sync commands to GHL, exactly once in effect.
 //!
 //! - Upserts are skipped without a GHL call when the desired state's hash equals the last one
-//!   applied; otherwise identity is checked when email and phone are both new (an email and a
-//!   phone that belong to two contacts are never merged), the upsert carries only fields the
-//!   sync owns, and tags go through the tags endpoint.
-//! - Notes and tasks are claimed in the ledger before they are created. A claim left behind by
-//!   a crash or an ambiguous failure is taken over by looking in GHL first (each note and task
-//!   carries a short reference to its key), so a create is never repeated blindly.
+//!   applied; otherwise the upsert carries only fields the sync owns, and tags go through the
+//!   tags endpoint.
+//! - Identity: the email decides which contact is written. A phone that GHL holds on another
+//!   contact is never sent: the person is written without it and the conflict is recorded
+//!   (`kv#conflict#<email>`, a warning, the `IdentityConflicts` metric), or the command is
+//!   parked when the mapping says so. Every write of a contact (upsert, repair, the minimal
+//!   contact behind a note, task or tag) goes through this check.
+//! - A recorded contact id that GHL no longer knows (merged or deleted) is resolved again by
+//!   email, once, and the note, task or tag goes to that contact.
+//! - Notes and tasks are claimed in the ledger before they are created. A claim is released only
+//!   when GHL certainly wrote nothing; a claim left behind by a crash or an ambiguous failure is
+//!   taken over by looking in GHL first (each note and task carries a short reference to its
+//!   key), so a create is never repeated blindly.
 //! - Failures are typed: transient ones are retried by the queue with growing delays,
 //!   permanent ones are parked in the dead-letter queue with their reason.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use serde::Serialize;
 use serde_json::json;
 use thiserror::Error;
 use tracing::Instrument;
 
 use shared::commands::{CommandBody, DesiredContact, IdempotencyKey, Source, SyncCommand};
 use shared::ghl::{CreateTaskParams, GhlClient, GhlError, NoteBody, UpsertContactDto, due_date};
-use shared::identity::{Email, Identity};
-use shared::mapping::{ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, WatchFacts};
+use shared::identity::{Email, Identity, Phone, redact_phone};
+use shared::mapping::{
+    ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, PhoneConflict as OnPhoneConflict, WatchFacts,
+};
 use shared::queue::{CommandQueue, DedupId, MessageGroupId, Parked, QueueError, WorkerQueues};
 use shared::sprout::{SessionQuery, SproutClient, SproutError};
 use shared::state::{Claim, PersonState, StateError, StateStore};
@@ -56,6 +66,7 @@ impl From<GhlError> for ApplyError {
             GhlError::Unauthorized { .. } | GhlError::Forbidden { .. } => {
                 format!("{e}. Fix the GHL credential in the secret, then redrive this message.")
             }
+            GhlError::DailyQuotaExhausted { .. } => format!("{e}; the message is held until then"),
             _ => e.to_string(),
         };
         if e.is_retryable() {
@@ -90,6 +101,114 @@ impl From<MappingError> for ApplyError {
         if e.is_retryable() { Self::transient(e.to_string()) } else { Self::permanent(e.to_string()) }
     }
 }
+
+/// How an action on a person's contact failed.
+#[derive(Debug)]
+enum ActionError {
+    /// GHL does not know the contact (merged or deleted): nothing was written, and the person
+    /// can be resolved again.
+    ContactGone(ApplyError),
+    Other(ApplyError),
+}
+
+impl ActionError {
+    /// A failed call on a contact's id: "not found" means the contact is gone.
+    fn on_contact(e: GhlError) -> Self {
+        match e {
+            GhlError::NotFound { .. } => Self::ContactGone(e.into()),
+            e => Self::Other(e.into()),
+        }
+    }
+
+    /// A failed create. A 2xx whose body could not be read, or a 408/409/425, says nothing
+    /// about whether the write landed: worth another attempt, which looks first.
+    fn after_write(e: GhlError) -> Self {
+        match e {
+            GhlError::Decode(_) | GhlError::Unexpected { status: 408 | 409 | 425, .. } => {
+                let trace_id = e.trace_id().map(str::to_string);
+                Self::Other(ApplyError::Transient { reason: e.to_string(), trace_id, ambiguous: true })
+            }
+            e => Self::on_contact(e),
+        }
+    }
+}
+
+impl From<ApplyError> for ActionError {
+    fn from(e: ApplyError) -> Self {
+        Self::Other(e)
+    }
+}
+
+impl From<StateError> for ActionError {
+    fn from(e: StateError) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+impl From<ActionError> for ApplyError {
+    fn from(e: ActionError) -> Self {
+        match e {
+            ActionError::ContactGone(e) | ActionError::Other(e) => e,
+        }
+    }
+}
+
+/// Whether a failed write certainly left nothing in GHL: refused before it was applied (a 400,
+/// the credential, access, an unknown contact, the rate limit) or never sent. A 422 (GHL has
+/// created on a 422), a 2xx it could not read, other statuses, 5xx, a lost answer or a deadline
+/// may hide a write.
+fn surely_not_written(e: &GhlError) -> bool {
+    match e {
+        GhlError::Unauthorized { .. }
+        | GhlError::Forbidden { .. }
+        | GhlError::NotFound { .. }
+        | GhlError::Duplicate { .. }
+        | GhlError::RateLimited { .. } => true,
+        GhlError::Invalid { status, .. } => *status == 400,
+        // Creates end in a transport error only when the connection was never made (otherwise
+        // in MayHaveWritten); the idempotent writes that go through here may repeat anyway.
+        GhlError::Transport(_) => true,
+        _ => false,
+    }
+}
+
+/// What the identity check allows a contact write to carry.
+#[derive(Debug)]
+struct IdentityCheck {
+    /// The phone to send: none when the person has none, or another contact holds it.
+    phone: Option<String>,
+    /// Another contact holds the person's phone.
+    conflict: Option<ConflictingPhone>,
+}
+
+#[derive(Debug)]
+struct ConflictingPhone {
+    phone: Phone,
+    other_contact_id: String,
+}
+
+/// `kv#conflict#<email>`: the last identity conflict of a person, for reports and the one-view.
+#[derive(Debug, Serialize)]
+struct ConflictRecord {
+    /// The identifier another contact holds (`phone`).
+    field: String,
+    /// Redacted (last two digits).
+    phone: String,
+    /// The person's contact, when one was written or found.
+    contact_id: Option<String>,
+    other_contact_id: String,
+    /// The command was parked instead of written.
+    parked: bool,
+    /// RFC 3339, UTC.
+    at: String,
+}
+
+fn conflict_value_name(email: &Email) -> String {
+    format!("conflict#{email}")
+}
+
+/// How long a conflict record is kept (about a year).
+const CONFLICT_RECORD_TTL: Duration = Duration::from_secs(360 * 24 * 3600);
 
 /// What applying a command did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +245,8 @@ pub struct BatchOutcome {
     pub applied: usize,
     pub unchanged: usize,
     pub parked: usize,
+    /// Phones another GHL contact holds, met while applying the batch.
+    pub identity_conflicts: u64,
 }
 
 pub struct Worker {
@@ -134,7 +255,7 @@ pub struct Worker {
     pub store: Arc<dyn StateStore>,
     pub queues: Arc<dyn WorkerQueues>,
     pub commands: Arc<dyn CommandQueue>,
-    pub sprout: Option<SproutClient>,
+    pub sprout: SproutClient,
     pub mapping: Arc<Mapping>,
     /// How long a claim is held before another attempt may take it over.
     pub lease: Duration,
@@ -147,6 +268,8 @@ pub struct Worker {
     pub concurrency: usize,
     /// Look-back for a video's first session pull.
     pub lookback_days: u32,
+    /// Phones left out of a write (or parked) because another contact holds them.
+    pub identity_conflicts: AtomicU64,
 }
 
 /// Reference appended to notes and tasks so a later attempt can find what an earlier one wrote.
@@ -167,7 +290,6 @@ impl Worker {
             CommandBody::AddTags { identity, tags } => self.add_tags(identity, tags).await,
             CommandBody::AddNote { identity, body } => self.add_note(&cmd.key, identity, body).await,
             CommandBody::CreateTask { identity, external_id, title, body, due_at, assigned_to } => {
-                let contact_id = self.contact_id(identity).await?;
                 let marker = reference(&cmd.key);
                 let full_body = match body {
                     Some(b) => format!("{b}\n\n{marker}"),
@@ -180,18 +302,24 @@ impl Worker {
                     completed: false,
                     assigned_to: assigned_to.clone(),
                 };
-                let (task_id, applied) = self
-                    .once(
-                        &cmd.key,
-                        || async {
-                            let tasks = self.ghl.list_tasks(&contact_id).await?;
-                            Ok(tasks
-                                .into_iter()
-                                .find(|t| t.body.as_deref().is_some_and(|b| b.contains(&marker)))
-                                .map(|t| t.id))
-                        },
-                        || async { Ok(self.ghl.create_task(&contact_id, &params).await?.id) },
-                    )
+                let (marker, params) = (&marker, &params);
+                let (contact_id, task_id, applied) = self
+                    .on_contact(identity, |contact_id| async move {
+                        let (task_id, applied) = self
+                            .once(
+                                &cmd.key,
+                                || async {
+                                    let tasks = self.ghl.list_tasks(&contact_id).await?;
+                                    Ok(tasks
+                                        .into_iter()
+                                        .find(|t| t.body.as_deref().is_some_and(|b| b.contains(marker)))
+                                        .map(|t| t.id))
+                                },
+                                || async { Ok(self.ghl.create_task(&contact_id, params).await?.id) },
+                            )
+                            .await?;
+                        Ok((contact_id, task_id, applied))
+                    })
                     .await?;
                 // Kept for good: the task can be completed whenever its sender asks.
                 self.store
@@ -230,26 +358,12 @@ impl Worker {
         if !force && prev.as_ref().is_some_and(|p| p.state_hash == hash) {
             return Ok(Applied::Unchanged);
         }
-        let phone = desired.phone.as_ref().map(|p| p.as_str().to_string());
-        let phone_is_new = phone.is_some() && prev.as_ref().and_then(|p| p.phone.clone()) != phone;
-        if phone_is_new {
-            let by_email = self.ghl.find_duplicate(Some(desired.email.as_str()), None).await?;
-            let by_phone = self.ghl.find_duplicate(None, phone.as_deref()).await?;
-            if let (Some(e), Some(p)) = (&by_email, &by_phone)
-                && e.id != p.id
-            {
-                return Err(ApplyError::permanent(format!(
-                    "identity conflict: {} matches GHL contact {} but its phone matches contact {}; not merging them. \
-                     Resolve the duplicate in GHL, then redrive.",
-                    desired.email, e.id, p.id
-                )));
-            }
-        }
+        let check = self.check_identity(&desired.email, desired.phone.as_ref()).await?;
         let custom_fields = self.catalog.resolve(&desired.custom_fields).await?;
         let body = UpsertContactDto {
             location_id: self.ghl.location_id().to_string(),
             email: Some(desired.email.to_string()),
-            phone,
+            phone: check.phone.clone(),
             first_name: desired.first_name.clone(),
             last_name: desired.last_name.clone(),
             company_name: desired.company_name.clone(),
@@ -258,12 +372,14 @@ impl Worker {
             ..Default::default()
         };
         let resp = self.ghl.upsert_contact(&body).await?;
+        self.settle_identity(&desired.email, &check, &resp.contact.id).await?;
         let have: BTreeSet<String> = resp.contact.tags.iter().map(|t| t.to_lowercase()).collect();
         let missing: Vec<String> = desired.tags.iter().filter(|t| !have.contains(*t)).cloned().collect();
         if !missing.is_empty() {
             self.ghl.add_tags(&resp.contact.id, &missing).await?;
         }
-        let mut tags = prev.map(|p| p.tags).unwrap_or_default();
+        // Tags recorded for another contact id do not travel to this one.
+        let mut tags = prev.filter(|p| p.contact_id == resp.contact.id).map(|p| p.tags).unwrap_or_default();
         tags.extend(desired.tags.iter().cloned());
         self.store
             .put_person(
@@ -272,7 +388,7 @@ impl Worker {
                     contact_id: resp.contact.id,
                     state_hash: hash,
                     tags,
-                    phone: desired.phone.as_ref().map(|p| p.to_string()),
+                    phone: check.phone,
                     applied_at: chrono::Utc::now().timestamp(),
                 },
             )
@@ -280,23 +396,107 @@ impl Worker {
         Ok(Applied::Written)
     }
 
-    /// The person's GHL contact id, upserting a minimal contact (email, phone) when the sync
-    /// has none recorded yet.
-    async fn contact_id(&self, identity: &Identity) -> Result<String, ApplyError> {
-        if let Some(p) = self.store.person(&identity.email).await? {
-            return Ok(p.contact_id);
+    /// The identity check before a contact write. The email decides which contact is written;
+    /// the phone goes with it only when no other GHL contact holds it. A phone held by another
+    /// contact is a conflict: left out of the write (and recorded once the write is done by
+    /// [`Self::settle_identity`]), or the command is parked when the mapping says so.
+    async fn check_identity(&self, email: &Email, phone: Option<&Phone>) -> Result<IdentityCheck, ApplyError> {
+        let Some(phone) = phone else {
+            return Ok(IdentityCheck { phone: None, conflict: None });
+        };
+        let by_email = self.ghl.find_duplicate(Some(email.as_str()), None).await?;
+        if by_email.as_ref().is_some_and(|c| c.phone.as_deref() == Some(phone.as_str())) {
+            return Ok(IdentityCheck { phone: Some(phone.to_string()), conflict: None });
         }
+        let by_phone = self.ghl.find_duplicate(None, Some(phone.as_str())).await?;
+        let other = by_phone.filter(|p| by_email.as_ref().is_none_or(|e| e.id != p.id));
+        let Some(other) = other else {
+            return Ok(IdentityCheck { phone: Some(phone.to_string()), conflict: None });
+        };
+        let conflict = ConflictingPhone { phone: phone.clone(), other_contact_id: other.id };
+        if self.mapping.identity.on_phone_conflict == OnPhoneConflict::Park {
+            let own = by_email.map(|c| c.id);
+            self.record_conflict(email, &conflict, own.as_deref(), true).await?;
+            return Err(ApplyError::permanent(format!(
+                "identity conflict: the phone {} of {email} belongs to GHL contact {}{}; nothing was written. \
+                 Resolve the duplicate in GHL, then redrive.",
+                redact_phone(phone.as_str()),
+                conflict.other_contact_id,
+                own.map(|id| format!(" and the email to contact {id}")).unwrap_or_default(),
+            )));
+        }
+        Ok(IdentityCheck { phone: None, conflict: Some(conflict) })
+    }
+
+    /// After a write that passed [`Self::check_identity`]: records the conflict it found, or
+    /// forgets an earlier one once the phone went through.
+    async fn settle_identity(&self, email: &Email, check: &IdentityCheck, contact_id: &str) -> Result<(), ApplyError> {
+        match (&check.conflict, &check.phone) {
+            (Some(c), _) => self.record_conflict(email, c, Some(contact_id), false).await,
+            (None, Some(_)) => Ok(self.store.delete_value(&conflict_value_name(email)).await?),
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// Makes a phone conflict visible: a warning without the number, the `IdentityConflicts`
+    /// metric, and `kv#conflict#<email>` in the state table.
+    async fn record_conflict(
+        &self,
+        email: &Email,
+        c: &ConflictingPhone,
+        contact_id: Option<&str>,
+        parked: bool,
+    ) -> Result<(), ApplyError> {
+        self.identity_conflicts.fetch_add(1, Ordering::Relaxed);
+        let outcome = if parked { "parked; nothing written" } else { "written without the phone" };
+        tracing::warn!(
+            %email,
+            contact_id,
+            other_contact_id = %c.other_contact_id,
+            phone = %redact_phone(c.phone.as_str()),
+            outcome,
+            "the phone belongs to another GHL contact"
+        );
+        let record = ConflictRecord {
+            field: "phone".into(),
+            phone: redact_phone(c.phone.as_str()),
+            contact_id: contact_id.map(str::to_string),
+            other_contact_id: c.other_contact_id.clone(),
+            parked,
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let value = serde_json::to_string(&record).expect("a conflict record serialises");
+        self.store.put_value(&conflict_value_name(email), &value, Some(CONFLICT_RECORD_TTL)).await?;
+        Ok(())
+    }
+
+    /// The person's GHL contact id: the recorded one (`cached`), or else the one
+    /// [`Self::resolve_contact`] finds or creates.
+    async fn contact_id(&self, identity: &Identity) -> Result<(String, bool), ApplyError> {
+        if let Some(p) = self.store.person(&identity.email).await? {
+            return Ok((p.contact_id, true));
+        }
+        Ok((self.resolve_contact(identity).await?, false))
+    }
+
+    /// Finds the person's contact by email in GHL, creating a minimal one (email, the phone
+    /// when no other contact holds it, source) when there is none, and records it in place of
+    /// whatever was recorded before. The fields of the last applied state are written again by
+    /// the next upsert (the recorded hash is cleared).
+    async fn resolve_contact(&self, identity: &Identity) -> Result<String, ApplyError> {
+        let check = self.check_identity(&identity.email, identity.phone.as_ref()).await?;
         let resp = self
             .ghl
             .upsert_contact(&UpsertContactDto {
                 location_id: self.ghl.location_id().to_string(),
                 email: Some(identity.email.to_string()),
-                phone: identity.phone.as_ref().map(|p| p.to_string()),
+                phone: check.phone.clone(),
                 source: self.mapping.source.clone(),
                 ..Default::default()
             })
             .await?;
-        let tags: BTreeSet<String> = resp.contact.tags.iter().cloned().collect();
+        self.settle_identity(&identity.email, &check, &resp.contact.id).await?;
+        let tags: BTreeSet<String> = resp.contact.tags.iter().map(|t| t.to_lowercase()).collect();
         self.store
             .put_person(
                 &identity.email,
@@ -304,7 +504,7 @@ impl Worker {
                     contact_id: resp.contact.id.clone(),
                     state_hash: String::new(),
                     tags,
-                    phone: identity.phone.as_ref().map(|p| p.to_string()),
+                    phone: check.phone,
                     applied_at: chrono::Utc::now().timestamp(),
                 },
             )
@@ -312,57 +512,86 @@ impl Worker {
         Ok(resp.contact.id)
     }
 
+    /// Runs `action` on the person's contact. When GHL no longer has the recorded contact (it
+    /// was merged or deleted), the person is resolved again by email, once, and `action` runs
+    /// on that contact.
+    async fn on_contact<T, F, Fut>(&self, identity: &Identity, action: F) -> Result<T, ApplyError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<T, ActionError>>,
+    {
+        let (contact_id, cached) = self.contact_id(identity).await?;
+        match action(contact_id.clone()).await {
+            Err(ActionError::ContactGone(e)) if cached => {
+                tracing::info!(%contact_id, reason = %e, "the recorded GHL contact is gone; resolving the person again");
+                let contact_id = self.resolve_contact(identity).await?;
+                Ok(action(contact_id).await?)
+            }
+            r => Ok(r?),
+        }
+    }
+
     async fn add_tags(&self, identity: &Identity, tags: &[String]) -> Result<Applied, ApplyError> {
         let wanted: BTreeSet<String> =
             tags.iter().map(|t| shared::mapping::normalise_tag(t)).filter(|t| !t.is_empty()).collect();
-        let contact_id = self.contact_id(identity).await?;
-        let mut person = self.store.person(&identity.email).await?.unwrap_or_default();
-        let missing: Vec<String> = wanted.iter().filter(|t| !person.tags.contains(*t)).cloned().collect();
-        if missing.is_empty() {
-            return Ok(Applied::Unchanged);
-        }
-        self.ghl.add_tags(&contact_id, &missing).await?;
-        person.contact_id = contact_id;
-        person.tags.extend(missing);
-        self.store.put_person(&identity.email, &person).await?;
-        Ok(Applied::Written)
+        let wanted = &wanted;
+        self.on_contact(identity, |contact_id| async move {
+            let mut person = self.store.person(&identity.email).await?.unwrap_or_default();
+            let missing: Vec<String> = wanted.iter().filter(|t| !person.tags.contains(*t)).cloned().collect();
+            if missing.is_empty() {
+                return Ok(Applied::Unchanged);
+            }
+            self.ghl.add_tags(&contact_id, &missing).await.map_err(ActionError::on_contact)?;
+            person.contact_id = contact_id;
+            person.tags.extend(missing);
+            self.store.put_person(&identity.email, &person).await?;
+            Ok(Applied::Written)
+        })
+        .await
     }
 
     async fn add_note(&self, key: &IdempotencyKey, identity: &Identity, body: &str) -> Result<Applied, ApplyError> {
-        let contact_id = self.contact_id(identity).await?;
         let marker = reference(key);
         let note = NoteBody { body: Some(format!("{body}\n\n{marker}")), ..Default::default() };
-        let (_, applied) = self
-            .once(
-                key,
-                || async {
-                    let notes = self.ghl.list_notes(&contact_id).await?;
-                    Ok(notes.into_iter().find(|n| n.body.as_deref().is_some_and(|b| b.contains(&marker))).map(|n| n.id))
-                },
-                || async { Ok(self.ghl.create_note(&contact_id, &note).await?.id) },
-            )
-            .await?;
-        Ok(applied)
+        let (marker, note) = (&marker, &note);
+        self.on_contact(identity, |contact_id| async move {
+            let (_, applied) = self
+                .once(
+                    key,
+                    || async {
+                        let notes = self.ghl.list_notes(&contact_id).await?;
+                        Ok(notes
+                            .into_iter()
+                            .find(|n| n.body.as_deref().is_some_and(|b| b.contains(marker)))
+                            .map(|n| n.id))
+                    },
+                    || async { Ok(self.ghl.create_note(&contact_id, note).await?.id) },
+                )
+                .await?;
+            Ok(applied)
+        })
+        .await
     }
 
     /// Runs `create` at most once per key: claims the key, looks first when an earlier attempt
-    /// may have written, and records the result.
+    /// may have written, and records the result. A claim is released only when GHL certainly
+    /// wrote nothing; otherwise it is deferred, and the next attempt looks before it writes.
     async fn once<L, LF, C, CF>(
         &self,
         key: &IdempotencyKey,
         lookup: L,
         create: C,
-    ) -> Result<(String, Applied), ApplyError>
+    ) -> Result<(String, Applied), ActionError>
     where
         L: FnOnce() -> LF,
-        LF: Future<Output = Result<Option<String>, ApplyError>>,
+        LF: Future<Output = Result<Option<String>, GhlError>>,
         C: FnOnce() -> CF,
-        CF: Future<Output = Result<String, ApplyError>>,
+        CF: Future<Output = Result<String, GhlError>>,
     {
         match self.store.claim(key, self.lease).await? {
             Claim::Done { result } => return Ok((result, Applied::Unchanged)),
             Claim::Busy => {
-                return Err(ApplyError::transient("another worker is applying this command right now"));
+                return Err(ApplyError::transient("another worker is applying this command right now").into());
             }
             Claim::Retake { attempts } => {
                 tracing::info!(
@@ -370,9 +599,17 @@ impl Worker {
                     attempts,
                     "taking over an unfinished attempt; looking before writing"
                 );
-                if let Some(id) = lookup().await? {
-                    self.store.complete(key, &id).await?;
-                    return Ok((id, Applied::Unchanged));
+                match lookup().await {
+                    Ok(Some(id)) => {
+                        self.store.complete(key, &id).await?;
+                        return Ok((id, Applied::Unchanged));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Nothing was written; the next attempt may take over at once and looks again.
+                        self.settle_claim(key, Duration::ZERO).await;
+                        return Err(ActionError::on_contact(e));
+                    }
                 }
             }
             Claim::Fresh => {}
@@ -383,28 +620,29 @@ impl Worker {
                 Ok((id, Applied::Written))
             }
             Err(e) => {
-                // Ambiguous or transient: a later attempt takes over once nothing can still be in
-                // flight, and looks first. Permanent: nothing was written; forget the claim.
-                let outcome = match &e {
-                    ApplyError::Transient { ambiguous: true, .. } => {
-                        self.store.defer_claim(key, self.ambiguity_grace).await
+                if surely_not_written(&e) {
+                    if let Err(se) = self.store.release(key).await {
+                        tracing::warn!(error = %se, "could not release the claim after a refused write");
                     }
-                    _ => self.store.release(key).await,
-                };
-                if let Err(se) = outcome {
-                    tracing::warn!(error = %se, "could not update the ledger after a failed attempt");
+                } else {
+                    // A later attempt takes over once nothing can still be in flight, and looks first.
+                    self.settle_claim(key, self.ambiguity_grace).await;
                 }
-                Err(e)
+                Err(ActionError::after_write(e))
             }
+        }
+    }
+
+    /// Defers a claim: another attempt may take it over after `grace`, looking first.
+    async fn settle_claim(&self, key: &IdempotencyKey, grace: Duration) {
+        if let Err(se) = self.store.defer_claim(key, grace).await {
+            tracing::warn!(error = %se, "could not update the ledger after a failed attempt");
         }
     }
 
     /// Re-fetches a video and turns its new engagement sessions into commands on the queue.
     async fn video_changed(&self, video_id: &str, source_event: &str) -> Result<Applied, ApplyError> {
-        let sprout = self
-            .sprout
-            .as_ref()
-            .ok_or_else(|| ApplyError::permanent("no SproutVideo API key in the secret; cannot refresh videos"))?;
+        let sprout = &self.sprout;
         let video = match sprout.get_video(video_id).await {
             Ok(v) => v,
             Err(SproutError::NotFound(_)) => {
@@ -469,12 +707,16 @@ impl Worker {
                 None => groups.push((m.group_id.clone(), vec![m])),
             }
         }
+        let conflicts_before = self.identity_conflicts.load(Ordering::Relaxed);
         let results: Vec<Vec<(String, Disposition)>> = futures::stream::iter(groups)
             .map(|(_, msgs)| self.process_group(msgs))
             .buffer_unordered(self.concurrency.max(1))
             .collect()
             .await;
-        let mut out = BatchOutcome::default();
+        let mut out = BatchOutcome {
+            identity_conflicts: self.identity_conflicts.load(Ordering::Relaxed).saturating_sub(conflicts_before),
+            ..Default::default()
+        };
         for (id, r) in results.into_iter().flatten() {
             match r {
                 Disposition::Done(Applied::Written) => out.applied += 1,
@@ -561,7 +803,12 @@ impl Worker {
         let Some(handle) = &m.receipt_handle else {
             return;
         };
-        let secs = retry_delay_secs(self.retry_base_secs, m.receive_count);
+        let mut secs = retry_delay_secs(self.retry_base_secs, m.receive_count);
+        if let Some(held) = self.ghl.held_for().await {
+            // GHL's daily quota is spent (or GHL asked for a long pause): hold the message until
+            // then rather than spend its receives.
+            secs = secs.max(hold_secs(held));
+        }
         if let Err(e) = self.queues.delay_retry(handle, secs).await {
             tracing::warn!(error = %e, "could not delay the retry");
         }
@@ -582,6 +829,7 @@ impl Worker {
                         {"Name": "SkippedUnchanged", "Unit": "Count"},
                         {"Name": "Retried", "Unit": "Count"},
                         {"Name": "Parked", "Unit": "Count"},
+                        {"Name": "IdentityConflicts", "Unit": "Count"},
                         {"Name": "GhlCalls", "Unit": "Count"},
                         {"Name": "GhlRateLimited", "Unit": "Count"},
                         {"Name": "GhlRateHeadroom", "Unit": "Count"}
@@ -592,6 +840,7 @@ impl Worker {
             "SkippedUnchanged": outcome.unchanged,
             "Retried": outcome.failed.len(),
             "Parked": outcome.parked,
+            "IdentityConflicts": outcome.identity_conflicts,
             "GhlCalls": stats.requests.load(Ordering::Relaxed),
             "GhlRateLimited": stats.rate_limited.load(Ordering::Relaxed),
             "GhlRateHeadroom": if remaining == u64::MAX { serde_json::Value::Null } else { json!(remaining) },
@@ -606,6 +855,11 @@ pub fn retry_delay_secs(base: u64, receive_count: u32) -> i32 {
     let base = base.saturating_mul(1u64 << receive_count.min(8));
     let capped = base.min(900);
     (capped / 2 + fastrand::u64(0..=capped / 2)) as i32
+}
+
+/// Visibility delay that holds a message for `held` (SQS allows at most 12 hours).
+pub fn hold_secs(held: Duration) -> i32 {
+    held.as_secs().saturating_add(1).min(43_200) as i32
 }
 
 #[cfg(test)]
@@ -629,5 +883,52 @@ mod tests {
         let p: ApplyError =
             GhlError::Invalid { status: 422, messages: vec!["bad".into()], trace_id: Some("tr".into()) }.into();
         assert!(matches!(p, ApplyError::Permanent { trace_id: Some(ref t), .. } if t == "tr"));
+        let q: ApplyError = GhlError::DailyQuotaExhausted { retry_in: Duration::from_secs(3600) }.into();
+        assert!(matches!(q, ApplyError::Transient { ambiguous: false, .. }), "{q:?}");
+        assert_eq!(hold_secs(Duration::from_secs(3600)), 3601);
+        assert_eq!(hold_secs(Duration::from_secs(86_400 * 7)), 43_200);
+    }
+
+    #[test]
+    fn a_claim_is_released_only_when_ghl_surely_wrote_nothing() {
+        let invalid = |status| GhlError::Invalid { status, messages: vec!["x".into()], trace_id: None };
+        let unexpected = |status| GhlError::Unexpected { status, message: "x".into(), trace_id: None };
+        let released = [
+            invalid(400),
+            GhlError::Unauthorized { message: "Invalid JWT".into(), trace_id: None },
+            GhlError::Forbidden { message: "no access".into(), trace_id: None },
+            GhlError::NotFound { message: "Contact with id x not found".into(), trace_id: None },
+            GhlError::RateLimited { retry_after: None },
+            GhlError::Transport("connection failed".into()),
+        ];
+        for e in released {
+            assert!(surely_not_written(&e), "{e:?}");
+        }
+        let deferred = [
+            invalid(422),
+            GhlError::Decode("EOF while parsing".into()),
+            unexpected(408),
+            unexpected(409),
+            GhlError::MayHaveWritten { reason: "500".into() },
+            GhlError::Server { status: 502, message: "x".into(), trace_id: None },
+            GhlError::DeadlineExceeded { attempts: 3, last: "x".into() },
+        ];
+        for e in deferred {
+            assert!(!surely_not_written(&e), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_2xx_or_a_408_is_retried_and_a_missing_contact_is_told_apart() {
+        for e in
+            [GhlError::Decode("EOF".into()), GhlError::Unexpected { status: 408, message: "x".into(), trace_id: None }]
+        {
+            let a = ActionError::after_write(e);
+            assert!(matches!(a, ActionError::Other(ApplyError::Transient { ambiguous: true, .. })), "{a:?}");
+        }
+        let gone = ActionError::after_write(GhlError::NotFound { message: "x".into(), trace_id: None });
+        assert!(matches!(gone, ActionError::ContactGone(ApplyError::Permanent { .. })), "{gone:?}");
+        let refused = ActionError::after_write(GhlError::Invalid { status: 422, messages: vec![], trace_id: None });
+        assert!(matches!(refused, ActionError::Other(ApplyError::Permanent { .. })), "{refused:?}");
     }
 }

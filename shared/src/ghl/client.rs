@@ -1,18 +1,19 @@
 //! The HighLevel Contacts API v2 client.
 //!
 //! Every call is paced by a [`RateLimiter`] corrected from GHL's `X-RateLimit-*` headers, and
-//! retried with exponential backoff and full jitter on 429, 5xx and transport errors, within
+//! retried by the shared driver ([`crate::retry`]) on 429, 5xx and transport errors, within
 //! attempt and deadline bounds. Writes that are not idempotent (create contact, task, note) are
-//! never re-sent after an ambiguous failure: they end in [`GhlError::MayHaveWritten`].
+//! never re-sent after an ambiguous failure: they end in [`GhlError::MayHaveWritten`]. When the
+//! daily quota is spent the client stops calling GHL until it resets
+//! ([`GhlError::DailyQuotaExhausted`]).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::Stream;
 use reqwest::{Method, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -21,35 +22,16 @@ use url::Url;
 
 use super::error::GhlError;
 use super::models::*;
-use crate::pacing::{RateLimiter, RetryPolicy, parse_retry_after};
+use super::token::TokenProvider;
+use crate::pacing::RateLimiter;
+use crate::retry::{Attempt, Failure, MAX_SERVER_WAIT, Replay, RetryPolicy, Stop, drive, parse_retry_after};
 
 /// The `Version` header every Contacts call carries.
 pub const API_VERSION: &str = "2021-07-28";
 /// GHL's production base URL.
 pub const DEFAULT_BASE_URL: &str = "https://services.leadconnectorhq.com";
-
-/// Supplies the bearer token, and a fresh one after a 401.
-#[async_trait]
-pub trait TokenProvider: Send + Sync {
-    /// The token to send now.
-    async fn token(&self) -> Result<SecretString, GhlError>;
-    /// Called once after a 401. Returns true when a different token is now available, so the
-    /// call is worth repeating.
-    async fn refresh_after_unauthorized(&self) -> bool;
-}
-
-/// A fixed token (a Private Integration Token from configuration).
-pub struct StaticToken(pub SecretString);
-
-#[async_trait]
-impl TokenProvider for StaticToken {
-    async fn token(&self) -> Result<SecretString, GhlError> {
-        Ok(self.0.clone())
-    }
-    async fn refresh_after_unauthorized(&self) -> bool {
-        false
-    }
-}
+/// Once the daily quota is spent, calls are held at least this long.
+const DAILY_QUOTA_WAIT_MIN: Duration = Duration::from_secs(60);
 
 /// Settings of a [`GhlClient`].
 #[derive(Debug, Clone)]
@@ -64,6 +46,10 @@ pub struct GhlSettings {
     /// Per-attempt timeout.
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+    /// Once the daily quota is spent, the longest the client waits before letting one call
+    /// through to see whether it was reset. GHL documents no reset time: the client waits until
+    /// the next midnight UTC (or GHL's `Retry-After`), at most this long and at least a minute.
+    pub daily_quota_wait_max: Duration,
 }
 
 impl GhlSettings {
@@ -76,6 +62,7 @@ impl GhlSettings {
             budget_share: 1.0,
             request_timeout: Duration::from_secs(15),
             retry: RetryPolicy::default(),
+            daily_quota_wait_max: Duration::from_secs(3600),
         }
     }
 }
@@ -88,7 +75,10 @@ pub struct GhlStats {
     pub retries: AtomicU64,
     /// Last `X-RateLimit-Remaining` seen (u64::MAX until one is seen).
     pub last_remaining: AtomicU64,
+    /// Last `X-RateLimit-Daily-Remaining` seen (u64::MAX until one is seen).
     pub last_daily_remaining: AtomicU64,
+    /// Calls refused without asking GHL because the daily quota was spent.
+    pub daily_quota_refusals: AtomicU64,
 }
 
 impl GhlStats {
@@ -98,14 +88,16 @@ impl GhlStats {
         s.last_daily_remaining.store(u64::MAX, Ordering::Relaxed);
         s
     }
-}
 
-/// Whether a request may be sent again after an ambiguous failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Replay {
-    Safe,
-    /// Creates: a 5xx or a lost answer may mean the write happened.
-    Unsafe,
+    /// The daily budget GHL last reported as left, for a metric (None until GHL said).
+    pub fn daily_remaining(&self) -> Option<u64> {
+        Some(self.last_daily_remaining.load(Ordering::Relaxed)).filter(|r| *r != u64::MAX)
+    }
+
+    /// The burst budget GHL last reported as left in its window (None until GHL said).
+    pub fn burst_remaining(&self) -> Option<u64> {
+        Some(self.last_remaining.load(Ordering::Relaxed)).filter(|r| *r != u64::MAX)
+    }
 }
 
 /// HighLevel Contacts client for one location. Cheap to clone.
@@ -116,6 +108,8 @@ pub struct GhlClient {
     tokens: Arc<dyn TokenProvider>,
     limiter: Arc<RateLimiter>,
     stats: Arc<GhlStats>,
+    /// No call is made before this instant: the daily quota is spent.
+    quota_blocked_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for GhlClient {
@@ -136,7 +130,14 @@ impl GhlClient {
             .build()
             .map_err(|e| GhlError::Transport(e.to_string()))?;
         let limiter = Arc::new(RateLimiter::new(settings.burst_max, settings.burst_interval, settings.budget_share));
-        Ok(Self { http, settings: Arc::new(settings), tokens, limiter, stats: Arc::new(GhlStats::new()) })
+        Ok(Self {
+            http,
+            settings: Arc::new(settings),
+            tokens,
+            limiter,
+            stats: Arc::new(GhlStats::new()),
+            quota_blocked_until: Arc::new(Mutex::new(None)),
+        })
     }
 
     /// The same client with another retry policy (for example a shorter deadline).
@@ -158,34 +159,50 @@ impl GhlClient {
         &self.limiter
     }
 
+    /// While the daily quota is spent, how long until the client calls GHL again.
+    pub fn daily_quota_wait(&self) -> Option<Duration> {
+        let until = (*self.quota_blocked_until.lock().expect("quota lock"))?;
+        Some(until.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+    }
+
+    /// How long GHL has asked this client to hold every call (the daily quota, or a long
+    /// `Retry-After`), when it has: a caller can hold its own work that long.
+    pub async fn held_for(&self) -> Option<Duration> {
+        match (self.daily_quota_wait(), self.limiter.paused_for().await) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     // ---- contacts -------------------------------------------------------------------------
 
     pub async fn get_contact(&self, id: &str) -> Result<Contact, GhlError> {
-        let e: ContactEnvelope = self.call(Method::GET, &["contacts", id], &[], None::<&()>, Replay::Safe).await?;
+        let e: ContactEnvelope =
+            self.call(Method::GET, &["contacts", id], &[], None::<&()>, Replay::Idempotent).await?;
         Ok(e.contact)
     }
 
     /// `POST /contacts/`. A duplicate on a location that forbids them is [`GhlError::Duplicate`]
     /// with the existing id; an ambiguous failure is [`GhlError::MayHaveWritten`].
     pub async fn create_contact(&self, body: &CreateContactDto) -> Result<Contact, GhlError> {
-        let e: ContactEnvelope = self.call(Method::POST, &["contacts", ""], &[], Some(body), Replay::Unsafe).await?;
+        let e: ContactEnvelope = self.call(Method::POST, &["contacts", ""], &[], Some(body), Replay::Once).await?;
         Ok(e.contact)
     }
 
     pub async fn update_contact(&self, id: &str, body: &UpdateContactDto) -> Result<Contact, GhlError> {
-        let e: ContactEnvelope = self.call(Method::PUT, &["contacts", id], &[], Some(body), Replay::Safe).await?;
+        let e: ContactEnvelope = self.call(Method::PUT, &["contacts", id], &[], Some(body), Replay::Idempotent).await?;
         Ok(e.contact)
     }
 
     pub async fn delete_contact(&self, id: &str) -> Result<bool, GhlError> {
-        let s: Succeeded = self.call(Method::DELETE, &["contacts", id], &[], None::<&()>, Replay::Safe).await?;
+        let s: Succeeded = self.call(Method::DELETE, &["contacts", id], &[], None::<&()>, Replay::Idempotent).await?;
         Ok(s.succeded)
     }
 
     /// `POST /contacts/upsert`: matches by the location's duplicate setting. Repeating the same
     /// upsert leaves the same state, so it is retried like an idempotent call.
     pub async fn upsert_contact(&self, body: &UpsertContactDto) -> Result<UpsertResponse, GhlError> {
-        self.call(Method::POST, &["contacts", "upsert"], &[], Some(body), Replay::Safe).await
+        self.call(Method::POST, &["contacts", "upsert"], &[], Some(body), Replay::Idempotent).await
     }
 
     /// `GET /contacts/search/duplicate` by email and/or E.164 phone (sent as `number`).
@@ -198,7 +215,7 @@ impl GhlClient {
             q.push(("number", p.to_string()));
         }
         let e: MaybeContactEnvelope =
-            self.call(Method::GET, &["contacts", "search", "duplicate"], &q, None::<&()>, Replay::Safe).await?;
+            self.call(Method::GET, &["contacts", "search", "duplicate"], &q, None::<&()>, Replay::Idempotent).await?;
         Ok(e.contact)
     }
 
@@ -206,7 +223,7 @@ impl GhlClient {
     pub async fn search_page(&self, req: &SearchRequest) -> Result<SearchResponse, GhlError> {
         let mut req = req.clone();
         req.location_id = self.settings.location_id.clone();
-        self.call(Method::POST, &["contacts", "search"], &[], Some(&req), Replay::Safe).await
+        self.call(Method::POST, &["contacts", "search"], &[], Some(&req), Replay::Idempotent).await
     }
 
     /// Every contact matching `req`, paging on its own. With [`SearchPaging::SearchAfter`] the
@@ -296,7 +313,7 @@ impl GhlClient {
                     q.push(("startAfter", after.clone()));
                 }
                 let page: ListResponse =
-                    client.call(Method::GET, &["contacts", ""], &q, None::<&()>, Replay::Safe).await?;
+                    client.call(Method::GET, &["contacts", ""], &q, None::<&()>, Replay::Idempotent).await?;
                 let full_page = page.contacts.len() == limit as usize;
                 let meta = page.meta.unwrap_or_default();
                 let next = match (meta.start_after_id, meta.start_after) {
@@ -328,7 +345,7 @@ impl GhlClient {
             ("limit", limit.to_string()),
             ("skip", skip.to_string()),
         ];
-        self.call(Method::GET, &["contacts", "business", business_id], &q, None::<&()>, Replay::Safe).await
+        self.call(Method::GET, &["contacts", "business", business_id], &q, None::<&()>, Replay::Idempotent).await
     }
 
     // ---- tags -----------------------------------------------------------------------------
@@ -337,7 +354,7 @@ impl GhlClient {
     pub async fn add_tags(&self, contact_id: &str, tags: &[String]) -> Result<Vec<String>, GhlError> {
         let body = TagsDto { tags: tags.to_vec() };
         let r: TagsResponse =
-            self.call(Method::POST, &["contacts", contact_id, "tags"], &[], Some(&body), Replay::Safe).await?;
+            self.call(Method::POST, &["contacts", contact_id, "tags"], &[], Some(&body), Replay::Idempotent).await?;
         Ok(r.tags)
     }
 
@@ -345,7 +362,7 @@ impl GhlClient {
     pub async fn remove_tags(&self, contact_id: &str, tags: &[String]) -> Result<Vec<String>, GhlError> {
         let body = TagsDto { tags: tags.to_vec() };
         let r: TagsResponse =
-            self.call(Method::DELETE, &["contacts", contact_id, "tags"], &[], Some(&body), Replay::Safe).await?;
+            self.call(Method::DELETE, &["contacts", contact_id, "tags"], &[], Some(&body), Replay::Idempotent).await?;
         Ok(r.tags)
     }
 
@@ -353,25 +370,27 @@ impl GhlClient {
 
     pub async fn list_tasks(&self, contact_id: &str) -> Result<Vec<Task>, GhlError> {
         let e: TasksEnvelope =
-            self.call(Method::GET, &["contacts", contact_id, "tasks"], &[], None::<&()>, Replay::Safe).await?;
+            self.call(Method::GET, &["contacts", contact_id, "tasks"], &[], None::<&()>, Replay::Idempotent).await?;
         Ok(e.tasks)
     }
 
     pub async fn get_task(&self, contact_id: &str, task_id: &str) -> Result<Task, GhlError> {
-        let e: TaskEnvelope =
-            self.call(Method::GET, &["contacts", contact_id, "tasks", task_id], &[], None::<&()>, Replay::Safe).await?;
+        let e: TaskEnvelope = self
+            .call(Method::GET, &["contacts", contact_id, "tasks", task_id], &[], None::<&()>, Replay::Idempotent)
+            .await?;
         Ok(e.task)
     }
 
     pub async fn create_task(&self, contact_id: &str, body: &CreateTaskParams) -> Result<Task, GhlError> {
         let e: TaskEnvelope =
-            self.call(Method::POST, &["contacts", contact_id, "tasks"], &[], Some(body), Replay::Unsafe).await?;
+            self.call(Method::POST, &["contacts", contact_id, "tasks"], &[], Some(body), Replay::Once).await?;
         Ok(e.task)
     }
 
     pub async fn update_task(&self, contact_id: &str, task_id: &str, body: &UpdateTaskBody) -> Result<Task, GhlError> {
-        let e: TaskEnvelope =
-            self.call(Method::PUT, &["contacts", contact_id, "tasks", task_id], &[], Some(body), Replay::Safe).await?;
+        let e: TaskEnvelope = self
+            .call(Method::PUT, &["contacts", contact_id, "tasks", task_id], &[], Some(body), Replay::Idempotent)
+            .await?;
         Ok(e.task)
     }
 
@@ -379,14 +398,20 @@ impl GhlClient {
     pub async fn complete_task(&self, contact_id: &str, task_id: &str, completed: bool) -> Result<Task, GhlError> {
         let body = serde_json::json!({ "completed": completed });
         let e: TaskEnvelope = self
-            .call(Method::PUT, &["contacts", contact_id, "tasks", task_id, "completed"], &[], Some(&body), Replay::Safe)
+            .call(
+                Method::PUT,
+                &["contacts", contact_id, "tasks", task_id, "completed"],
+                &[],
+                Some(&body),
+                Replay::Idempotent,
+            )
             .await?;
         Ok(e.task)
     }
 
     pub async fn delete_task(&self, contact_id: &str, task_id: &str) -> Result<bool, GhlError> {
         let s: Succeeded = self
-            .call(Method::DELETE, &["contacts", contact_id, "tasks", task_id], &[], None::<&()>, Replay::Safe)
+            .call(Method::DELETE, &["contacts", contact_id, "tasks", task_id], &[], None::<&()>, Replay::Idempotent)
             .await?;
         Ok(s.succeded)
     }
@@ -395,31 +420,33 @@ impl GhlClient {
 
     pub async fn list_notes(&self, contact_id: &str) -> Result<Vec<Note>, GhlError> {
         let e: NotesEnvelope =
-            self.call(Method::GET, &["contacts", contact_id, "notes"], &[], None::<&()>, Replay::Safe).await?;
+            self.call(Method::GET, &["contacts", contact_id, "notes"], &[], None::<&()>, Replay::Idempotent).await?;
         Ok(e.notes)
     }
 
     pub async fn get_note(&self, contact_id: &str, note_id: &str) -> Result<Note, GhlError> {
-        let e: NoteEnvelope =
-            self.call(Method::GET, &["contacts", contact_id, "notes", note_id], &[], None::<&()>, Replay::Safe).await?;
+        let e: NoteEnvelope = self
+            .call(Method::GET, &["contacts", contact_id, "notes", note_id], &[], None::<&()>, Replay::Idempotent)
+            .await?;
         Ok(e.note)
     }
 
     pub async fn create_note(&self, contact_id: &str, body: &NoteBody) -> Result<Note, GhlError> {
         let e: NoteEnvelope =
-            self.call(Method::POST, &["contacts", contact_id, "notes"], &[], Some(body), Replay::Unsafe).await?;
+            self.call(Method::POST, &["contacts", contact_id, "notes"], &[], Some(body), Replay::Once).await?;
         Ok(e.note)
     }
 
     pub async fn update_note(&self, contact_id: &str, note_id: &str, body: &NoteBody) -> Result<Note, GhlError> {
-        let e: NoteEnvelope =
-            self.call(Method::PUT, &["contacts", contact_id, "notes", note_id], &[], Some(body), Replay::Safe).await?;
+        let e: NoteEnvelope = self
+            .call(Method::PUT, &["contacts", contact_id, "notes", note_id], &[], Some(body), Replay::Idempotent)
+            .await?;
         Ok(e.note)
     }
 
     pub async fn delete_note(&self, contact_id: &str, note_id: &str) -> Result<bool, GhlError> {
         let s: Succeeded = self
-            .call(Method::DELETE, &["contacts", contact_id, "notes", note_id], &[], None::<&()>, Replay::Safe)
+            .call(Method::DELETE, &["contacts", contact_id, "notes", note_id], &[], None::<&()>, Replay::Idempotent)
             .await?;
         Ok(s.succeded)
     }
@@ -427,8 +454,9 @@ impl GhlClient {
     // ---- appointments, custom fields -------------------------------------------------------
 
     pub async fn list_appointments(&self, contact_id: &str) -> Result<Vec<Appointment>, GhlError> {
-        let e: EventsEnvelope =
-            self.call(Method::GET, &["contacts", contact_id, "appointments"], &[], None::<&()>, Replay::Safe).await?;
+        let e: EventsEnvelope = self
+            .call(Method::GET, &["contacts", contact_id, "appointments"], &[], None::<&()>, Replay::Idempotent)
+            .await?;
         Ok(e.events)
     }
 
@@ -441,7 +469,7 @@ impl GhlClient {
                 &["locations", &loc, "customFields"],
                 &[("model", "contact".to_string())],
                 None::<&()>,
-                Replay::Safe,
+                Replay::Idempotent,
             )
             .await?;
         Ok(e.custom_fields)
@@ -466,115 +494,125 @@ impl GhlClient {
             Some(b) => Some(serde_json::to_vec(b).map_err(|e| GhlError::Decode(e.to_string()))?),
             None => None,
         };
-        let policy = &self.settings.retry;
-        let started = Instant::now();
-        let mut attempt = 0u32;
-        let mut refreshed = false;
-        loop {
-            attempt += 1;
-            self.limiter.acquire().await;
-            let token = self.tokens.token().await?;
-            let mut rb = self
-                .http
-                .request(method.clone(), url.clone())
-                .header("Authorization", format!("Bearer {}", token.expose_secret()))
-                .header("Version", API_VERSION)
-                .header("Accept", "application/json");
-            if let Some(b) = &body {
-                rb = rb.header("Content-Type", "application/json").body(b.clone());
-            }
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let outcome = rb.send().await;
-            // What to do next: Ok(value) ends, Err((error, Some(wait))) retries after `wait`.
-            let step: Result<T, (GhlError, Option<Duration>)> = match outcome {
-                Err(e) => {
-                    let never_sent = e.is_connect();
-                    let msg = transport_message(&e);
-                    if never_sent || replay == Replay::Safe {
-                        Err((GhlError::Transport(msg), Some(policy.backoff(attempt))))
-                    } else {
-                        Err((
-                            GhlError::MayHaveWritten { reason: format!("no answer to {method} {}: {msg}", url.path()) },
-                            None,
-                        ))
-                    }
+        let renewed = AtomicBool::new(false);
+        let what = format!("GHL {method} {}", url.path());
+        let (method, url, body, renewed) = (&method, &url, &body, &renewed);
+        drive(&self.settings.retry, replay, &what, move |a| self.attempt(method, url, body.as_deref(), a, renewed))
+            .await
+            .map_err(|stop| match stop {
+                Stop::Failed(e) => e,
+                Stop::MayHaveWritten(e) => GhlError::MayHaveWritten { reason: format!("{method} {}: {e}", url.path()) },
+                Stop::Deadline { wait, last: GhlError::RateLimited { .. }, .. } => {
+                    GhlError::RateLimited { retry_after: Some(wait) }
                 }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let headers = resp.headers().clone();
-                    self.observe_headers(&headers).await;
-                    let bytes = match resp.bytes().await {
-                        Ok(b) => b,
-                        Err(e) => {
-                            let msg = transport_message(&e);
-                            return if replay == Replay::Safe && attempt < policy.max_attempts {
-                                self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                                tokio::time::sleep(policy.backoff(attempt)).await;
-                                continue;
-                            } else if replay == Replay::Safe {
-                                Err(GhlError::Transport(msg))
-                            } else {
-                                Err(GhlError::MayHaveWritten {
-                                    reason: format!("answer to {method} {} was cut off: {msg}", url.path()),
-                                })
-                            };
-                        }
-                    };
-                    if status.is_success() {
-                        return serde_json::from_slice(&bytes).map_err(|e| GhlError::Decode(e.to_string()));
-                    }
-                    let err = classify(status, &bytes);
-                    match status {
-                        StatusCode::TOO_MANY_REQUESTS => {
-                            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                            let retry_after =
-                                parse_retry_after(headers.get("retry-after").and_then(|v| v.to_str().ok()));
-                            let interval =
-                                header_u64(&headers, "x-ratelimit-interval-milliseconds").map(Duration::from_millis);
-                            let wait = retry_after.or(interval).unwrap_or_else(|| policy.backoff(attempt));
-                            self.limiter.pause(wait).await;
-                            Err((GhlError::RateLimited { retry_after }, Some(wait)))
-                        }
-                        StatusCode::UNAUTHORIZED if !refreshed => {
-                            refreshed = true;
-                            if self.tokens.refresh_after_unauthorized().await {
-                                attempt -= 1;
-                                continue;
-                            }
-                            Err((err, None))
-                        }
-                        s if s.is_server_error() => {
-                            if replay == Replay::Safe {
-                                Err((err, Some(policy.backoff(attempt))))
-                            } else {
-                                Err((
-                                    GhlError::MayHaveWritten {
-                                        reason: format!("{method} {} answered {}: {err}", url.path(), s.as_u16()),
-                                    },
-                                    None,
-                                ))
-                            }
-                        }
-                        _ => Err((err, None)),
-                    }
+                Stop::Deadline { last: e @ GhlError::CredentialUnavailable(_), .. } => e,
+                Stop::Deadline { attempts, last, .. } => {
+                    GhlError::DeadlineExceeded { attempts, last: last.to_string() }
                 }
-            };
-            match step {
-                Ok(v) => return Ok(v),
-                Err((e, None)) => return Err(e),
-                Err((e, Some(wait))) => {
-                    if attempt >= policy.max_attempts {
-                        return Err(e);
-                    }
-                    if !policy.fits(started, wait) {
-                        return Err(GhlError::DeadlineExceeded { attempts: attempt, last: e.to_string() });
-                    }
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(attempt, wait_ms = wait.as_millis() as u64, error = %e, "retrying GHL call");
-                    tokio::time::sleep(wait).await;
-                }
-            }
+            })
+    }
+
+    /// One attempt: pacing, the token, the request, and what its answer means for a retry.
+    async fn attempt<T: DeserializeOwned>(
+        &self,
+        method: &Method,
+        url: &Url,
+        body: Option<&[u8]>,
+        a: Attempt,
+        renewed: &AtomicBool,
+    ) -> Result<T, Failure<GhlError>> {
+        if let Some(retry_in) = self.daily_quota_wait() {
+            self.stats.daily_quota_refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(Failure::Final(GhlError::DailyQuotaExhausted { retry_in }));
         }
+        if a.number > 1 {
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        // A pause GHL asked for that outlasts the deadline ends the call rather than waiting.
+        if let Err(left) = self.limiter.acquire_within(a.time_left).await {
+            return Err(Failure::Final(GhlError::RateLimited { retry_after: Some(left) }));
+        }
+        let token = self.tokens.token().await.map_err(|e| {
+            if e.is_retryable() { Failure::NotApplied { error: e, wait: None } } else { Failure::Final(e) }
+        })?;
+        let mut rb = self
+            .http
+            .request(method.clone(), url.clone())
+            .header("Authorization", format!("Bearer {}", token.expose_secret()))
+            .header("Version", API_VERSION)
+            .header("Accept", "application/json");
+        if let Some(b) = body {
+            rb = rb.header("Content-Type", "application/json").body(b.to_vec());
+        }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = match rb.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let error = GhlError::Transport(transport_message(&e));
+                // A connection that was never made carried nothing.
+                return Err(if e.is_connect() {
+                    Failure::NotApplied { error, wait: None }
+                } else {
+                    Failure::Unknown { error, wait: None }
+                });
+            }
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        self.observe_headers(&headers).await;
+        let retry_after = parse_retry_after(headers.get("retry-after").and_then(|v| v.to_str().ok()));
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                let error =
+                    GhlError::Transport(format!("the answer ({status}) was cut off: {}", transport_message(&e)));
+                return Err(Failure::Unknown { error, wait: None });
+            }
+        };
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| Failure::Final(GhlError::Decode(e.to_string())));
+        }
+        let err = classify(status, &bytes);
+        match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                if daily_limit_hit(&headers, &bytes) {
+                    let retry_in = self.block_until_daily_reset(retry_after);
+                    return Err(Failure::Final(GhlError::DailyQuotaExhausted { retry_in }));
+                }
+                let interval = header_u64(&headers, "x-ratelimit-interval-milliseconds").map(Duration::from_millis);
+                let wait = retry_after
+                    .or(interval)
+                    .unwrap_or_else(|| self.settings.retry.backoff(a.number))
+                    .min(MAX_SERVER_WAIT);
+                self.limiter.pause(wait).await;
+                Err(Failure::NotApplied { error: GhlError::RateLimited { retry_after }, wait: Some(wait) })
+            }
+            StatusCode::UNAUTHORIZED if !renewed.swap(true, Ordering::SeqCst) => {
+                match self.tokens.renew_after_unauthorized(&token).await {
+                    Ok(true) => Err(Failure::Renewed(err)),
+                    Ok(false) => Err(Failure::Final(err)),
+                    Err(e) => Err(Failure::Final(e)),
+                }
+            }
+            s if s.is_server_error() => Err(Failure::Unknown { error: err, wait: retry_after }),
+            _ => Err(Failure::Final(err)),
+        }
+    }
+
+    /// Stops every call until the daily quota resets; returns how long that is.
+    fn block_until_daily_reset(&self, retry_after: Option<Duration>) -> Duration {
+        let wait = retry_after
+            .unwrap_or_else(until_next_utc_midnight)
+            .min(self.settings.daily_quota_wait_max)
+            .clamp(DAILY_QUOTA_WAIT_MIN, MAX_SERVER_WAIT);
+        let until = Instant::now() + wait;
+        let mut blocked = self.quota_blocked_until.lock().expect("quota lock");
+        if blocked.is_none_or(|b| b < until) {
+            *blocked = Some(until);
+        }
+        tracing::warn!(wait_secs = wait.as_secs(), "GHL's daily request quota is spent; holding calls until it resets");
+        wait
     }
 
     async fn observe_headers(&self, h: &reqwest::header::HeaderMap) {
@@ -586,17 +624,36 @@ impl GhlClient {
         }
         if let Some(d) = header_u64(h, "x-ratelimit-daily-remaining") {
             self.stats.last_daily_remaining.store(d, Ordering::Relaxed);
+            if d == 0 {
+                self.block_until_daily_reset(None);
+            }
         }
         if remaining.is_some() || max.is_some() || interval.is_some() {
             self.limiter
                 .observe(
                     max.map(|m| m.min(u32::MAX as u64) as u32),
-                    interval,
+                    interval.map(|i| i.min(MAX_SERVER_WAIT)),
                     remaining.map(|r| r.min(u32::MAX as u64) as u32),
                 )
                 .await;
         }
     }
+}
+
+/// Whether a 429 is about the daily quota rather than the burst window: the daily budget
+/// header says none is left, or the message speaks of the daily limit.
+fn daily_limit_hit(h: &reqwest::header::HeaderMap, body: &[u8]) -> bool {
+    let says_daily = serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .and_then(|b| b.message)
+        .is_some_and(|m| m.into_vec().iter().any(|m| m.to_ascii_lowercase().contains("daily")));
+    header_u64(h, "x-ratelimit-daily-remaining") == Some(0) || says_daily
+}
+
+fn until_next_utc_midnight() -> Duration {
+    let now = chrono::Utc::now();
+    let midnight = (now.date_naive() + chrono::Days::new(1)).and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
+    (midnight - now).to_std().unwrap_or(Duration::from_secs(3600))
 }
 
 fn header_u64(h: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
@@ -670,6 +727,8 @@ fn classify(status: StatusCode, bytes: &[u8]) -> GhlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ghl::StaticToken;
+    use secrecy::SecretString;
 
     #[test]
     fn duplicate_body_is_recognised() {

@@ -26,9 +26,20 @@ pub enum GhlError {
     #[error("GHL refused the request ({status}): {}{}", .messages.join("; "), trace(.trace_id))]
     Invalid { status: u16, messages: Vec<String>, trace_id: Option<String> },
 
-    /// 429 after every allowed retry.
+    /// 429 after every allowed retry, or a wait GHL asked for that is longer than the call's
+    /// deadline allows.
     #[error("GHL rate limit still exceeded after retries (retry after {retry_after:?})")]
     RateLimited { retry_after: Option<Duration> },
+
+    /// GHL's daily request quota is spent: the client makes no call until it resets. Worth
+    /// retrying after `retry_in`.
+    #[error("GHL's daily request quota is spent; calls resume in {} s", .retry_in.as_secs())]
+    DailyQuotaExhausted { retry_in: Duration },
+
+    /// The credential cannot be used yet: the secret could not be read, or an expired or refused
+    /// OAuth token waits for a process that may refresh it.
+    #[error("GHL credential not available yet: {0}")]
+    CredentialUnavailable(String),
 
     /// 5xx on a request that is safe to repeat, after every allowed retry.
     #[error("GHL server error ({status}) after retries: {message}{}", trace(.trace_id))]
@@ -66,6 +77,8 @@ impl GhlError {
         matches!(
             self,
             Self::RateLimited { .. }
+                | Self::DailyQuotaExhausted { .. }
+                | Self::CredentialUnavailable(_)
                 | Self::Server { .. }
                 | Self::MayHaveWritten { .. }
                 | Self::Transport(_)
@@ -87,9 +100,19 @@ impl GhlError {
         }
     }
 
+    /// How long to wait before trying again, when GHL said (a 429's `Retry-After`, the daily
+    /// quota's reset).
+    pub fn retry_hint(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after } => *retry_after,
+            Self::DailyQuotaExhausted { retry_in } => Some(*retry_in),
+            _ => None,
+        }
+    }
+
     /// Whether the error was a 429.
     pub fn is_rate_limited(&self) -> bool {
-        matches!(self, Self::RateLimited { .. })
+        matches!(self, Self::RateLimited { .. } | Self::DailyQuotaExhausted { .. })
     }
 }
 
@@ -101,6 +124,10 @@ mod tests {
     fn retryable_split() {
         assert!(GhlError::MayHaveWritten { reason: "500".into() }.is_retryable());
         assert!(GhlError::RateLimited { retry_after: None }.is_retryable());
+        let quota = GhlError::DailyQuotaExhausted { retry_in: Duration::from_secs(3600) };
+        assert!(quota.is_retryable() && quota.is_rate_limited());
+        assert_eq!(quota.retry_hint(), Some(Duration::from_secs(3600)));
+        assert!(GhlError::CredentialUnavailable("waiting".into()).is_retryable());
         assert!(
             !GhlError::Invalid {
                 status: 422,

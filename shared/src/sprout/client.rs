@@ -1,8 +1,10 @@
-//! SproutVideo API v1 client: `SproutVideo-Api-Key` auth, paced to the account's request budget,
-//! retries on 429/5xx honouring `Retry-After`, and paging that builds every page request itself.
+//! SproutVideo API v1 client: `SproutVideo-Api-Key` auth (the key read on every call, so a
+//! rotation is seen), paced to the account's request budget, retried by the shared driver
+//! ([`crate::retry`]) on 429/5xx/transport errors honouring `Retry-After`, and paging that
+//! builds every page request itself. Creates (POST) are never re-sent after an ambiguous failure.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -11,11 +13,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use thiserror::Error;
-use tokio::time::Instant;
 use url::Url;
 
+use super::key::ApiKeySource;
 use super::models::*;
-use crate::pacing::{RateLimiter, RetryPolicy, parse_retry_after};
+use crate::pacing::RateLimiter;
+use crate::retry::{Attempt, Failure, MAX_SERVER_WAIT, Replay, RetryPolicy, Stop, drive, parse_retry_after};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.sproutvideo.com/v1";
 /// Largest page SproutVideo serves.
@@ -31,21 +34,40 @@ pub enum SproutError {
     NotFound(String),
     #[error("SproutVideo refused the request ({status}): {message}")]
     Invalid { status: u16, message: String },
-    #[error("SproutVideo rate limit still exceeded after retries")]
-    RateLimited,
+    /// 429 after every allowed retry, or a wait SproutVideo asked for that is longer than the
+    /// call's deadline allows.
+    #[error("SproutVideo rate limit still exceeded after retries (retry after {retry_after:?})")]
+    RateLimited { retry_after: Option<Duration> },
     #[error("SproutVideo server error ({status}) after retries: {message}")]
     Server { status: u16, message: String },
+    /// A create failed in a way that does not say whether SproutVideo applied it.
+    #[error("SproutVideo may have applied the write: {0}")]
+    MayHaveWritten(String),
     #[error("could not reach SproutVideo: {0}")]
     Transport(String),
     #[error("SproutVideo call gave up at its deadline: {0}")]
     DeadlineExceeded(String),
     #[error("unreadable SproutVideo response: {0}")]
     Decode(String),
+    /// No API key to send: put `sproutvideo_api_key` in the secret.
+    #[error("no SproutVideo API key: {0}")]
+    NoKey(String),
+    /// The key could not be read right now (the secret store did not answer).
+    #[error("the SproutVideo API key could not be read: {0}")]
+    KeyUnavailable(String),
 }
 
 impl SproutError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::RateLimited | Self::Server { .. } | Self::Transport(_) | Self::DeadlineExceeded(_))
+        matches!(
+            self,
+            Self::RateLimited { .. }
+                | Self::Server { .. }
+                | Self::MayHaveWritten(_)
+                | Self::Transport(_)
+                | Self::DeadlineExceeded(_)
+                | Self::KeyUnavailable(_)
+        )
     }
 }
 
@@ -87,7 +109,7 @@ pub struct SessionQuery {
 pub struct SproutClient {
     http: reqwest::Client,
     settings: Arc<SproutSettings>,
-    key: SecretString,
+    keys: Arc<dyn ApiKeySource>,
     limiter: Arc<RateLimiter>,
     requests: Arc<AtomicU64>,
 }
@@ -99,7 +121,7 @@ impl std::fmt::Debug for SproutClient {
 }
 
 impl SproutClient {
-    pub fn new(settings: SproutSettings, key: SecretString) -> Result<Self, SproutError> {
+    pub fn new(settings: SproutSettings, keys: Arc<dyn ApiKeySource>) -> Result<Self, SproutError> {
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .connect_timeout(Duration::from_secs(5))
@@ -107,7 +129,7 @@ impl SproutClient {
             .build()
             .map_err(|e| SproutError::Transport(e.to_string()))?;
         let limiter = Arc::new(RateLimiter::new(settings.per_minute.max(1), Duration::from_secs(60), 1.0));
-        Ok(Self { http, settings: Arc::new(settings), key, limiter, requests: Arc::new(AtomicU64::new(0)) })
+        Ok(Self { http, settings: Arc::new(settings), keys, limiter, requests: Arc::new(AtomicU64::new(0)) })
     }
 
     /// Requests sent so far (every attempt counts).
@@ -251,72 +273,102 @@ impl SproutClient {
             Some(b) => Some(serde_json::to_vec(b).map_err(|e| SproutError::Decode(e.to_string()))?),
             None => None,
         };
-        // Only GET, PUT and DELETE are retried after a 5xx; a create is retried only on 429.
-        let replay_safe = method != Method::POST;
-        let policy = &self.settings.retry;
-        let started = Instant::now();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            self.limiter.acquire().await;
-            let mut rb = self
-                .http
-                .request(method.clone(), url.clone())
-                .header("SproutVideo-Api-Key", self.key.expose_secret())
-                .header("Accept", "application/json");
-            if let Some(b) = &body {
-                rb = rb.header("Content-Type", "application/json;charset=utf-8").body(b.clone());
-            }
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let (err, wait) = match rb.send().await {
-                Err(e) => {
-                    let retry = e.is_connect() || replay_safe;
-                    let err = SproutError::Transport(if e.is_timeout() {
-                        "timed out".into()
-                    } else {
-                        "connection failed".into()
-                    });
-                    (err, retry.then(|| policy.backoff(attempt)))
+        // GET, PUT and DELETE leave the same state when repeated; a POST creates.
+        let replay = if method == Method::POST { Replay::Once } else { Replay::Idempotent };
+        let renewed = AtomicBool::new(false);
+        let what = format!("SproutVideo {method} {}", url.path());
+        let (method, url, body, renewed) = (&method, &url, &body, &renewed);
+        drive(&self.settings.retry, replay, &what, move |a| self.attempt(method, url, body.as_deref(), a, renewed))
+            .await
+            .map_err(|stop| match stop {
+                Stop::Failed(e) => e,
+                Stop::MayHaveWritten(e) => SproutError::MayHaveWritten(format!("{method} {}: {e}", url.path())),
+                Stop::Deadline { wait, last: SproutError::RateLimited { .. }, .. } => {
+                    SproutError::RateLimited { retry_after: Some(wait) }
                 }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after =
-                        parse_retry_after(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()));
-                    let bytes = resp.bytes().await.unwrap_or_default();
-                    if status.is_success() {
-                        return serde_json::from_slice(&bytes).map_err(|e| SproutError::Decode(e.to_string()));
-                    }
-                    let message = error_message(&bytes, status);
-                    match status {
-                        StatusCode::TOO_MANY_REQUESTS => {
-                            let wait = retry_after.unwrap_or_else(|| policy.backoff(attempt));
-                            self.limiter.pause(wait).await;
-                            (SproutError::RateLimited, Some(wait))
-                        }
-                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                            return Err(SproutError::Unauthorized { status: status.as_u16(), message });
-                        }
-                        StatusCode::NOT_FOUND => return Err(SproutError::NotFound(message)),
-                        s if s.is_server_error() => {
-                            let err = SproutError::Server { status: s.as_u16(), message };
-                            let wait = retry_after.unwrap_or_else(|| policy.backoff(attempt));
-                            (err, replay_safe.then_some(wait))
-                        }
-                        s => {
-                            return Err(SproutError::Invalid { status: s.as_u16(), message });
-                        }
-                    }
+                Stop::Deadline { last: e @ SproutError::KeyUnavailable(_), .. } => e,
+                Stop::Deadline { attempts, last, .. } => {
+                    SproutError::DeadlineExceeded(format!("after {attempts} attempt(s): {last}"))
                 }
-            };
-            let Some(wait) = wait else { return Err(err) };
-            if attempt >= policy.max_attempts {
-                return Err(err);
+            })
+    }
+
+    /// One attempt: pacing, the key, the request, and what its answer means for a retry.
+    async fn attempt<T: DeserializeOwned>(
+        &self,
+        method: &Method,
+        url: &Url,
+        body: Option<&[u8]>,
+        a: Attempt,
+        renewed: &AtomicBool,
+    ) -> Result<T, Failure<SproutError>> {
+        // A pause SproutVideo asked for that outlasts the deadline ends the call rather than waiting.
+        if let Err(left) = self.limiter.acquire_within(a.time_left).await {
+            return Err(Failure::Final(SproutError::RateLimited { retry_after: Some(left) }));
+        }
+        let key = self.keys.key().await.map_err(|e| {
+            if e.is_retryable() { Failure::NotApplied { error: e, wait: None } } else { Failure::Final(e) }
+        })?;
+        let mut rb = self
+            .http
+            .request(method.clone(), url.clone())
+            .header("SproutVideo-Api-Key", key.expose_secret())
+            .header("Accept", "application/json");
+        if let Some(b) = body {
+            rb = rb.header("Content-Type", "application/json;charset=utf-8").body(b.to_vec());
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = match rb.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let what = if e.is_timeout() {
+                    "timed out"
+                } else if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                let error = SproutError::Transport(what.into());
+                // A connection that was never made carried nothing.
+                return Err(if e.is_connect() {
+                    Failure::NotApplied { error, wait: None }
+                } else {
+                    Failure::Unknown { error, wait: None }
+                });
             }
-            if !policy.fits(started, wait) {
-                return Err(SproutError::DeadlineExceeded(err.to_string()));
+        };
+        let status = resp.status();
+        let retry_after = parse_retry_after(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()));
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(_) => {
+                let error = SproutError::Transport(format!("the answer ({status}) was cut off"));
+                return Err(Failure::Unknown { error, wait: None });
             }
-            tracing::debug!(attempt, wait_ms = wait.as_millis() as u64, error = %err, "retrying SproutVideo call");
-            tokio::time::sleep(wait).await;
+        };
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| Failure::Final(SproutError::Decode(e.to_string())));
+        }
+        let message = error_message(&bytes, status);
+        match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                let wait = retry_after.unwrap_or_else(|| self.settings.retry.backoff(a.number)).min(MAX_SERVER_WAIT);
+                self.limiter.pause(wait).await;
+                Err(Failure::NotApplied { error: SproutError::RateLimited { retry_after }, wait: Some(wait) })
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                let err = SproutError::Unauthorized { status: status.as_u16(), message };
+                if !renewed.swap(true, Ordering::SeqCst) && self.keys.renew_after_unauthorized(&key).await {
+                    Err(Failure::Renewed(err))
+                } else {
+                    Err(Failure::Final(err))
+                }
+            }
+            StatusCode::NOT_FOUND => Err(Failure::Final(SproutError::NotFound(message))),
+            s if s.is_server_error() => {
+                Err(Failure::Unknown { error: SproutError::Server { status: s.as_u16(), message }, wait: retry_after })
+            }
+            s => Err(Failure::Final(SproutError::Invalid { status: s.as_u16(), message })),
         }
     }
 }

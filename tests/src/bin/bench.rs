@@ -603,8 +603,7 @@ async fn intake_cost() -> anyhow::Result<Vec<Row>> {
     let sends = 200;
     let started = Instant::now();
     for i in 0..sends {
-        let accepted =
-            intake::events::event_commands(&mapping, event_body(i).as_bytes()).map_err(|e| anyhow::anyhow!(e.error))?;
+        let accepted = intake::events::event_commands(&mapping, event_body(i).as_bytes())?;
         q.send(&accepted.commands).await?;
     }
     let send_ms = started.elapsed().as_secs_f64() * 1000.0 / sends as f64;

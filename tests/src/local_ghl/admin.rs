@@ -1,0 +1,105 @@
+//! The admin paths: state, request log, faults, behaviour, custom fields, appointments, reset.
+
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::{Faults, GhlBehaviour, LocalGhl, Store, new_id, now_iso};
+
+pub(super) fn add_custom_field(s: &mut Store, location: &str, name: &str, field_key: &str, data_type: &str) -> String {
+    let id = new_id();
+    s.locations.entry(location.to_string()).or_default().custom_fields.push(json!({
+        "id": id, "name": name, "fieldKey": field_key, "dataType": data_type,
+        "placeholder": "", "position": 0, "picklistOptions": [], "isAllowedCustomOption": false,
+        "isMultiFileAllowed": false, "maxFileLimit": 0, "locationId": location, "model": "contact",
+    }));
+    id
+}
+
+pub(super) fn state_json(s: &Store) -> Value {
+    let mut locs = Map::new();
+    for (id, l) in &s.locations {
+        let contacts: Vec<Value> = l
+            .contacts
+            .values()
+            .map(|c| {
+                let mut v = c.fields.clone();
+                v.insert("tasks".into(), Value::Array(c.tasks.iter().cloned().map(Value::Object).collect()));
+                v.insert("notes".into(), Value::Array(c.notes.iter().cloned().map(Value::Object).collect()));
+                v.insert(
+                    "appointments".into(),
+                    Value::Array(c.appointments.iter().cloned().map(Value::Object).collect()),
+                );
+                Value::Object(v)
+            })
+            .collect();
+        locs.insert(id.clone(), json!({ "contacts": contacts, "customFields": l.custom_fields }));
+    }
+    json!({ "locations": locs })
+}
+
+pub(super) async fn admin(ghl: &LocalGhl, method: &Method, rest: &str, body: &[u8]) -> Response {
+    let mut s = ghl.store.lock().await;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let bad = |m: String| (StatusCode::BAD_REQUEST, axum::Json(json!({"error": m}))).into_response();
+    match (method.as_str(), parts.as_slice()) {
+        ("GET", ["state"]) => axum::Json(state_json(&s)).into_response(),
+        ("GET", ["requests"]) => axum::Json(json!({ "requests": s.log })).into_response(),
+        ("DELETE", ["requests"]) => {
+            s.log.clear();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        ("PUT", ["faults"]) => match serde_json::from_slice::<Faults>(body) {
+            Ok(f) => {
+                s.faults = f;
+                StatusCode::NO_CONTENT.into_response()
+            }
+            Err(e) => bad(format!("bad faults: {e}")),
+        },
+        ("PUT", ["config"]) => match serde_json::from_slice::<GhlBehaviour>(body) {
+            Ok(b) => {
+                s.behaviour = b;
+                StatusCode::NO_CONTENT.into_response()
+            }
+            Err(e) => bad(format!("bad config: {e}")),
+        },
+        ("POST", ["reset"]) => {
+            let behaviour = s.behaviour.clone();
+            *s = Store { behaviour, ..Default::default() };
+            StatusCode::NO_CONTENT.into_response()
+        }
+        ("POST", ["locations", loc, "custom-fields"]) => {
+            let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let (Some(name), Some(key)) = (v["name"].as_str(), v["fieldKey"].as_str()) else {
+                return bad("name and fieldKey are required".into());
+            };
+            let dt = v["dataType"].as_str().unwrap_or("TEXT");
+            let id = add_custom_field(&mut s, loc, name, key, dt);
+            (StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response()
+        }
+        ("POST", ["locations", loc, "appointments"]) => {
+            let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let Some(cid) = v["contactId"].as_str() else {
+                return bad("contactId is required".into());
+            };
+            let Some(c) = s.locations.get_mut(*loc).and_then(|l| l.contacts.get_mut(cid)) else {
+                return bad("no such contact".into());
+            };
+            let id = new_id();
+            let mut a = Map::new();
+            a.insert("id".into(), json!(id));
+            a.insert("calendarId".into(), json!(v["calendarId"].as_str().unwrap_or("cal1")));
+            a.insert("title".into(), json!(v["title"].as_str().unwrap_or("Appointment")));
+            a.insert("status".into(), json!("booked"));
+            a.insert("appointmentStatus".into(), json!("confirmed"));
+            a.insert("startTime".into(), json!(v["startTime"].as_str().unwrap_or("2026-12-01 10:00:00")));
+            a.insert("endTime".into(), json!(v["endTime"].as_str().unwrap_or("2026-12-01 10:30:00")));
+            a.insert("locationId".into(), json!(loc));
+            a.insert("contactId".into(), json!(cid));
+            a.insert("dateAdded".into(), json!(now_iso()));
+            c.appointments.push(a);
+            (StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response()
+        }
+        _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": "no such admin path"}))).into_response(),
+    }
+}

@@ -1,0 +1,194 @@
+//! The local GHL's matching, duplicate lookup, custom-field validation and garbled answers, over
+//! HTTP as a client sees them.
+
+use serde_json::{Value, json};
+
+use super::{DuplicateMiss, FaultKind, GhlBehaviour, LocalGhl, MatchField, ScriptedFault};
+
+const LOC: &str = "locFakeTest000000001";
+
+struct Fake {
+    ghl: LocalGhl,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Fake {
+    async fn start(b: GhlBehaviour) -> Self {
+        let ghl = LocalGhl::new(b);
+        let addr = ghl.spawn("127.0.0.1:0").await.unwrap();
+        Self { ghl, base: format!("http://{addr}"), http: reqwest::Client::new() }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, String) {
+        let mut rb = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("Authorization", "Bearer t")
+            .header("Version", "2021-07-28");
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    async fn json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, text) = self.call(method, path, body).await;
+        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+    }
+
+    async fn upsert(&self, body: Value) -> (u16, Value) {
+        let mut body = body;
+        body["locationId"] = json!(LOC);
+        self.json(reqwest::Method::POST, "/contacts/upsert", Some(body)).await
+    }
+
+    async fn seed(&self, fields: Value) -> String {
+        self.ghl.insert_contact(LOC, fields).await
+    }
+
+    async fn contact(&self, id: &str) -> Value {
+        let state = self.ghl.state().await;
+        state["locations"][LOC]["contacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no contact {id}"))
+    }
+
+    async fn duplicate(&self, query: &str) -> Value {
+        let (status, v) = self
+            .json(reqwest::Method::GET, &format!("/contacts/search/duplicate?locationId={LOC}&{query}"), None)
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+}
+
+const BOB_PHONE: &str = "+14155552671";
+
+#[tokio::test]
+async fn an_upsert_whose_phone_belongs_to_another_contact_updates_the_email_contact_and_ignores_the_phone() {
+    let f = Fake::start(GhlBehaviour::default()).await;
+    let eve = f.seed(json!({"email": "eve@example.com", "firstName": "Eve"})).await;
+    let bob = f.seed(json!({"email": "bob@example.com", "firstName": "Bob", "phone": BOB_PHONE})).await;
+    let bob_before = f.contact(&bob).await;
+    let (status, v) = f.upsert(json!({"email": "eve@example.com", "phone": BOB_PHONE, "lastName": "Adams"})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["new"], false);
+    assert_eq!(v["contact"]["id"], eve.as_str());
+    let eve_after = f.contact(&eve).await;
+    assert_eq!(eve_after["lastName"], "Adams");
+    assert!(eve_after.get("phone").is_none_or(Value::is_null), "the phone was not written: {eve_after}");
+    assert_eq!(f.contact(&bob).await, bob_before, "Bob is untouched");
+}
+
+#[tokio::test]
+async fn an_upsert_matched_only_by_phone_overwrites_that_contacts_email_unless_configured_otherwise() {
+    let f = Fake::start(GhlBehaviour::default()).await;
+    let bob = f.seed(json!({"email": "bob@example.com", "phone": BOB_PHONE})).await;
+    let (_, v) = f.upsert(json!({"email": "eve@example.com", "phone": BOB_PHONE})).await;
+    assert_eq!(v["contact"]["id"], bob.as_str(), "the phone matched Bob");
+    assert_eq!(f.contact(&bob).await["email"], "eve@example.com", "Eve's email landed on Bob");
+
+    let f = Fake::start(GhlBehaviour { upsert_overwrites_identifiers: false, ..Default::default() }).await;
+    let bob = f.seed(json!({"email": "bob@example.com", "phone": BOB_PHONE})).await;
+    f.upsert(json!({"email": "eve@example.com", "phone": BOB_PHONE, "firstName": "Eve"})).await;
+    let after = f.contact(&bob).await;
+    assert_eq!((after["email"].as_str(), after["firstName"].as_str()), (Some("bob@example.com"), Some("Eve")));
+}
+
+#[tokio::test]
+async fn the_location_order_decides_which_identifier_wins() {
+    let f = Fake::start(GhlBehaviour { match_order: vec![MatchField::Phone, MatchField::Email], ..Default::default() })
+        .await;
+    let eve = f.seed(json!({"email": "eve@example.com"})).await;
+    let bob = f.seed(json!({"email": "bob@example.com", "phone": BOB_PHONE})).await;
+    let (_, v) = f.upsert(json!({"email": "eve@example.com", "phone": BOB_PHONE, "firstName": "X"})).await;
+    assert_eq!(v["contact"]["id"], bob.as_str());
+    assert_eq!(f.contact(&bob).await["email"], "bob@example.com", "Eve's email is held by Eve: ignored");
+    assert!(f.contact(&eve).await.get("firstName").is_none());
+}
+
+#[tokio::test]
+async fn an_upsert_with_only_new_identifiers_creates_and_a_free_phone_is_added_to_the_email_contact() {
+    let f = Fake::start(GhlBehaviour::default()).await;
+    let eve = f.seed(json!({"email": "eve@example.com"})).await;
+    let (_, v) = f.upsert(json!({"email": "eve@example.com", "phone": "+1 415 555 2672"})).await;
+    assert_eq!(v["contact"]["id"], eve.as_str());
+    assert_eq!(f.contact(&eve).await["phone"], "+14155552672");
+    let (_, v) = f.upsert(json!({"email": "new@example.com", "phone": BOB_PHONE})).await;
+    assert_eq!(v["new"], true);
+}
+
+#[tokio::test]
+async fn the_duplicate_lookup_answers_one_contact_by_priority_or_none() {
+    let f = Fake::start(GhlBehaviour::default()).await;
+    let eve = f.seed(json!({"email": "eve@example.com"})).await;
+    let bob = f.seed(json!({"email": "bob@example.com", "phone": BOB_PHONE})).await;
+    let both = f.duplicate("email=EVE%40example.com&number=%2B14155552671").await;
+    assert_eq!(both["contact"]["id"], eve.as_str(), "email first");
+    let keys: Vec<&String> = both.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["contact", "traceId"], "only the contact (and the traceId every answer has)");
+    assert_eq!(f.duplicate("number=%2B14155552671").await["contact"]["id"], bob.as_str());
+    let miss = f.duplicate("email=nobody%40example.com").await;
+    assert!(miss.get("contact").is_some_and(Value::is_null), "{miss}");
+
+    let f = Fake::start(GhlBehaviour { duplicate_miss: DuplicateMiss::Omitted, ..Default::default() }).await;
+    let miss = f.duplicate("email=nobody%40example.com").await;
+    assert!(miss.get("contact").is_none(), "{miss}");
+
+    // "Allow Duplicate Contact" on: email first, whatever the upsert order.
+    let f = Fake::start(GhlBehaviour {
+        allow_duplicates: true,
+        match_order: vec![MatchField::Phone, MatchField::Email],
+        ..Default::default()
+    })
+    .await;
+    let eve = f.seed(json!({"email": "eve@example.com"})).await;
+    f.seed(json!({"email": "bob@example.com", "phone": BOB_PHONE})).await;
+    assert_eq!(f.duplicate("email=eve%40example.com&number=%2B14155552671").await["contact"]["id"], eve.as_str());
+}
+
+#[tokio::test]
+async fn custom_field_values_are_written_as_field_value_only() {
+    let f = Fake::start(GhlBehaviour::default()).await;
+    let field = f.ghl.define_custom_field(LOC, "Last video", "contact.sv_last_video", "TEXT").await;
+    for key in ["fieldValue", "value"] {
+        let (status, v) =
+            f.upsert(json!({"email": "cf@example.com", "customFields": [{"id": field, key: "Pricing"}]})).await;
+        assert_eq!(status, 422, "{key}: {v}");
+        assert_eq!(v["message"], json!([format!("customFields.0.property {key} should not exist")]));
+    }
+    assert!(f.ghl.state().await["locations"][LOC]["contacts"].as_array().is_none_or(Vec::is_empty), "nothing written");
+    let (status, v) =
+        f.upsert(json!({"email": "cf@example.com", "customFields": [{"id": field, "field_value": "Pricing"}]})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["contact"]["customFields"], json!([{"id": field, "value": "Pricing"}]));
+
+    let f = Fake::start(GhlBehaviour { strict_custom_field_values: false, ..Default::default() }).await;
+    let field = f.ghl.define_custom_field(LOC, "Last video", "contact.sv_last_video", "TEXT").await;
+    let (status, v) = f.upsert(json!({"email": "cf@example.com", "customFields": [{"id": field, "value": "P"}]})).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
+async fn write_then_garbage_writes_and_answers_a_cut_off_body() {
+    let f = Fake::start(GhlBehaviour::default()).await;
+    let id = f.seed(json!({"email": "g@example.com"})).await;
+    f.ghl
+        .push_fault(ScriptedFault {
+            kind: FaultKind::WriteThenGarbage,
+            method: Some("POST".into()),
+            path_contains: Some("/notes".into()),
+        })
+        .await;
+    let (status, text) =
+        f.call(reqwest::Method::POST, &format!("/contacts/{id}/notes"), Some(json!({"body": "hello"}))).await;
+    assert_eq!(status, 201);
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+    assert_eq!(f.contact(&id).await["notes"].as_array().unwrap().len(), 1, "the note was written");
+}
