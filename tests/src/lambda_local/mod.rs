@@ -54,6 +54,8 @@ pub struct DeploySettings {
     pub endpoint: String,
     /// Give each function an IAM user with its template policy, and switch authorization on.
     pub iam: bool,
+    /// Keys for creating the IAM users (any, while authorization is still off).
+    pub setup: Credentials,
     /// Template parameters (over their defaults).
     pub parameters: Vec<(String, String)>,
     pub stack_name: String,
@@ -85,6 +87,7 @@ impl DeploySettings {
             log_dir,
             endpoint: endpoint.to_string(),
             iam: false,
+            setup: Credentials::unchecked(),
             parameters: Vec::new(),
             stack_name: "sv-ghl-sync-local".into(),
             env: BTreeMap::new(),
@@ -157,8 +160,7 @@ impl Deployment {
             .filter(|d| s.only.as_ref().is_none_or(|o| o.contains(&d.binary)))
             .collect();
 
-        let unchecked = Credentials::unchecked();
-        let setup = unchecked.sdk_config(&s.endpoint, REGION).await;
+        let setup = s.setup.sdk_config(&s.endpoint, REGION).await;
         let iam_client = aws_sdk_iam::Client::new(&setup);
         let mut grants = Vec::new();
         let (admin, _) = identity(&iam_client, &s, "admin", iam::admin_statements()).await?;
