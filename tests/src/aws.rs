@@ -183,7 +183,10 @@ impl Stack {
                     .into(),
                 },
             ),
-            ("SyncSecret".to_string(), ResourceValues { reference: secret_arn.clone(), attributes: [("Id".to_string(), secret_arn)].into() }),
+            (
+                "SyncSecret".to_string(),
+                ResourceValues { reference: secret_arn.clone(), attributes: [("Id".to_string(), secret_arn)].into() },
+            ),
         ]
         .into())
     }

@@ -102,7 +102,10 @@ impl Pipeline {
     pub fn pids(&self, name: &str) -> Vec<u32> {
         let raw = std::fs::read_to_string(self.dir.join("stack.json")).unwrap();
         let v: Value = serde_json::from_str(&raw).unwrap();
-        v["pids"][name].as_array().map(|a| a.iter().filter_map(|p| p.as_u64()).map(|p| p as u32).collect()).unwrap_or_default()
+        v["pids"][name]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p.as_u64()).map(|p| p as u32).collect())
+            .unwrap_or_default()
     }
 
     pub async fn ghl_contacts(&self) -> Vec<Value> {

@@ -25,7 +25,8 @@ async fn intake_with(tag: &str, policy: Option<Vec<StatementDef>>) -> (u16, Acce
     let moto = Moto::start(&dir).await.unwrap();
     let setup = Credentials::unchecked().sdk_config(&moto.endpoint, REGION).await;
     let secret = secret_json("iam-webhook-token", &[SIGNING], "iam-read-key", "iam-ghl-token", None);
-    let stack = Stack::create_in(setup, StackNames::unique(tag), StackSettings::default(), Some(&secret)).await.unwrap();
+    let stack =
+        Stack::create_in(setup, StackNames::unique(tag), StackSettings::default(), Some(&secret)).await.unwrap();
     let queue_arn = stack.resource_values().await.unwrap()["SyncQueue"].attributes["Arn"].clone();
     let mut ds = DeploySettings::new(bin_dir(), dir.join("logs"), &moto.endpoint);
     ds.iam = true;
@@ -39,10 +40,12 @@ async fn intake_with(tag: &str, policy: Option<Vec<StatementDef>>) -> (u16, Acce
     let d = Deployment::deploy(&stack, ds).await.unwrap();
 
     let raw = r#"{"id":"iam-1","type":"lead.captured","occurred_at":"2026-11-29T10:00:00Z","contact":{"email":"iam@example.com"}}"#;
-    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/lambda/apigw-v2-signed-event.json"),
+    let mut event: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/lambda/apigw-v2-signed-event.json"),
+        )
+        .unwrap(),
     )
-    .unwrap())
     .unwrap();
     let ts = Utc::now().timestamp();
     event["body"] = Value::String(raw.into());

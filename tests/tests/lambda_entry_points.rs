@@ -52,8 +52,13 @@ impl World {
         let ghl_url = format!("http://{}/", ghl.spawn("127.0.0.1:0").await.unwrap());
         let sprout = LocalSprout::new(SproutBehaviour::default());
         let sprout_url = format!("http://{}/v1", sprout.spawn("127.0.0.1:0").await.unwrap());
-        let secret =
-            secret_json("fixture-webhook-token", &[SIGNING], "fixture-read-key", "fixture-ghl-token", Some("fixture-sv-key"));
+        let secret = secret_json(
+            "fixture-webhook-token",
+            &[SIGNING],
+            "fixture-read-key",
+            "fixture-ghl-token",
+            Some("fixture-sv-key"),
+        );
         let names = StackNames::unique(tag);
         let stack_name = names.queue.trim_end_matches("-sync.fifo").to_string();
         let stack =
@@ -108,8 +113,11 @@ impl World {
 /// Signs a fixture event as a sender would: over the body's bytes (decoded when base64).
 fn signed(mut e: HttpApiEvent) -> Value {
     let body = e.body.clone().unwrap_or_default();
-    let bytes =
-        if e.is_base64_encoded { base64::engine::general_purpose::STANDARD.decode(body).unwrap() } else { body.into_bytes() };
+    let bytes = if e.is_base64_encoded {
+        base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+    } else {
+        body.into_bytes()
+    };
     let ts = Utc::now().timestamp();
     e.headers.insert("x-signature-timestamp".into(), ts.to_string());
     e.headers.insert("x-signature".into(), intake::auth::sign(SIGNING, ts, &bytes));
@@ -152,10 +160,8 @@ async fn the_intake_answers_http_api_v2_events() {
     // What reached the queue: the lead's upsert; the note's upsert and note (from the base64
     // body); the video.
     let queued = w.stack.receive(&w.stack.queue_url, 10, 30).await.unwrap();
-    let mut actions: Vec<String> = queued
-        .iter()
-        .map(|m| SyncCommand::decode(m.body().unwrap()).unwrap().body.action_name().to_string())
-        .collect();
+    let mut actions: Vec<String> =
+        queued.iter().map(|m| SyncCommand::decode(m.body().unwrap()).unwrap().body.action_name().to_string()).collect();
     actions.sort();
     assert_eq!(actions, ["add_note", "upsert_contact", "upsert_contact", "video_changed"]);
     let note = queued
@@ -411,7 +417,8 @@ async fn the_event_source_mapping_deletes_what_succeeded_and_parks_nothing_itsel
         assert_eq!(r.event_source, "aws:sqs");
         assert_eq!(r.event_source_arn, w.d.defs[0].sqs[0].queue_arn);
         assert_eq!(r.aws_region, REGION);
-        for attr in ["ApproximateReceiveCount", "SentTimestamp", "SequenceNumber", "MessageGroupId", "MessageDeduplicationId"]
+        for attr in
+            ["ApproximateReceiveCount", "SentTimestamp", "SequenceNumber", "MessageGroupId", "MessageDeduplicationId"]
         {
             assert!(r.attributes.contains_key(attr), "{attr} in {:?}", r.attributes);
         }

@@ -62,7 +62,8 @@ async fn chaos_soak_loses_and_doubles_nothing() {
             tokio::time::sleep(Duration::from_millis(2500 + fastrand::u64(0..2500))).await;
             let Ok(raw) = std::fs::read_to_string(killer_dir.join("stack.json")) else { continue };
             let v: Value = serde_json::from_str(&raw).unwrap_or_default();
-            let pids: Vec<u64> = v["pids"]["sv-worker"].as_array().into_iter().flatten().filter_map(|p| p.as_u64()).collect();
+            let pids: Vec<u64> =
+                v["pids"]["sv-worker"].as_array().into_iter().flatten().filter_map(|p| p.as_u64()).collect();
             if !pids.is_empty() {
                 let pid = pids[fastrand::usize(..pids.len())];
                 let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();

@@ -176,7 +176,8 @@ async fn stop(child: &mut Child) {
 fn passed_on_env() -> BTreeMap<String, String> {
     const SECRET_VARS: &[&str] =
         &["GHL_TOKEN", "SPROUTVIDEO_API_KEY", "SYNC_WEBHOOK_TOKEN", "SYNC_SIGNING_SECRET", "SYNC_READ_API_KEY"];
-    const RESOURCE_VARS: &[&str] = &["SYNC_SECRET_ID", "SYNC_QUEUE_URL", "SYNC_DLQ_URL", "SYNC_TABLE", "GHL_LOCATION_ID"];
+    const RESOURCE_VARS: &[&str] =
+        &["SYNC_SECRET_ID", "SYNC_QUEUE_URL", "SYNC_DLQ_URL", "SYNC_TABLE", "GHL_LOCATION_ID"];
     std::env::vars()
         .filter(|(k, _)| {
             ["SYNC_", "GHL_", "WORKER_", "SPROUTVIDEO_", "RECONCILE_", "SECRET_CACHE_"].iter().any(|p| k.starts_with(p))
@@ -227,7 +228,10 @@ async fn start(s: &Settings, procs: &mut Vec<Proc>, deployment: &mut Option<Depl
     let queue = template.queue("SyncQueue", &template.resolver(&[], STACK_NAME))?;
     let stack = Stack::create(
         StackNames::with_prefix(STACK_NAME),
-        StackSettings { visibility_timeout_secs: s.visibility, max_receive_count: queue.max_receive_count.unwrap_or(8) },
+        StackSettings {
+            visibility_timeout_secs: s.visibility,
+            max_receive_count: queue.max_receive_count.unwrap_or(8),
+        },
         Some(&secret),
     )
     .await
@@ -253,7 +257,11 @@ async fn start(s: &Settings, procs: &mut Vec<Proc>, deployment: &mut Option<Depl
     let d = Deployment::deploy(&stack, ds).await.context("could not deploy the template's functions locally")?;
     // The first request starts the intake (a cold start), as it would in Lambda.
     let health = reqwest::get(format!("http://{}/health", s.intake_addr)).await.context("the HTTP API")?;
-    anyhow::ensure!(health.status().is_success(), "the intake answered {} to /health; see .dev/logs/sv-intake.log", health.status());
+    anyhow::ensure!(
+        health.status().is_success(),
+        "the intake answered {} to /health; see .dev/logs/sv-intake.log",
+        health.status()
+    );
     write_state(s, procs, &d, &stack, &ghl_base, &sprout_base, &location)?;
     print_next_steps(s, &ghl_base, &sprout_base, real_ghl);
     *deployment = Some(d);
@@ -281,7 +289,8 @@ fn write_state(
         .iter()
         .map(|(name, f)| {
             // What the function runs with, less its credentials.
-            let env: BTreeMap<&String, &String> = f.config.env.iter().filter(|(k, _)| !k.starts_with("AWS_SECRET")).collect();
+            let env: BTreeMap<&String, &String> =
+                f.config.env.iter().filter(|(k, _)| !k.starts_with("AWS_SECRET")).collect();
             (
                 name.as_str(),
                 json!({"timeout_secs": f.config.timeout.as_secs(), "memory_mb": f.config.memory_mb,

@@ -222,7 +222,11 @@ pub fn build_event(route: &Route, path_parameters: BTreeMap<String, String>, r: 
         headers.entry(name.as_str().to_ascii_lowercase()).and_modify(|e| *e = format!("{e},{v}")).or_insert(v);
     }
     let host = headers.get("host").cloned().unwrap_or_else(|| "localhost".into());
-    let trace = format!("Root=1-{:08x}-{}", chrono::Utc::now().timestamp(), super::runtime::request_id().replace('-', "")[..24].to_string());
+    let trace = format!(
+        "Root=1-{:08x}-{}",
+        chrono::Utc::now().timestamp(),
+        &super::runtime::request_id().replace('-', "")[..24]
+    );
     headers.entry("x-amzn-trace-id".into()).or_insert(trace);
     headers.entry("x-forwarded-for".into()).or_insert_with(|| r.source_ip.clone());
     headers.entry("x-forwarded-proto".into()).or_insert_with(|| "http".into());
@@ -236,9 +240,8 @@ pub fn build_event(route: &Route, path_parameters: BTreeMap<String, String>, r: 
         query.entry(k).and_modify(|e| *e = format!("{e},{v}")).or_insert(v);
     }
     let text = is_text(headers.get("content-type").map(String::as_str)) && std::str::from_utf8(r.body).is_ok();
-    let body = (!r.body.is_empty()).then(|| {
-        if text { String::from_utf8_lossy(r.body).into_owned() } else { B64.encode(r.body) }
-    });
+    let body = (!r.body.is_empty())
+        .then(|| if text { String::from_utf8_lossy(r.body).into_owned() } else { B64.encode(r.body) });
     let now = chrono::Utc::now();
     let route_key = route.route_key();
     HttpApiEvent {
@@ -284,7 +287,7 @@ pub fn to_http_response(payload: &[u8]) -> Response {
         Ok(v) => v,
         Err(_) => return internal(),
     };
-    if !value.get("statusCode").is_some() {
+    if value.get("statusCode").is_none() {
         // Any other valid JSON: 200 with the JSON as the body.
         let mut r = (StatusCode::OK, payload.to_vec()).into_response();
         r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
@@ -343,7 +346,8 @@ pub struct HttpApi {
 
 impl HttpApi {
     pub fn new(routes: Vec<(RouteDef, Arc<LocalFunction>)>, throttle: Option<ThrottleDef>) -> Arc<Self> {
-        let mut routes: Vec<(Route, Arc<LocalFunction>)> = routes.into_iter().map(|(r, f)| (Route::new(r), f)).collect();
+        let mut routes: Vec<(Route, Arc<LocalFunction>)> =
+            routes.into_iter().map(|(r, f)| (Route::new(r), f)).collect();
         routes.sort_by_key(|(r, _)| std::cmp::Reverse(r.specificity()));
         Arc::new(Self {
             routes,

@@ -91,11 +91,7 @@ pub async fn create_user(
         .await?
         .access_key
         .ok_or_else(|| anyhow::anyhow!("moto created no access key for {user}"))?;
-    Ok(Credentials {
-        user: user.into(),
-        access_key_id: key.access_key_id,
-        secret_access_key: key.secret_access_key,
-    })
+    Ok(Credentials { user: user.into(), access_key_id: key.access_key_id, secret_access_key: key.secret_access_key })
 }
 
 /// What one identity was granted.
@@ -118,11 +114,7 @@ pub struct AuditEntry {
 
 /// Reads moto's decision log (missing: none yet).
 pub fn read_audit(path: &Path) -> Vec<AuditEntry> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// IAM's wildcard match (`*` any run, `?` one character), case-sensitive as for resources.
@@ -256,7 +248,8 @@ mod tests {
             resource: "arn:q".into(),
             allowed,
         };
-        let audit = vec![e("K1", "sqs:SendMessage", true), e("K1", "sqs:ReceiveMessage", false), e("K2", "sqs:X", true)];
+        let audit =
+            vec![e("K1", "sqs:SendMessage", true), e("K1", "sqs:ReceiveMessage", false), e("K2", "sqs:X", true)];
         let r = AccessReport::build(&grants, &audit);
         let p = r.principal("fn").unwrap();
         assert_eq!(p.used.len(), 1);

@@ -41,7 +41,12 @@ impl InvokeApi {
     }
 }
 
-async fn invoke(State(api): State<Arc<InvokeApi>>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn invoke(
+    State(api): State<Arc<InvokeApi>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     // A name, or an ARN ending in `function:<name>`.
     let short = name.rsplit(":function:").next().unwrap_or(&name).split(':').next().unwrap_or(&name);
     let Some(f) = api.functions.get(short) else {
@@ -53,7 +58,11 @@ async fn invoke(State(api): State<Arc<InvokeApi>>, Path(name): Path<String>, hea
         "DryRun" => StatusCode::NO_CONTENT.into_response(),
         "Event" => {
             let Ok(v) = serde_json::from_slice(&payload) else {
-                return aws_error(StatusCode::BAD_REQUEST, "InvalidRequestContentException", "Could not parse request body into json");
+                return aws_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequestContentException",
+                    "Could not parse request body into json",
+                );
             };
             f.invoke_event(v, ASYNC_RETRY_DELAYS.to_vec());
             StatusCode::ACCEPTED.into_response()
@@ -65,11 +74,16 @@ async fn invoke(State(api): State<Arc<InvokeApi>>, Path(name): Path<String>, hea
                     return aws_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException", "Rate Exceeded.");
                 }
                 Err(InvokeError::RequestTooLarge) => {
-                    return aws_error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", "Request must be smaller than 6291456 bytes for the InvokeFunction operation");
+                    return aws_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "RequestTooLargeException",
+                        "Request must be smaller than 6291456 bytes for the InvokeFunction operation",
+                    );
                 }
                 Err(InvokeError::Function { error_type, error_message }) => {
-                    let mut r = (StatusCode::OK, axum::Json(json!({"errorType": error_type, "errorMessage": error_message})))
-                        .into_response();
+                    let mut r =
+                        (StatusCode::OK, axum::Json(json!({"errorType": error_type, "errorMessage": error_message})))
+                            .into_response();
                     r.headers_mut().insert("X-Amz-Function-Error", HeaderValue::from_static("Unhandled"));
                     r
                 }

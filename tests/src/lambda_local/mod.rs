@@ -151,7 +151,9 @@ impl Deployment {
         for g in tpl.log_groups(&resolver)? {
             if let Some(name) = &g.name {
                 let name = resolver.resolve(&g.logical_id, name)?;
-                resolver.resources.insert(g.logical_id.clone(), ResourceValues { reference: name, ..Default::default() });
+                resolver
+                    .resources
+                    .insert(g.logical_id.clone(), ResourceValues { reference: name, ..Default::default() });
             }
         }
         let defs: Vec<FunctionDef> = tpl
@@ -164,7 +166,8 @@ impl Deployment {
         let iam_client = aws_sdk_iam::Client::new(&setup);
         let mut grants = Vec::new();
         let (admin, _) = identity(&iam_client, &s, "admin", iam::admin_statements()).await?;
-        let (poller, poller_grant) = identity(&iam_client, &s, "lambda-sqs-poller", iam::sqs_poller_statements()).await?;
+        let (poller, poller_grant) =
+            identity(&iam_client, &s, "lambda-sqs-poller", iam::sqs_poller_statements()).await?;
         let mut functions = BTreeMap::new();
         for d in &defs {
             let statements = s.policy_overrides.get(&d.binary).cloned().unwrap_or_else(|| d.statements.clone());
@@ -238,7 +241,10 @@ impl Deployment {
                         queue_arn: q.queue_arn.clone(),
                         region: REGION.into(),
                         batch_size: q.batch_size,
-                        maximum_concurrency: q.maximum_concurrency.map(|m| m as usize).unwrap_or(UNRESERVED_CONCURRENCY),
+                        maximum_concurrency: q
+                            .maximum_concurrency
+                            .map(|m| m as usize)
+                            .unwrap_or(UNRESERVED_CONCURRENCY),
                         wait_secs: s.sqs_wait_secs,
                         report_batch_item_failures: q.report_batch_item_failures,
                         function: Arc::new(functions[&d.binary].clone()),

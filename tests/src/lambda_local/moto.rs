@@ -19,7 +19,8 @@ pub fn which(name: &str) -> Option<PathBuf> {
 
 /// The Python interpreter moto is installed for (the one beside `moto_server` on PATH).
 fn moto_python() -> anyhow::Result<PathBuf> {
-    let moto = which("moto_server").context("moto_server is not on PATH (`make tools` installs it into .venv-tools)")?;
+    let moto =
+        which("moto_server").context("moto_server is not on PATH (`make tools` installs it into .venv-tools)")?;
     let dir = moto.parent().context("moto_server's directory")?;
     for p in ["python3", "python"] {
         if dir.join(p).is_file() {

@@ -346,7 +346,13 @@ impl LocalFunction {
                 f.instances.lock().expect("lock").retain(|i| i.env.pid != watcher.pid);
             }
         });
-        let inst = Arc::new(Instance { env: env.clone(), outbox, busy: AtomicBool::new(true), doomed: AtomicBool::new(false), server });
+        let inst = Arc::new(Instance {
+            env: env.clone(),
+            outbox,
+            busy: AtomicBool::new(true),
+            doomed: AtomicBool::new(false),
+            server,
+        });
         let outcome = tokio::time::timeout(INIT_TIMEOUT, async {
             tokio::select! {
                 r = ready_rx.wait_for(|r| *r) => r.is_ok(),
@@ -439,7 +445,9 @@ impl LocalFunction {
                 inst.kill();
                 Err(InvokeError::function(
                     "Runtime.OutOfMemory",
-                    format!("RequestId: {id} Error: Runtime exited with error: memory used ({used} MB) exceeds MemorySize"),
+                    format!(
+                        "RequestId: {id} Error: Runtime exited with error: memory used ({used} MB) exceeds MemorySize"
+                    ),
                 ))
             }
             r => r,

@@ -226,12 +226,8 @@ impl SqsEventSource {
         let result = self.function.invoke(payload).await;
         let settlement = settle(&ids, &result, self.report_batch_item_failures);
         if let Settlement::Delete(done) = &settlement {
-            let handles: Vec<&str> = ev
-                .records
-                .iter()
-                .filter(|r| done.contains(&r.message_id))
-                .map(|r| r.receipt_handle.as_str())
-                .collect();
+            let handles: Vec<&str> =
+                ev.records.iter().filter(|r| done.contains(&r.message_id)).map(|r| r.receipt_handle.as_str()).collect();
             for chunk in handles.chunks(10) {
                 let entries = chunk
                     .iter()

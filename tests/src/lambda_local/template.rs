@@ -547,9 +547,11 @@ impl Template {
         for (name, ev) in &props.events {
             let w = what(&format!("Events.{name}"));
             match ev {
-                EventDoc::HttpApi(h) => {
-                    def.routes.push(RouteDef { name: name.clone(), method: h.method.to_uppercase(), path: h.path.clone() })
-                }
+                EventDoc::HttpApi(h) => def.routes.push(RouteDef {
+                    name: name.clone(),
+                    method: h.method.to_uppercase(),
+                    path: h.path.clone(),
+                }),
                 EventDoc::Sqs(s) => def.sqs.push(SqsSourceDef {
                     name: name.clone(),
                     queue_arn: r.resolve(&w, &s.queue)?,
@@ -561,7 +563,10 @@ impl Template {
                         Some(e) => Some(r.number(&w, e)?),
                         None => None,
                     },
-                    report_batch_item_failures: s.function_response_types.iter().any(|t| t == "ReportBatchItemFailures"),
+                    report_batch_item_failures: s
+                        .function_response_types
+                        .iter()
+                        .any(|t| t == "ReportBatchItemFailures"),
                 }),
                 EventDoc::ScheduleV2(s) => {
                     let input = match &s.input {
@@ -593,8 +598,7 @@ impl Template {
             };
             let statements: Vec<StatementDoc> = Self::typed(&w, &statements)?;
             for s in statements {
-                let resources =
-                    s.resource.0.iter().map(|e| r.resolve(&w, e)).collect::<Result<Vec<_>, _>>()?;
+                let resources = s.resource.0.iter().map(|e| r.resolve(&w, e)).collect::<Result<Vec<_>, _>>()?;
                 def.statements.push(StatementDef { effect: s.effect, actions: s.action.into_vec(), resources });
             }
         }
@@ -722,8 +726,11 @@ mod tests {
         assert!(intake.reserved_concurrency.is_some(), "the intake has a reserved concurrency");
         assert!(intake.routes.iter().any(|r| r.method == "POST" && r.path == "/webhooks/sproutvideo/{token}"));
         assert!(
-            intake.statements.iter().any(|s| s.actions == ["sqs:SendMessage"]
-                && s.resources == ["arn:aws:sqs:us-east-1:123456789012:q.fifo"])
+            intake
+                .statements
+                .iter()
+                .any(|s| s.actions == ["sqs:SendMessage"]
+                    && s.resources == ["arn:aws:sqs:us-east-1:123456789012:q.fifo"])
         );
 
         let rec = by("sv-reconciler");
