@@ -1,10 +1,15 @@
 //! The AWS side of local runs and tests, on moto: the FIFO queue and its FIFO dead-letter queue
 //! (redrive policy), the state table and the secret, with the settings of `template.yaml`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
 use shared::config::Config;
+
+use crate::lambda_local::template::ResourceValues;
+
+/// The account moto answers for.
+pub const ACCOUNT_ID: &str = "123456789012";
 
 /// Names of one stack's resources.
 #[derive(Debug, Clone)]
@@ -68,7 +73,16 @@ impl Stack {
     /// Creates (or finds) the queue, DLQ, table and secret. `secret_json` is put as the
     /// secret's value when the secret is created.
     pub async fn create(names: StackNames, settings: StackSettings, secret_json: Option<&str>) -> anyhow::Result<Self> {
-        let sdk = shared::aws::load_config().await;
+        Self::create_in(shared::aws::load_config().await, names, settings, secret_json).await
+    }
+
+    /// [`Stack::create`] with a given SDK configuration (another endpoint, other credentials).
+    pub async fn create_in(
+        sdk: aws_config::SdkConfig,
+        names: StackNames,
+        settings: StackSettings,
+        secret_json: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
         let sm = aws_sdk_secretsmanager::Client::new(&sdk);
@@ -138,6 +152,43 @@ impl Stack {
             env.insert(k.to_string(), v.to_string());
         }
         Config::from_lookup(|k| env.get(k).cloned()).expect("test configuration is valid")
+    }
+
+    /// What `!Ref` and `!GetAtt` give for the template's resources (`SyncQueue`,
+    /// `DeadLetterQueue`, `StateTable`, `SyncSecret`) in this stack.
+    pub async fn resource_values(&self) -> anyhow::Result<BTreeMap<String, ResourceValues>> {
+        let region = self.sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into());
+        let account = ACCOUNT_ID;
+        let queue = |url: &str, name: &str| ResourceValues {
+            reference: url.to_string(),
+            attributes: [
+                ("Arn".to_string(), format!("arn:aws:sqs:{region}:{account}:{name}")),
+                ("QueueName".to_string(), name.to_string()),
+                ("QueueUrl".to_string(), url.to_string()),
+            ]
+            .into(),
+        };
+        let secret_arn = self.sm.describe_secret().secret_id(&self.names.secret).send().await?.arn.unwrap_or_default();
+        Ok([
+            ("SyncQueue".to_string(), queue(&self.queue_url, &self.names.queue)),
+            ("DeadLetterQueue".to_string(), queue(&self.dlq_url, &self.names.dlq)),
+            (
+                "StateTable".to_string(),
+                ResourceValues {
+                    reference: self.names.table.clone(),
+                    attributes: [(
+                        "Arn".to_string(),
+                        format!("arn:aws:dynamodb:{region}:{account}:table/{}", self.names.table),
+                    )]
+                    .into(),
+                },
+            ),
+            (
+                "SyncSecret".to_string(),
+                ResourceValues { reference: secret_arn.clone(), attributes: [("Id".to_string(), secret_arn)].into() },
+            ),
+        ]
+        .into())
     }
 
     pub async fn put_secret(&self, json: &str) -> anyhow::Result<()> {

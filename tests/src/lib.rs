@@ -1,8 +1,10 @@
 //! Test infrastructure: a local HighLevel and a local SproutVideo that speak the documented APIs,
-//! a checker for GHL's published OpenAPI schemas, and helpers for tests against moto.
+//! a checker for GHL's published OpenAPI schemas, helpers for tests against moto, and a local
+//! stand-in for the AWS services that run and invoke the functions (`lambda_local`).
 
 pub mod aws;
 pub mod contract;
+pub mod lambda_local;
 pub mod local_ghl;
 pub mod local_sprout;
 pub mod pipeline;

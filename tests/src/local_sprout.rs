@@ -38,6 +38,9 @@ pub struct SproutBehaviour {
     pub next_page_drops_filters: bool,
     /// Base URL written into `next_page`/`previous_page`.
     pub public_base: String,
+    /// List keys answered under another name (e.g. `sessions` → `engagement_sessions`), to
+    /// show what the clients do when the real API's shape differs from the assumed one.
+    pub renamed_list_keys: BTreeMap<String, String>,
 }
 
 impl Default for SproutBehaviour {
@@ -49,6 +52,7 @@ impl Default for SproutBehaviour {
             offset_timestamps: false,
             next_page_drops_filters: true,
             public_base: "http://127.0.0.1:4020/v1".into(),
+            renamed_list_keys: BTreeMap::new(),
         }
     }
 }
@@ -532,6 +536,7 @@ fn paged(s: &Store, key: &str, path: &str, q: &[(String, String)], items: Vec<Va
     };
     let next = if start + per_page < total { link(page + 1) } else { Value::Null };
     let prev = if page > 1 { link(page - 1) } else { Value::Null };
+    let key = s.behaviour.renamed_list_keys.get(key).map(String::as_str).unwrap_or(key);
     (200, json!({ key: slice, "total": total, "next_page": next, "previous_page": prev }), None)
 }
 

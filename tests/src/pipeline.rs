@@ -1,5 +1,7 @@
-//! Drives the pipeline exactly as `make dev` runs it: `dev-stack` with its processes, reached over
-//! HTTP only. Used by the end-to-end tests, the soak and the benchmarks.
+//! Drives the pipeline exactly as `make dev` runs it: `dev-stack` with the functions behind the
+//! local HTTP API, SQS event-source mapping, schedule and Invoke API, each with its own IAM
+//! policy enforced by moto; reached over HTTP (and moto, with the stack's admin keys) only. Used
+//! by the end-to-end tests and the soak.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -7,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use intake::auth::sign;
 use serde_json::Value;
+
+use crate::lambda_local::iam::{AccessReport, Credentials, Grant, read_audit};
 
 /// The secret values `dev-stack` uses; none may appear in a log.
 pub const SECRET_VALUES: &[&str] =
@@ -60,6 +64,7 @@ impl Pipeline {
             .env("DEV_DIR", &dir)
             .env("MOTO_PORT", free_port().to_string())
             .env("INTAKE_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("LAMBDA_API_ADDR", format!("127.0.0.1:{}", free_port()))
             .env("LOCAL_GHL_ADDR", format!("127.0.0.1:{}", free_port()))
             .env("LOCAL_SPROUT_ADDR", format!("127.0.0.1:{}", free_port()))
             .env("RECONCILE_EVERY", "3600")
@@ -92,10 +97,15 @@ impl Pipeline {
         self.state[k].as_str().unwrap().trim_end_matches('/').to_string()
     }
 
-    pub fn pid(&self, name: &str) -> u32 {
+    /// Process ids of a process, or of a function's execution environments (none while idle
+    /// environments have all been ended).
+    pub fn pids(&self, name: &str) -> Vec<u32> {
         let raw = std::fs::read_to_string(self.dir.join("stack.json")).unwrap();
         let v: Value = serde_json::from_str(&raw).unwrap();
-        v["pids"][name].as_u64().unwrap() as u32
+        v["pids"][name]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p.as_u64()).map(|p| p as u32).collect())
+            .unwrap_or_default()
     }
 
     pub async fn ghl_contacts(&self) -> Vec<Value> {
@@ -142,26 +152,46 @@ impl Pipeline {
             .as_u16()
     }
 
-    /// Runs the reconciler once as its own process, with the functions' environment.
-    pub fn reconcile_once(&self) -> Value {
-        let mut cmd = Command::new(bin_dir().join("sv-reconciler"));
-        for (k, v) in self.state["env"].as_object().unwrap() {
-            cmd.env(k, v.as_str().unwrap());
+    /// Invokes the reconciler through Lambda's Invoke API with the schedule's input (`{}`), as
+    /// the schedule does, and returns its report. Waits while a scheduled run holds it.
+    pub async fn reconcile_once(&self) -> Value {
+        let url = format!("{}/2015-03-31/functions/sv-reconciler/invocations", self.url("lambda_api_url"));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let r = self.http.post(&url).body("{}").send().await.unwrap();
+            let status = r.status().as_u16();
+            let failed = r.headers().get("x-amz-function-error").is_some();
+            let body: Value = r.json().await.unwrap();
+            if status == 429 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            assert!(status == 200 && !failed, "the reconciler failed ({status}): {body}");
+            return body;
         }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "reconciler failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The stack's admin keys (moto checks every call).
+    pub fn admin(&self) -> Credentials {
+        let a = &self.state["aws_admin"];
+        Credentials {
+            user: "admin".into(),
+            access_key_id: a["access_key_id"].as_str().unwrap().into(),
+            secret_access_key: a["secret_access_key"].as_str().unwrap().into(),
+        }
     }
 
     /// An SQS client for the stack's moto.
     pub async fn sqs(&self) -> aws_sdk_sqs::Client {
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(self.url("aws_endpoint_url"))
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new("dev", "dev", None, None, "test"))
-            .load()
-            .await;
+        let sdk = self.admin().sdk_config(&self.url("aws_endpoint_url"), "us-east-1").await;
         aws_sdk_sqs::Client::new(&sdk)
+    }
+
+    /// What each function was granted against the calls it made so far.
+    pub fn access_report(&self) -> AccessReport {
+        let grants: Vec<Grant> = serde_json::from_value(self.state["grants"].clone()).unwrap();
+        let audit = read_audit(Path::new(self.state["iam_audit_log"].as_str().unwrap()));
+        AccessReport::build(&grants, &audit)
     }
 
     /// Waits until the sync queue is empty; false when `secs` passed first.
@@ -207,8 +237,17 @@ impl Pipeline {
     }
 
     pub fn stop(mut self) {
-        let pids: Vec<u32> =
-            self.state["pids"].as_object().unwrap().values().filter_map(|v| v.as_u64()).map(|p| p as u32).collect();
+        let raw = std::fs::read_to_string(self.dir.join("stack.json")).unwrap_or_default();
+        let now: Value = serde_json::from_str(&raw).unwrap_or_else(|_| self.state.clone());
+        let pids: Vec<u32> = now["pids"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter_map(|v| v.as_array())
+            .flatten()
+            .filter_map(|v| v.as_u64())
+            .map(|p| p as u32)
+            .collect();
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.child.try_wait().unwrap().is_none() {

@@ -1,5 +1,7 @@
-//! End to end, as `make dev` runs it: `dev-stack` starts moto, the local GHL and SproutVideo, and
-//! the intake, worker and reconciler as processes. The tests talk to them over HTTP only.
+//! End to end, as `make dev` runs it: `dev-stack` starts moto (with IAM authorization), the local
+//! GHL and SproutVideo, and the intake, worker and reconciler through their Lambda entry points
+//! behind the local HTTP API, SQS event-source mapping, schedule and Invoke API, each with its
+//! template policy. The tests talk to them over HTTP only.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -84,9 +86,9 @@ async fn the_pipeline_runs_end_to_end_as_make_dev_does() {
         .unwrap();
     assert_eq!(view["notes"].as_array().unwrap().len(), 1);
 
-    // A reconciliation run as its own process: everything already matches.
+    // A reconciliation invoked as the schedule invokes it: everything already matches.
     assert!(p.wait_drained(30).await, "queue did not drain");
-    let report = p.reconcile_once();
+    let report = p.reconcile_once().await;
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(report["commands_queued"], 0, "{report}");
     assert!(report["in_sync"].as_u64().unwrap() >= 4, "{report}");
@@ -98,6 +100,15 @@ async fn the_pipeline_runs_end_to_end_as_make_dev_does() {
         assert!(!logs.contains(s), "a secret value ({s}) appeared in the logs");
     }
     assert_eq!(p.queue_depths().await.1, 0, "nothing parked");
+
+    // Every call each function made was allowed by its own template policy; what it was granted
+    // and never used is listed.
+    let access = p.access_report();
+    println!("access report:\n{access}");
+    assert!(access.denied().is_empty(), "calls refused by the template's policies:\n{access}");
+    for f in ["sv-intake", "sv-worker", "sv-reconciler"] {
+        assert!(!access.principal(f).unwrap().used.is_empty(), "{f} made AWS calls under its own identity");
+    }
     p.stop();
 }
 
@@ -123,17 +134,21 @@ async fn killing_the_worker_mid_stream_loses_and_doubles_nothing() {
                           "note": {"body": format!("note {i}")}});
         assert_eq!(p.event(note).await, 202);
     }
-    // Kill the worker (no clean shutdown) twice while it works through the queue.
+    // Kill the worker's execution environments (no clean shutdown) twice while they work through
+    // the queue; Lambda starts new ones for the next batches.
     for round in 0..2 {
-        let before = p.pid("sv-worker");
         p.wait_for("some progress", 60, |c| {
             c.iter().filter(|x| x["email"].as_str().unwrap_or("").starts_with('k')).count() > 5 * (round + 1)
         })
         .await;
-        let _ = Command::new("kill").arg("-KILL").arg(before.to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while p.pid("sv-worker") == before {
-            assert!(Instant::now() < deadline, "the worker was not restarted");
+        let killed = p.pids("sv-worker");
+        assert!(!killed.is_empty(), "the worker runs");
+        for pid in &killed {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !p.pids("sv-worker").iter().any(|pid| !killed.contains(pid)) {
+            assert!(Instant::now() < deadline, "no new worker environment started");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

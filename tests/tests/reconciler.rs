@@ -428,3 +428,18 @@ async fn a_login_missing_once_untags_nothing_and_missing_a_day_later_is_untagged
 fn store_of(e: &Env) -> shared::state::DynamoStore {
     shared::state::DynamoStore::new(e.stack.ddb.clone(), e.stack.names.table.clone())
 }
+
+#[tokio::test]
+async fn sessions_in_an_unknown_shape_stop_the_run_with_the_reason_instead_of_reporting_nobody() {
+    let e = env("drift-shape", 20).await;
+    e.sprout
+        .update_behaviour(|b| {
+            b.renamed_list_keys.insert("sessions".into(), "engagement_sessions".into());
+        })
+        .await;
+    let err = e.reconciler.run(ReconcileInput::default(), None, &|_| {}).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("\"sessions\"") && text.contains("engagement_sessions"), "{text}");
+    assert_eq!(e.stack.depth(&e.stack.queue_url).await.unwrap(), 0, "nothing queued from a misread answer");
+    assert!(e.contacts().await.is_empty());
+}

@@ -1,6 +1,7 @@
-//! Chaos soak: events through the whole local pipeline (intake → SQS → worker → local GHL) while
-//! the local GHL injects 5xx, 429s, "write then fail" and answers past the client's timeout, and
-//! the worker is killed and restarted at random moments. Afterwards every expected contact, note
+//! Chaos soak: events through the whole local pipeline as Lambda runs it (HTTP API → intake →
+//! SQS → event-source mapping → worker → local GHL) while the local GHL injects 5xx, 429s, "write
+//! then fail" and answers past the client's timeout, and a worker execution environment is killed
+//! at random moments (Lambda starts a new one for the next batch). Afterwards every expected contact, note
 //! and task exists exactly once, and the dead-letter queue holds exactly the planted poison.
 //!
 //! `make test` runs a short version; `make soak` runs `SOAK_PEOPLE=150 SOAK_SECS=600`.
@@ -61,7 +62,10 @@ async fn chaos_soak_loses_and_doubles_nothing() {
             tokio::time::sleep(Duration::from_millis(2500 + fastrand::u64(0..2500))).await;
             let Ok(raw) = std::fs::read_to_string(killer_dir.join("stack.json")) else { continue };
             let v: Value = serde_json::from_str(&raw).unwrap_or_default();
-            if let Some(pid) = v["pids"]["sv-worker"].as_u64() {
+            let pids: Vec<u64> =
+                v["pids"]["sv-worker"].as_array().into_iter().flatten().filter_map(|p| p.as_u64()).collect();
+            if !pids.is_empty() {
+                let pid = pids[fastrand::usize(..pids.len())];
                 let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
                 kills += 1;
             }

@@ -266,3 +266,53 @@ async fn the_key_is_read_from_the_secret_so_a_key_set_or_rotated_later_is_used()
     let statuses: Vec<u16> = sv.requests().await.iter().map(|r| r.status).collect();
     assert!(statuses.ends_with(&[200, 401, 200]), "{statuses:?}");
 }
+
+#[tokio::test]
+async fn sessions_under_another_key_are_an_error_naming_both_keys_not_an_empty_list() {
+    let mut b = SproutBehaviour::default();
+    b.renamed_list_keys.insert("sessions".into(), "engagement_sessions".into());
+    let (sv, url) = start(b).await;
+    sv.generate(Generate { viewers: 5, videos: 1, sessions_per_viewer: 1, email_share: 1.0, ..Default::default() })
+        .await;
+    let c = client(&url, "key", 1000);
+    let e = c.sessions(None, &SessionQuery::default()).await.unwrap_err();
+    assert!(matches!(e, SproutError::Drift { .. }), "{e:?}");
+    assert!(!e.is_retryable(), "a changed shape does not heal by retrying");
+    let text = e.to_string();
+    assert!(text.contains("\"sessions\"") && text.contains("engagement_sessions"), "{text}");
+    // The other lists still read as before.
+    assert!(c.list_videos().await.is_ok());
+}
+
+#[tokio::test]
+async fn paging_goes_on_while_total_says_there_is_more_even_without_next_page() {
+    let (sv, url) = start(SproutBehaviour::default()).await;
+    for i in 0..7 {
+        sv.add_login(&format!("l{i}@example.com")).await;
+    }
+    // A server that leaves next_page out: only `total` says there is more.
+    let proxy = axum::Router::new().fallback({
+        let upstream = url.clone();
+        move |req: axum::http::Request<Body>| {
+            let upstream = upstream.clone();
+            async move {
+                let path_q = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+                let target = format!("{}{}", upstream.as_str().trim_end_matches("/v1"), path_q);
+                let r = reqwest::Client::new().get(target).header("SproutVideo-Api-Key", "key").send().await.unwrap();
+                let mut v: serde_json::Value = r.json().await.unwrap();
+                v.as_object_mut().unwrap().remove("next_page");
+                Response::builder().status(StatusCode::OK).body(Body::from(v.to_string())).unwrap()
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, proxy).await });
+    let c = client(&Url::parse(&format!("http://{addr}/v1")).unwrap(), "key", 1000);
+    let first = c.logins_page(1, 3).await.unwrap();
+    assert!(first.has_next, "3 of 7 seen");
+    let last = c.logins_page(3, 3).await.unwrap();
+    assert_eq!(last.items.len(), 1);
+    assert!(!last.has_next, "7 of 7 seen");
+    assert_eq!(c.list_logins().await.unwrap().len(), 7);
+}

@@ -7,7 +7,6 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use shared::commands::{CommandBody, DesiredContact, SyncCommand};
 use shared::identity::{Email, Identity, Phone};
-use shared::queue::CommandQueue;
 use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator, secret_json};
 use sync_tests::local_ghl::{FaultKind, Faults, GhlBehaviour, LocalGhl, ScriptedFault};
 use sync_tests::local_sprout::{LocalSprout, SessionSeed, SproutBehaviour, VideoSeed};
@@ -626,49 +625,4 @@ async fn a_video_change_pulls_new_sessions_into_the_queue() {
     assert_eq!(one["notes"].as_array().unwrap().len(), 1);
     assert_eq!(one["tasks"].as_array().unwrap().len(), 1);
     assert_eq!(env.contact("lead.two@example.com").await["notes"].as_array().unwrap().len(), 0);
-}
-
-#[tokio::test]
-async fn the_local_poller_applies_deletes_and_parks_like_the_event_source() {
-    let env = Env::new("poll", GhlBehaviour::default(), None).await;
-    let w = env.worker().await;
-    let q = shared::queue::SqsQueue::new(
-        env.stack.sqs.clone(),
-        env.stack.queue_url.clone(),
-        Some(env.stack.dlq_url.clone()),
-    );
-    q.send(&[upsert("p1", "poll@example.com", Some("Poll")), note("p1", "poll@example.com", "polled")]).await.unwrap();
-    env.stack
-        .sqs
-        .send_message()
-        .queue_url(&env.stack.queue_url)
-        .message_body("garbage")
-        .message_group_id("g")
-        .message_deduplication_id("garbage-1")
-        .send()
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let poller = tokio::spawn(worker::run_local(w, env.stack.sqs.clone(), env.stack.queue_url.clone(), 1, async {
-        let _ = rx.await;
-    }));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let done = env.stack.depth(&env.stack.queue_url).await.unwrap() == 0
-            && env
-                .contacts()
-                .await
-                .iter()
-                .any(|c| c["email"] == "poll@example.com" && c["notes"].as_array().is_some_and(|n| n.len() == 1));
-        if done {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the poller did not drain the queue");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let _ = tx.send(());
-    poller.await.unwrap();
-    let parked = env.stack.receive(&env.stack.dlq_url, 10, 30).await.unwrap();
-    assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].body.as_deref(), Some("garbage"));
 }

@@ -1,6 +1,7 @@
-//! `sv-intake`: the webhook intake. Under Lambda (HTTP API payload v2 or a function URL) it
-//! serves the router through `lambda_http`; elsewhere it listens on `INTAKE_ADDR`
-//! (default 127.0.0.1:3000).
+//! `sv-intake`: the webhook intake, as the Lambda function behind the HTTP API (payload format
+//! 2.0): `lambda_http` turns each event into a request for the router and its answer back into
+//! the function's response. Locally, `make dev` runs it the same way, behind a stand-in for the
+//! HTTP API (tests/src/lambda_local).
 
 use std::sync::Arc;
 
@@ -11,6 +12,10 @@ use shared::ghl::TokenRefresh;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
+    anyhow::ensure!(
+        shared::config::in_lambda(),
+        "sv-intake runs under a Lambda runtime (AWS_LAMBDA_RUNTIME_API is not set); run it locally with `make dev`"
+    );
     // The intake may not write the secret: it never refreshes the GHL token.
     let deps = Deps::with_token_refresh(Config::from_env()?, TokenRefresh::Never).await?;
     let app = intake::router(intake::AppState {
@@ -19,13 +24,5 @@ async fn main() -> anyhow::Result<()> {
         mapping: deps.config.mapping.clone(),
         ghl: deps.ghl.clone(),
     });
-    if shared::config::in_lambda() {
-        lambda_http::run(app).await.map_err(|e| anyhow::anyhow!(e))
-    } else {
-        let addr = std::env::var("INTAKE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
-        let listener = tokio::net::TcpListener::bind(&addr).await?;
-        tracing::info!(addr = %listener.local_addr()?, "intake listening");
-        axum::serve(listener, app).with_graceful_shutdown(shared::deps::shutdown_signal()).await?;
-        Ok(())
-    }
+    lambda_http::run(app).await.map_err(|e| anyhow::anyhow!(e))
 }

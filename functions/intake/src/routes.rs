@@ -1,5 +1,5 @@
-//! The intake's routes as an ordinary axum router, served by `lambda_http` in Lambda and by a
-//! plain HTTP server elsewhere.
+//! The intake's routes as an ordinary axum router, served by `lambda_http` (in Lambda, and
+//! locally behind the stand-in for the HTTP API).
 //!
 //! - `POST /webhooks/sproutvideo/{token}`: SproutVideo's video-processed webhook.
 //! - `POST /v1/events`: signed events (`X-Signature-Timestamp`, `X-Signature: v1=<hex>`).

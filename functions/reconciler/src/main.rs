@@ -1,7 +1,9 @@
-//! `sv-reconciler`: scheduled drift detection. Under Lambda it takes the JSON input
-//! (`{"dry_run": true}`, `{"since": "2026-11-01"}`, `{"emails": [...]}`) and stops before the
-//! invocation's deadline with a checkpoint. Elsewhere it runs once and prints progress and the
-//! report, or every N seconds with `--every N`.
+//! `sv-reconciler`: scheduled drift detection. Under Lambda (the schedule's input is `{}`) it
+//! takes the JSON input (`{"dry_run": true}`, `{"since": "2026-11-01"}`, `{"emails": [...]}`) and
+//! stops before the invocation's deadline with a checkpoint; `make dev` runs it this way, invoked
+//! by a local stand-in for the schedule (tests/src/lambda_local). Outside a Lambda runtime it is
+//! an operator's command: it runs once and prints progress and the report, or every N seconds
+//! with `--every N`.
 
 use std::time::Duration;
 

@@ -226,6 +226,31 @@ enum Disposition {
     Parked,
     /// To be delivered again.
     Retry,
+    /// Not started: the invocation's deadline left too little time to finish it. Delivered
+    /// again right away, without a retry delay.
+    Unfinished,
+}
+
+/// When the invocation must have answered, and how much time a command needs at least (the
+/// GHL request timeout and a safety margin): no command starts once less than that remains.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: Option<tokio::time::Instant>,
+    margin: Duration,
+}
+
+impl Deadline {
+    /// No deadline: every command is started.
+    pub const NONE: Deadline = Deadline { at: None, margin: Duration::ZERO };
+
+    pub fn new(at: tokio::time::Instant, margin: Duration) -> Self {
+        Self { at: Some(at), margin }
+    }
+
+    /// Whether a command started now can still finish before the deadline.
+    pub fn allows_start(&self) -> bool {
+        self.at.is_none_or(|at| tokio::time::Instant::now() + self.margin <= at)
+    }
 }
 
 /// One message as the queue delivered it.
@@ -696,10 +721,17 @@ impl Worker {
         Ok(if commands.is_empty() { Applied::Unchanged } else { Applied::Written })
     }
 
+    /// Applies a batch with no deadline (see [`Worker::process_batch_within`]).
+    pub async fn process_batch(&self, messages: Vec<QueueMessage>) -> BatchOutcome {
+        self.process_batch_within(messages, Deadline::NONE).await
+    }
+
     /// Applies a batch: per message, never per batch. Within a FIFO group, once a message fails
     /// the later ones are reported as failures too, so order is kept. Groups run concurrently,
-    /// at most `concurrency` at a time.
-    pub async fn process_batch(&self, messages: Vec<QueueMessage>) -> BatchOutcome {
+    /// at most `concurrency` at a time. No command starts a GHL or SproutVideo call once the
+    /// deadline leaves less than its margin: those are reported as failures, so the answer is a
+    /// partial batch response instead of a timed-out invocation.
+    pub async fn process_batch_within(&self, messages: Vec<QueueMessage>, deadline: Deadline) -> BatchOutcome {
         let mut groups: Vec<(Option<String>, Vec<QueueMessage>)> = Vec::new();
         for m in messages {
             match groups.iter_mut().find(|(g, _)| g.is_some() && *g == m.group_id) {
@@ -709,7 +741,7 @@ impl Worker {
         }
         let conflicts_before = self.identity_conflicts.load(Ordering::Relaxed);
         let results: Vec<Vec<(String, Disposition)>> = futures::stream::iter(groups)
-            .map(|(_, msgs)| self.process_group(msgs))
+            .map(|(_, msgs)| self.process_group(msgs, deadline))
             .buffer_unordered(self.concurrency.max(1))
             .collect()
             .await;
@@ -722,32 +754,32 @@ impl Worker {
                 Disposition::Done(Applied::Written) => out.applied += 1,
                 Disposition::Done(Applied::Unchanged) => out.unchanged += 1,
                 Disposition::Parked => out.parked += 1,
-                Disposition::Retry => out.failed.push(id),
+                Disposition::Retry | Disposition::Unfinished => out.failed.push(id),
             }
         }
         out
     }
 
-    async fn process_group(&self, msgs: Vec<QueueMessage>) -> Vec<(String, Disposition)> {
+    async fn process_group(&self, msgs: Vec<QueueMessage>, deadline: Deadline) -> Vec<(String, Disposition)> {
         let mut out = Vec::with_capacity(msgs.len());
-        let mut blocked = false;
+        let mut blocked: Option<Disposition> = None;
         for m in msgs {
-            if blocked {
-                self.delay(&m).await;
-                out.push((m.id, Disposition::Retry));
+            if let Some(b) = blocked {
+                self.delay(&m, b).await;
+                out.push((m.id, b));
                 continue;
             }
-            let r = self.process_one(&m).await;
-            if r == Disposition::Retry {
-                blocked = true;
-                self.delay(&m).await;
+            let r = self.process_one(&m, deadline).await;
+            if matches!(r, Disposition::Retry | Disposition::Unfinished) {
+                blocked = Some(r);
+                self.delay(&m, r).await;
             }
             out.push((m.id, r));
         }
         out
     }
 
-    async fn process_one(&self, m: &QueueMessage) -> Disposition {
+    async fn process_one(&self, m: &QueueMessage, deadline: Deadline) -> Disposition {
         let cmd = match SyncCommand::decode(&m.body) {
             Ok(c) => c,
             Err(e) => {
@@ -755,6 +787,10 @@ impl Worker {
                 return self.park(m, None, &format!("undecodable message: {e}"), None).await;
             }
         };
+        if !deadline.allows_start() {
+            tracing::info!(message_id = %m.id, "not starting: too little time left before the invocation's deadline");
+            return Disposition::Unfinished;
+        }
         let span = tracing::info_span!("command", event_id = %cmd.source_event, key = cmd.key.short());
         match self.apply(&cmd).instrument(span).await {
             Ok(a) => {
@@ -798,12 +834,16 @@ impl Worker {
         }
     }
 
-    /// Spreads retries out: the message stays hidden for an exponentially growing time.
-    async fn delay(&self, m: &QueueMessage) {
+    /// Spreads retries out: the message stays hidden for an exponentially growing time. One the
+    /// deadline left unstarted is delivered again right away.
+    async fn delay(&self, m: &QueueMessage, why: Disposition) {
         let Some(handle) = &m.receipt_handle else {
             return;
         };
-        let mut secs = retry_delay_secs(self.retry_base_secs, m.receive_count);
+        let mut secs = match why {
+            Disposition::Unfinished => 0,
+            _ => retry_delay_secs(self.retry_base_secs, m.receive_count),
+        };
         if let Some(held) = self.ghl.held_for().await {
             // GHL's daily quota is spent (or GHL asked for a long pause): hold the message until
             // then rather than spend its receives.

@@ -1,14 +1,18 @@
-//! The SQS adapter: the worker as a Lambda SQS handler (partial batch failures) and as a local long-poller
-//! that behaves like the event-source mapping (deletes what succeeded, leaves failures to be
-//! delivered again after their visibility delay).
+//! The SQS adapter: the worker as a Lambda SQS handler. The event-source mapping delivers a batch,
+//! the handler answers with the messages to deliver again (`ReportBatchItemFailures`): the mapping
+//! deletes the rest, and a failure stays in the queue for its visibility delay and the redrive
+//! policy.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use lambda_runtime::{Context, LambdaEvent};
 
-use crate::apply::{BatchOutcome, QueueMessage, Worker};
+use crate::apply::{BatchOutcome, Deadline, QueueMessage, Worker};
+
+/// What a command needs besides the GHL request timeout before the deadline, to record its
+/// result and answer.
+pub const DEADLINE_SAFETY: Duration = Duration::from_secs(3);
 
 fn from_sqs(m: SqsMessage) -> QueueMessage {
     let attr = |k: &str| m.attributes.get(k).cloned();
@@ -35,89 +39,31 @@ fn response(outcome: &BatchOutcome) -> SqsBatchResponse {
     r
 }
 
-/// The Lambda handler: decode each message on its own, report only the failures.
-pub async fn handle(worker: &Worker, event: SqsEvent) -> SqsBatchResponse {
-    let msgs = event.records.into_iter().map(from_sqs).collect();
-    let outcome = worker.process_batch(msgs).await;
-    println!("{}", worker.emf_line(&outcome));
-    response(&outcome)
+/// The invocation's deadline on the monotonic clock, with `margin` for the last command:
+/// `ghl_request_timeout` + [`DEADLINE_SAFETY`].
+pub fn deadline(context: &Context, ghl_request_timeout: Duration) -> Deadline {
+    let remaining = context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
+    Deadline::new(tokio::time::Instant::now() + remaining, ghl_request_timeout + DEADLINE_SAFETY)
 }
 
-/// Long-polls the queue and feeds batches to the same code, until `stop` resolves.
-pub async fn run_local(
-    worker: Arc<Worker>,
-    sqs: aws_sdk_sqs::Client,
-    queue_url: String,
-    wait_secs: i32,
-    stop: impl Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    loop {
-        let recv = sqs
-            .receive_message()
-            .queue_url(&queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(wait_secs)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .send();
-        let out = tokio::select! {
-            _ = &mut stop => return,
-            r = recv => r,
-        };
-        let msgs = match out {
-            Ok(o) => o.messages.unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not receive from the queue; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        };
-        if msgs.is_empty() {
-            continue;
-        }
-        let mut handles = std::collections::HashMap::new();
-        let batch: Vec<QueueMessage> = msgs
-            .into_iter()
-            .map(|m| {
-                let attrs = m.attributes.unwrap_or_default();
-                let id = m.message_id.unwrap_or_default();
-                handles.insert(id.clone(), m.receipt_handle.clone().unwrap_or_default());
-                QueueMessage {
-                    id,
-                    body: m.body.unwrap_or_default(),
-                    receipt_handle: m.receipt_handle,
-                    group_id: attrs.get(&MessageSystemAttributeName::MessageGroupId).cloned(),
-                    receive_count: attrs
-                        .get(&MessageSystemAttributeName::ApproximateReceiveCount)
-                        .and_then(|c| c.parse().ok())
-                        .unwrap_or(1),
-                }
-            })
-            .collect();
-        let outcome = worker.process_batch(batch).await;
-        let done: Vec<DeleteMessageBatchRequestEntry> = handles
-            .iter()
-            .filter(|(id, _)| !outcome.failed.contains(id))
-            .enumerate()
-            .map(|(i, (_, h))| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(format!("d{i}"))
-                    .receipt_handle(h)
-                    .build()
-                    .expect("id and handle are set")
-            })
-            .collect();
-        if !done.is_empty()
-            && let Err(e) = sqs.delete_message_batch().queue_url(&queue_url).set_entries(Some(done)).send().await
-        {
-            tracing::warn!(error = %e, "could not delete handled messages; they will be seen again and skipped");
-        }
-        tracing::info!(
-            applied = outcome.applied,
-            unchanged = outcome.unchanged,
-            parked = outcome.parked,
-            retrying = outcome.failed.len(),
-            "batch done"
-        );
-    }
+/// The Lambda handler: decode each message on its own, stop starting commands when the deadline
+/// is near, report only the failures and the unstarted.
+pub async fn handle(worker: &Worker, event: LambdaEvent<SqsEvent>, ghl_request_timeout: Duration) -> SqsBatchResponse {
+    let deadline = deadline(&event.context, ghl_request_timeout);
+    handle_batch(worker, event.payload, deadline).await
+}
+
+/// The batch part of [`handle`], for a deadline already known.
+pub async fn handle_batch(worker: &Worker, event: SqsEvent, deadline: Deadline) -> SqsBatchResponse {
+    let msgs = event.records.into_iter().map(from_sqs).collect();
+    let outcome = worker.process_batch_within(msgs, deadline).await;
+    println!("{}", worker.emf_line(&outcome));
+    tracing::info!(
+        applied = outcome.applied,
+        unchanged = outcome.unchanged,
+        parked = outcome.parked,
+        retrying = outcome.failed.len(),
+        "batch done"
+    );
+    response(&outcome)
 }

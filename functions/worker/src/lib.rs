@@ -7,6 +7,6 @@ pub mod apply;
 pub mod handler;
 pub mod wiring;
 
-pub use apply::{Applied, ApplyError, BatchOutcome, QueueMessage, Worker};
-pub use handler::{handle, run_local};
+pub use apply::{Applied, ApplyError, BatchOutcome, Deadline, QueueMessage, Worker};
+pub use handler::{handle, handle_batch};
 pub use wiring::build;

@@ -1,5 +1,6 @@
-//! `sv-worker`: applies queued sync commands to HighLevel. Under Lambda it is the SQS handler;
-//! elsewhere it long-polls the queue itself.
+//! `sv-worker`: applies queued sync commands to HighLevel, as the Lambda function the SQS
+//! event-source mapping invokes. Locally, `make dev` runs it the same way, behind a stand-in for
+//! the mapping (tests/src/lambda_local).
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use shared::config::{Config, init_tracing};
@@ -7,25 +8,16 @@ use shared::config::{Config, init_tracing};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
+    anyhow::ensure!(
+        shared::config::in_lambda(),
+        "sv-worker runs under a Lambda runtime (AWS_LAMBDA_RUNTIME_API is not set); run it locally with `make dev`"
+    );
     let (worker, deps) = worker::build(Config::from_env()?).await?;
-    if shared::config::in_lambda() {
-        lambda_runtime::run(service_fn(move |ev: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
-            let worker = worker.clone();
-            async move { Ok::<_, lambda_runtime::Error>(worker::handle(&worker, ev.payload).await) }
-        }))
-        .await
-        .map_err(|e| anyhow::anyhow!(e))
-    } else {
-        let wait = std::env::var("WORKER_POLL_WAIT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-        tracing::info!(queue = %deps.config.queue_url, "worker polling the queue (Ctrl-C to stop)");
-        worker::run_local(
-            worker,
-            deps.queue.client().clone(),
-            deps.config.queue_url.clone(),
-            wait,
-            shared::deps::shutdown_signal(),
-        )
-        .await;
-        Ok(())
-    }
+    let request_timeout = deps.config.ghl_request_timeout;
+    lambda_runtime::run(service_fn(move |ev: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
+        let worker = worker.clone();
+        async move { Ok::<_, lambda_runtime::Error>(worker::handle(&worker, ev, request_timeout).await) }
+    }))
+    .await
+    .map_err(|e| anyhow::anyhow!(e))
 }

@@ -49,6 +49,11 @@ pub enum SproutError {
     DeadlineExceeded(String),
     #[error("unreadable SproutVideo response: {0}")]
     Decode(String),
+    /// SproutVideo answered in a shape this sync does not know (a list under another key, a
+    /// session without the fields the rules read). Not retried: the client or the mapping must
+    /// learn the new shape (run `make doctor` to see the whole answer).
+    #[error("SproutVideo's answer changed shape at {at}: expected {expected}, found keys [{}]", found.join(", "))]
+    Drift { at: String, expected: String, found: Vec<String> },
     /// No API key to send: put `sproutvideo_api_key` in the secret.
     #[error("no SproutVideo API key: {0}")]
     NoKey(String),
@@ -189,10 +194,12 @@ impl SproutClient {
         per_page: u32,
     ) -> Result<Page<EngagementSession>, SproutError> {
         let params = session_params(q);
-        match video_id {
-            Some(v) => self.page(&["stats", "engagement", v, "sessions"], "sessions", &params, page, per_page).await,
-            None => self.page(&["stats", "engagement", "sessions"], "sessions", &params, page, per_page).await,
-        }
+        let p = match video_id {
+            Some(v) => self.page(&["stats", "engagement", v, "sessions"], "sessions", &params, page, per_page).await?,
+            None => self.page(&["stats", "engagement", "sessions"], "sessions", &params, page, per_page).await?,
+        };
+        check_sessions(&p.items)?;
+        Ok(p)
     }
 
     /// Every engagement session matching `q`, account-wide or for one video.
@@ -202,10 +209,12 @@ impl SproutClient {
         q: &SessionQuery,
     ) -> Result<Vec<EngagementSession>, SproutError> {
         let params = session_params(q);
-        match video_id {
-            Some(v) => self.all(&["stats", "engagement", v, "sessions"], "sessions", &params).await,
-            None => self.all(&["stats", "engagement", "sessions"], "sessions", &params).await,
-        }
+        let all = match video_id {
+            Some(v) => self.all(&["stats", "engagement", v, "sessions"], "sessions", &params).await?,
+            None => self.all(&["stats", "engagement", "sessions"], "sessions", &params).await?,
+        };
+        check_sessions(&all)?;
+        Ok(all)
     }
 
     /// One page of a list. The request is built here (same path and filters, this page number);
@@ -222,19 +231,27 @@ impl SproutClient {
         q.push(("page", page.max(1).to_string()));
         q.push(("per_page", per_page.clamp(1, MAX_PER_PAGE).to_string()));
         let mut body: serde_json::Map<String, Value> = self.call(Method::GET, path, &q, None::<&()>).await?;
+        let at = format!("/{}", path.join("/"));
         let items = match body.remove(items_key) {
             Some(Value::Array(a)) => a
                 .into_iter()
                 .map(serde_json::from_value)
                 .collect::<Result<Vec<T>, _>>()
                 .map_err(|e| SproutError::Decode(format!("{items_key}: {e}")))?,
-            Some(Value::Null) | None => Vec::new(),
-            Some(other) => {
-                return Err(SproutError::Decode(format!("{items_key} is not a list: {other}")));
+            other => {
+                let mut found: Vec<String> = body.keys().cloned().collect();
+                if let Some(v) = &other {
+                    found.push(format!("{items_key} (not a list: {})", json_kind(v)));
+                }
+                found.sort();
+                return Err(SproutError::Drift { at, expected: format!("a list under \"{items_key}\""), found });
             }
         };
         let total = body.get("total").and_then(Value::as_u64);
-        let has_next = matches!(body.get("next_page"), Some(Value::String(s)) if !s.is_empty());
+        let next_page = matches!(body.get("next_page"), Some(Value::String(s)) if !s.is_empty());
+        // `total` says there is more even where `next_page` is missing.
+        let seen = u64::from(page.max(1) - 1) * u64::from(per_page.clamp(1, MAX_PER_PAGE)) + items.len() as u64;
+        let has_next = !items.is_empty() && (next_page || total.is_some_and(|t| seen < t));
         Ok(Page { items, total, has_next })
     }
 
@@ -250,7 +267,7 @@ impl SproutClient {
             let p: Page<T> = self.page(path, items_key, params, page, MAX_PER_PAGE).await?;
             let n = p.items.len();
             out.extend(p.items);
-            if !p.has_next || n == 0 || p.total.is_some_and(|t| out.len() as u64 >= t) || page >= MAX_PAGES {
+            if !p.has_next || n == 0 || page >= MAX_PAGES {
                 return Ok(out);
             }
             page += 1;
@@ -370,6 +387,39 @@ impl SproutClient {
             }
             s => Err(Failure::Final(SproutError::Invalid { status: s.as_u16(), message })),
         }
+    }
+}
+
+/// Every session must carry what the rules read: the video, and how much was watched (seconds
+/// or percent, under one of the names in [`session_fields`]). A session without them would read
+/// as "watched 0%", so it is a shape error instead.
+fn check_sessions(items: &[EngagementSession]) -> Result<(), SproutError> {
+    use super::models::session_fields as f;
+    for s in items {
+        let missing = if s.video_id.is_none() {
+            Some(format!("a video id under one of {:?}", f::VIDEO_ID))
+        } else if s.seconds_watched.is_none() && s.percent_watched.is_none() {
+            Some(format!("seconds watched under one of {:?} or a percent under one of {:?}", f::SECONDS, f::PERCENT))
+        } else {
+            None
+        };
+        if let Some(expected) = missing {
+            let mut found: Vec<String> = s.extra.keys().cloned().collect();
+            found.sort();
+            return Err(SproutError::Drift { at: "an engagement session".into(), expected, found });
+        }
+    }
+    Ok(())
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
     }
 }
 

@@ -1,18 +1,27 @@
-//! `dev-stack`: runs the whole pipeline locally, as `make dev` does.
+//! `dev-stack`: runs the whole pipeline locally, as `make dev` does, the way AWS runs it.
 //!
-//! Starts moto (the local AWS emulator), the local GHL and local SproutVideo (seeded with demo
-//! data) unless real credentials are given, creates the queue, dead-letter queue, state table and
-//! secret with the template's settings, and runs the intake, the worker and the reconciler as
-//! processes, restarting any that dies. Ctrl-C (or SIGTERM) stops everything.
+//! Starts moto (the local AWS, with IAM authorization), the local GHL and local SproutVideo
+//! (seeded with demo data) unless real credentials are given, creates the queue, dead-letter
+//! queue, state table and secret with the template's settings, then deploys the template's three
+//! functions on the local stand-in for Lambda (`sync_tests::lambda_local`): each function is its
+//! own binary entered through its Lambda entry point, with its own IAM user whose policy is the
+//! template's; the intake behind the HTTP API (`INTAKE_ADDR`), the worker behind the SQS
+//! event-source mapping (the template's batch size and maximum concurrency), the reconciler on
+//! its schedule (the template's input, once at start and every `RECONCILE_EVERY` seconds), and
+//! Lambda's Invoke API on `LAMBDA_API_ADDR`. Ctrl-C (or SIGTERM) stops everything and prints
+//! what each function was granted against what it used.
 //!
 //! Environment (all optional):
 //! - `SYNC_WEBHOOK_TOKEN` (dev-webhook-token), `SYNC_SIGNING_SECRET` (dev-signing-secret),
 //!   `SYNC_READ_API_KEY` (dev-read-key): the local secret's values;
 //! - `GHL_TOKEN` + `GHL_LOCATION_ID`: talk to the real GHL instead of the local one;
 //! - `SPROUTVIDEO_API_KEY`: talk to the real SproutVideo instead of the local one;
-//! - `INTAKE_ADDR` (127.0.0.1:3000), `LOCAL_GHL_ADDR` (127.0.0.1:4010), `LOCAL_SPROUT_ADDR`
-//!   (127.0.0.1:4020), `MOTO_PORT` (5000);
-//! - `RECONCILE_EVERY` (60 seconds), `DEV_VISIBILITY_TIMEOUT` (30 seconds), `DEV_DIR` (.dev).
+//! - `INTAKE_ADDR` (127.0.0.1:3000), `LAMBDA_API_ADDR` (127.0.0.1:9001), `LOCAL_GHL_ADDR`
+//!   (127.0.0.1:4010), `LOCAL_SPROUT_ADDR` (127.0.0.1:4020), `MOTO_PORT` (5000);
+//! - `RECONCILE_EVERY` (60 seconds), `DEV_VISIBILITY_TIMEOUT` (30 seconds; the template's is 360),
+//!   `DEV_DIR` (.dev);
+//! - tuning variables (`GHL_*`, `WORKER_*`, `SPROUTVIDEO_*`, `RECONCILE_*`, `SYNC_*`,
+//!   `SECRET_CACHE_*`) are passed on to the functions.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,15 +31,19 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 use sync_tests::aws::{Stack, StackNames, StackSettings};
+use sync_tests::lambda_local::template::Template;
+use sync_tests::lambda_local::{DeploySettings, Deployment, moto};
 use tokio::process::{Child, Command};
 
 const DEV_LOCATION: &str = "devLocation000000001";
+const STACK_NAME: &str = "sv-ghl-sync-dev";
 
 struct Settings {
     dir: PathBuf,
     bin_dir: PathBuf,
     moto_port: u16,
     intake_addr: String,
+    lambda_api_addr: String,
     ghl_addr: String,
     sprout_addr: String,
     reconcile_every: u64,
@@ -54,6 +67,7 @@ fn settings() -> anyhow::Result<Settings> {
         bin_dir: exe.parent().context("binary directory")?.to_path_buf(),
         moto_port: env_or("MOTO_PORT", "5000").parse().context("MOTO_PORT")?,
         intake_addr: env_or("INTAKE_ADDR", "127.0.0.1:3000"),
+        lambda_api_addr: env_or("LAMBDA_API_ADDR", "127.0.0.1:9001"),
         ghl_addr: env_or("LOCAL_GHL_ADDR", "127.0.0.1:4010"),
         sprout_addr: env_or("LOCAL_SPROUT_ADDR", "127.0.0.1:4020"),
         reconcile_every: env_or("RECONCILE_EVERY", "60").parse().context("RECONCILE_EVERY")?,
@@ -70,7 +84,8 @@ fn settings() -> anyhow::Result<Settings> {
 fn main() -> anyhow::Result<()> {
     let s = settings()?;
     let endpoint = format!("http://127.0.0.1:{}", s.moto_port);
-    // Set before any thread exists: the AWS SDK and every child read these.
+    // Set before any thread exists: the harness's own AWS clients read these while it sets up
+    // (moto checks no credentials until the functions are deployed).
     for (k, v) in [
         ("AWS_ACCESS_KEY_ID", "dev"),
         ("AWS_SECRET_ACCESS_KEY", "dev"),
@@ -85,34 +100,27 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(s))
 }
 
+/// A supporting process (moto, the local GHL and SproutVideo): if one dies, everything stops.
 struct Proc {
     name: &'static str,
     child: Child,
-    args: Vec<String>,
-    env: BTreeMap<String, String>,
-    restart: bool,
 }
 
-async fn spawn(
-    s: &Settings,
-    name: &'static str,
-    program: &Path,
-    args: &[String],
-    env: &BTreeMap<String, String>,
-) -> anyhow::Result<Child> {
+fn log_file(s: &Settings, name: &str) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(s.dir.join("logs"))?;
-    let log =
-        std::fs::OpenOptions::new().create(true).append(true).open(s.dir.join("logs").join(format!("{name}.log")))?;
-    let child = Command::new(program)
-        .args(args)
-        .envs(env)
+    Ok(std::fs::OpenOptions::new().create(true).append(true).open(s.dir.join("logs").join(format!("{name}.log")))?)
+}
+
+async fn spawn(s: &Settings, name: &'static str, mut cmd: Command) -> anyhow::Result<Proc> {
+    let log = log_file(s, name)?;
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("could not start {} ({})", name, program.display()))?;
-    Ok(child)
+        .with_context(|| format!("could not start {name}"))?;
+    Ok(Proc { name, child })
 }
 
 async fn wait_http(url: &str, what: &str) -> anyhow::Result<()> {
@@ -129,12 +137,20 @@ async fn wait_http(url: &str, what: &str) -> anyhow::Result<()> {
 async fn run(s: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.dir)?;
     let _ = std::fs::remove_file(s.dir.join("stack.json"));
+    let _ = std::fs::remove_file(s.dir.join("iam-audit.jsonl"));
     let mut procs: Vec<Proc> = Vec::new();
-    let result = start(&s, &mut procs).await;
+    let mut deployment = None;
+    let result = start(&s, &mut procs, &mut deployment).await;
     if let Err(e) = &result {
         eprintln!("dev-stack: {e:#}");
-    } else {
-        supervise(&s, &mut procs).await;
+    } else if let Some(d) = &deployment {
+        supervise(&s, &mut procs, d).await;
+    }
+    if let Some(d) = deployment {
+        let report = d.access_report(&s.dir.join("iam-audit.jsonl"));
+        eprintln!("dev-stack: what each function was granted, against the calls it made:\n{report}");
+        eprintln!("dev-stack: stopping the functions");
+        d.shutdown().await;
     }
     eprintln!("dev-stack: stopping {} process(es)", procs.len());
     for p in procs.iter_mut().rev() {
@@ -155,14 +171,27 @@ async fn stop(child: &mut Child) {
     }
 }
 
-async fn start(s: &Settings, procs: &mut Vec<Proc>) -> anyhow::Result<()> {
-    let moto = which("moto_server")
-        .context("moto_server is not on PATH; run `make dev` (it installs moto into .venv-tools)")?;
-    let base_env: BTreeMap<String, String> = BTreeMap::new();
-    let moto_args = vec!["-H".into(), "127.0.0.1".into(), "-p".into(), s.moto_port.to_string()];
-    let child = spawn(s, "moto", &moto, &moto_args, &base_env).await?;
-    procs.push(Proc { name: "moto", child, args: moto_args, env: base_env.clone(), restart: false });
-    wait_http(&format!("http://127.0.0.1:{}/moto-api/", s.moto_port), "moto").await?;
+/// Tuning variables given to dev-stack that the functions should see (never the secret values,
+/// which live in the secret, nor the ones the template resolves to the local resources).
+fn passed_on_env() -> BTreeMap<String, String> {
+    const SECRET_VARS: &[&str] =
+        &["GHL_TOKEN", "SPROUTVIDEO_API_KEY", "SYNC_WEBHOOK_TOKEN", "SYNC_SIGNING_SECRET", "SYNC_READ_API_KEY"];
+    const RESOURCE_VARS: &[&str] =
+        &["SYNC_SECRET_ID", "SYNC_QUEUE_URL", "SYNC_DLQ_URL", "SYNC_TABLE", "GHL_LOCATION_ID"];
+    std::env::vars()
+        .filter(|(k, _)| {
+            ["SYNC_", "GHL_", "WORKER_", "SPROUTVIDEO_", "RECONCILE_", "SECRET_CACHE_"].iter().any(|p| k.starts_with(p))
+                && !SECRET_VARS.contains(&k.as_str())
+                && !RESOURCE_VARS.contains(&k.as_str())
+        })
+        .collect()
+}
+
+async fn start(s: &Settings, procs: &mut Vec<Proc>, deployment: &mut Option<Deployment>) -> anyhow::Result<()> {
+    let endpoint = format!("http://127.0.0.1:{}", s.moto_port);
+    let audit = s.dir.join("iam-audit.jsonl");
+    procs.push(spawn(s, "moto", moto::command(&s.dir, s.moto_port, &audit)?).await?);
+    moto::wait_ready(&endpoint).await?;
     eprintln!("dev-stack: moto (local AWS) on 127.0.0.1:{}", s.moto_port);
 
     let real_ghl = s.ghl_token.is_some() && s.ghl_location.is_some();
@@ -170,9 +199,9 @@ async fn start(s: &Settings, procs: &mut Vec<Proc>) -> anyhow::Result<()> {
         eprintln!("dev-stack: using the real HighLevel API (GHL_TOKEN and GHL_LOCATION_ID are set)");
         shared::ghl::DEFAULT_BASE_URL.to_string()
     } else {
-        let args = vec!["--listen".into(), s.ghl_addr.clone()];
-        let child = spawn(s, "local-ghl", &s.bin_dir.join("local-ghl"), &args, &base_env).await?;
-        procs.push(Proc { name: "local-ghl", child, args, env: base_env.clone(), restart: false });
+        let mut cmd = Command::new(s.bin_dir.join("local-ghl"));
+        cmd.args(["--listen", &s.ghl_addr]);
+        procs.push(spawn(s, "local-ghl", cmd).await?);
         wait_http(&format!("http://{}/_admin/state", s.ghl_addr), "the local GHL").await?;
         format!("http://{}/", s.ghl_addr)
     };
@@ -180,9 +209,9 @@ async fn start(s: &Settings, procs: &mut Vec<Proc>) -> anyhow::Result<()> {
         eprintln!("dev-stack: using the real SproutVideo API (SPROUTVIDEO_API_KEY is set)");
         shared::sprout::DEFAULT_BASE_URL.to_string()
     } else {
-        let args = vec!["--listen".into(), s.sprout_addr.clone(), "--demo".into()];
-        let child = spawn(s, "local-sproutvideo", &s.bin_dir.join("local-sproutvideo"), &args, &base_env).await?;
-        procs.push(Proc { name: "local-sproutvideo", child, args, env: base_env.clone(), restart: false });
+        let mut cmd = Command::new(s.bin_dir.join("local-sproutvideo"));
+        cmd.args(["--listen", &s.sprout_addr, "--demo"]);
+        procs.push(spawn(s, "local-sproutvideo", cmd).await?);
         wait_http(&format!("http://{}/_admin/requests", s.sprout_addr), "the local SproutVideo").await?;
         format!("http://{}/v1", s.sprout_addr)
     };
@@ -195,9 +224,14 @@ async fn start(s: &Settings, procs: &mut Vec<Proc>) -> anyhow::Result<()> {
         "sproutvideo_api_key": s.sprout_key.clone().unwrap_or_else(|| "dev-sproutvideo-key".into()),
     })
     .to_string();
+    let template = Template::load(&sync_tests::lambda_local::template::default_path())?;
+    let queue = template.queue("SyncQueue", &template.resolver(&[], STACK_NAME))?;
     let stack = Stack::create(
-        StackNames::with_prefix("sv-ghl-sync-dev"),
-        StackSettings { visibility_timeout_secs: s.visibility, max_receive_count: 8 },
+        StackNames::with_prefix(STACK_NAME),
+        StackSettings {
+            visibility_timeout_secs: s.visibility,
+            max_receive_count: queue.max_receive_count.unwrap_or(8),
+        },
         Some(&secret),
     )
     .await
@@ -205,78 +239,78 @@ async fn start(s: &Settings, procs: &mut Vec<Proc>) -> anyhow::Result<()> {
     // A rerun keeps moto's data only while moto runs; refresh the secret in case it existed.
     stack.put_secret(&secret).await?;
 
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    for k in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-        "AWS_EC2_METADATA_DISABLED",
-        "AWS_ENDPOINT_URL",
-    ] {
-        env.insert(k.into(), std::env::var(k).unwrap_or_default());
-    }
-    for (k, v) in [
-        ("SYNC_SECRET_ID", stack.names.secret.clone()),
-        ("SYNC_QUEUE_URL", stack.queue_url.clone()),
-        ("SYNC_DLQ_URL", stack.dlq_url.clone()),
-        ("SYNC_TABLE", stack.names.table.clone()),
-        ("GHL_BASE_URL", ghl_base.clone()),
-        ("GHL_LOCATION_ID", location.clone()),
-        ("SPROUTVIDEO_BASE_URL", sprout_base.clone()),
-        ("WORKER_MAX_CONCURRENCY", "1".into()),
-        ("WORKER_POLL_WAIT_SECS", "2".into()),
-        ("INTAKE_ADDR", s.intake_addr.clone()),
-        ("LOG_FORMAT", env_or("LOG_FORMAT", "text")),
-        ("RUST_LOG", env_or("RUST_LOG", "info")),
-    ] {
-        env.insert(k.into(), v);
-    }
-    // Pass on tuning settings given to dev-stack (never the secret values: they live in the secret).
-    const SECRET_VARS: &[&str] =
-        &["GHL_TOKEN", "SPROUTVIDEO_API_KEY", "SYNC_WEBHOOK_TOKEN", "SYNC_SIGNING_SECRET", "SYNC_READ_API_KEY"];
-    for (k, v) in std::env::vars() {
-        let tuning = ["SYNC_", "GHL_", "WORKER_", "SPROUTVIDEO_", "RECONCILE_", "SECRET_CACHE_"]
-            .iter()
-            .any(|p| k.starts_with(p));
-        if tuning && !SECRET_VARS.contains(&k.as_str()) && !env.contains_key(&k) {
-            env.insert(k, v);
-        }
-    }
-    let functions: [(&'static str, Vec<String>); 3] = [
-        ("sv-intake", vec![]),
-        ("sv-worker", vec![]),
-        ("sv-reconciler", vec!["--every".into(), s.reconcile_every.to_string()]),
-    ];
-    for (name, args) in functions {
-        let child = spawn(s, name, &s.bin_dir.join(name), &args, &env).await?;
-        procs.push(Proc { name, child, args, env: env.clone(), restart: true });
-    }
-    wait_http(&format!("http://{}/health", s.intake_addr), "the intake").await?;
-    write_state(s, procs, &stack, &ghl_base, &sprout_base, &location, &env)?;
+    let mut env = passed_on_env();
+    env.insert("GHL_BASE_URL".into(), ghl_base.clone());
+    env.insert("SPROUTVIDEO_BASE_URL".into(), sprout_base.clone());
+    env.insert("LOG_FORMAT".into(), env_or("LOG_FORMAT", "text"));
+    env.insert("RUST_LOG".into(), env_or("RUST_LOG", "info"));
+    let mut ds = DeploySettings::new(s.bin_dir.clone(), s.dir.join("logs"), &endpoint);
+    ds.iam = true;
+    ds.stack_name = STACK_NAME.into();
+    ds.parameters = vec![("GhlLocationId".into(), location.clone())];
+    ds.env = env.clone();
+    ds.http_addr = Some(s.intake_addr.clone());
+    ds.invoke_addr = Some(s.lambda_api_addr.clone());
+    ds.schedule_every = Some(Duration::from_secs(s.reconcile_every));
+    ds.schedule_at_start = true;
+    ds.sqs_sources = true;
+    let d = Deployment::deploy(&stack, ds).await.context("could not deploy the template's functions locally")?;
+    // The first request starts the intake (a cold start), as it would in Lambda.
+    let health = reqwest::get(format!("http://{}/health", s.intake_addr)).await.context("the HTTP API")?;
+    anyhow::ensure!(
+        health.status().is_success(),
+        "the intake answered {} to /health; see .dev/logs/sv-intake.log",
+        health.status()
+    );
+    write_state(s, procs, &d, &stack, &ghl_base, &sprout_base, &location)?;
     print_next_steps(s, &ghl_base, &sprout_base, real_ghl);
+    *deployment = Some(d);
     Ok(())
+}
+
+fn all_pids(procs: &[Proc], d: &Deployment) -> BTreeMap<String, Vec<u32>> {
+    let mut pids: BTreeMap<String, Vec<u32>> =
+        procs.iter().map(|p| (p.name.to_string(), p.child.id().into_iter().collect())).collect();
+    pids.extend(d.pids());
+    pids
 }
 
 fn write_state(
     s: &Settings,
     procs: &[Proc],
+    d: &Deployment,
     stack: &Stack,
     ghl: &str,
     sprout: &str,
     location: &str,
-    env: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
-    let pids: BTreeMap<&str, Option<u32>> = procs.iter().map(|p| (p.name, p.child.id())).collect();
+    let functions: BTreeMap<&str, serde_json::Value> = d
+        .functions
+        .iter()
+        .map(|(name, f)| {
+            // What the function runs with, less its credentials.
+            let env: BTreeMap<&String, &String> =
+                f.config.env.iter().filter(|(k, _)| !k.starts_with("AWS_SECRET")).collect();
+            (
+                name.as_str(),
+                json!({"timeout_secs": f.config.timeout.as_secs(), "memory_mb": f.config.memory_mb,
+                       "concurrency": f.config.concurrency, "log_group": f.config.log_group, "env": env}),
+            )
+        })
+        .collect();
     let v = json!({
         "intake_url": format!("http://{}", s.intake_addr),
         "webhook_url": format!("http://{}/webhooks/sproutvideo/<SYNC_WEBHOOK_TOKEN>", s.intake_addr),
+        "lambda_api_url": format!("http://{}", s.lambda_api_addr),
         "ghl_base_url": ghl, "sproutvideo_base_url": sprout, "ghl_location_id": location,
         "queue_url": stack.queue_url, "dlq_url": stack.dlq_url, "table": stack.names.table, "secret_id": stack.names.secret,
         "aws_endpoint_url": std::env::var("AWS_ENDPOINT_URL").unwrap_or_default(),
-        "pids": pids,
-        // What the functions run with (no secret values: those live in the secret).
-        "env": env,
+        // moto checks every call: use these keys for your own (aws CLI, tests).
+        "aws_admin": {"access_key_id": d.admin.access_key_id, "secret_access_key": d.admin.secret_access_key},
+        "iam_audit_log": s.dir.join("iam-audit.jsonl"),
+        "grants": d.grants,
+        "functions": functions,
+        "pids": all_pids(procs, d),
     });
     let tmp = s.dir.join("stack.json.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(&v)?)?;
@@ -290,10 +324,12 @@ fn print_next_steps(s: &Settings, ghl: &str, sprout: &str, real_ghl: bool) {
         r#"
 The pipeline is running (logs: {dir}/logs/, state: {dir}/stack.json). Ctrl-C stops everything.
 
-  intake        http://{intake}   (health: curl http://{intake}/health)
+  intake        http://{intake}   (HTTP API → sv-intake; health: curl http://{intake}/health)
+  worker        SQS event-source mapping → sv-worker
+  reconciler    scheduled → sv-reconciler, at start, then every {every} s
+  Lambda API    http://{lambda}   (aws lambda invoke --endpoint-url http://{lambda} --function-name sv-reconciler out.json)
   GHL           {ghl}{ghl_note}
   SproutVideo   {sprout}
-  reconciler    runs at start, then every {every} s
 
 Send a signed event:
 
@@ -309,6 +345,7 @@ Then look:
   {state_hint}
 "#,
         dir = s.dir.display(),
+        lambda = s.lambda_api_addr,
         ghl_note = if real_ghl { " (real)" } else { "  (local; everything it holds: /_admin/state)" },
         every = s.reconcile_every,
         secret = s.signing_secret,
@@ -317,50 +354,35 @@ Then look:
     );
 }
 
-async fn supervise(s: &Settings, procs: &mut [Proc]) {
+async fn supervise(s: &Settings, procs: &mut [Proc], d: &Deployment) {
     let mut shutdown = Box::pin(shared::deps::shutdown_signal());
+    let mut last = all_pids(procs, d);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(Duration::from_millis(300)) => {}
         }
-        let mut changed = false;
         for p in procs.iter_mut() {
             if let Ok(Some(status)) = p.child.try_wait() {
-                if !p.restart {
-                    eprintln!("dev-stack: {} exited ({status}); stopping", p.name);
-                    return;
-                }
-                eprintln!("dev-stack: {} exited ({status}); restarting it", p.name);
-                match spawn(s, p.name, &s.bin_dir.join(p.name), &p.args, &p.env).await {
-                    Ok(c) => {
-                        p.child = c;
-                        changed = true;
-                    }
-                    Err(e) => {
-                        eprintln!("dev-stack: {e:#}");
-                        return;
-                    }
-                }
+                eprintln!("dev-stack: {} exited ({status}); stopping", p.name);
+                return;
             }
         }
-        if changed {
-            rewrite_pids(s, procs);
+        let now = all_pids(procs, d);
+        if now != last {
+            rewrite_pids(&s.dir, &now);
+            last = now;
         }
     }
 }
 
-fn rewrite_pids(s: &Settings, procs: &[Proc]) {
-    let path = s.dir.join("stack.json");
+fn rewrite_pids(dir: &Path, pids: &BTreeMap<String, Vec<u32>>) {
+    let path = dir.join("stack.json");
     let Ok(raw) = std::fs::read_to_string(&path) else { return };
     let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&raw) else { return };
-    v["pids"] = json!(procs.iter().map(|p| (p.name, p.child.id())).collect::<BTreeMap<_, _>>());
-    let tmp = s.dir.join("stack.json.tmp");
-    if std::fs::write(&tmp, v.to_string()).is_ok() {
+    v["pids"] = json!(pids);
+    let tmp = dir.join("stack.json.tmp");
+    if std::fs::write(&tmp, serde_json::to_string_pretty(&v).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(tmp, path);
     }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
 }

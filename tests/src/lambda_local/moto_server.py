@@ -1,0 +1,106 @@
+"""moto's server with IAM authorization as AWS does it for the calls this project makes.
+
+moto checks a caller's policies once authorization is on (INITIAL_NO_AUTH_ACTION_COUNT, or
+POST /moto-api/reset-auth), but only SQS names the resource a call is on; DynamoDB and Secrets
+Manager calls are checked against "*", which no resource-scoped statement matches, and SQS's
+batch calls are checked under their own names, which IAM does not have. This launcher:
+
+- names the resource of DynamoDB calls (the table's ARN, from TableName or RequestItems) and of
+  Secrets Manager calls (the secret's full ARN, from SecretId by name or ARN);
+- authorizes SendMessageBatch, DeleteMessageBatch and ChangeMessageVisibilityBatch as
+  sqs:SendMessage, sqs:DeleteMessage and sqs:ChangeMessageVisibility, as IAM does;
+- appends one JSON line per authorization decision to $MOTO_IAM_AUDIT_LOG:
+  {"key": access key id, "action": "sqs:SendMessage", "resource": arn, "allowed": true}.
+
+Usage: python moto_server.py [moto_server arguments]
+"""
+
+import json
+import os
+import sys
+import threading
+
+from moto import settings
+from moto.core.authorization import ActionAuthenticatorMixin
+from moto.dynamodb.responses import DynamoHandler
+from moto.iam.access_control import IAMRequestBase
+from moto.secretsmanager.models import secretsmanager_backends
+from moto.secretsmanager.responses import SecretsManagerResponse
+from moto.server import main
+
+IAM_ACTION = {
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+}
+
+AUDIT = os.environ.get("MOTO_IAM_AUDIT_LOG")
+_audit_lock = threading.Lock()
+
+
+def _dynamodb_resource(self):
+    params = getattr(self, "params", None) or {}
+    table = params.get("TableName")
+    if not table:
+        for key in ("RequestItems",):
+            items = params.get(key) or {}
+            if items:
+                table = next(iter(items))
+    if not table:
+        return "*"
+    return f"arn:aws:dynamodb:{self.region}:{self.current_account}:table/{table}"
+
+
+def _secret_resource(self):
+    secret_id = self._get_param("SecretId")
+    if not secret_id:
+        return "*"
+    store = secretsmanager_backends[self.current_account][self.region].secrets
+    secret = store.get(secret_id)
+    return secret.arn if secret is not None else "*"
+
+
+DynamoHandler._determine_resource = _dynamodb_resource
+SecretsManagerResponse._determine_resource = _secret_resource
+
+_original_init = IAMRequestBase.__init__
+
+
+def _init(self, *args, **kwargs):
+    _original_init(self, *args, **kwargs)
+    self._action = IAM_ACTION.get(self._action, self._action)
+
+
+IAMRequestBase.__init__ = _init
+
+_original_authorize = ActionAuthenticatorMixin._authenticate_and_authorize_action
+
+
+def _authorize(self, iam_request_cls, resource="*"):
+    enforced = ActionAuthenticatorMixin.request_count >= settings.INITIAL_NO_AUTH_ACTION_COUNT
+    allowed = False
+    try:
+        _original_authorize(self, iam_request_cls, resource)
+        allowed = True
+    finally:
+        if enforced and AUDIT:
+            auth = self.headers.get("Authorization") or ""
+            key = auth.partition("Credential=")[2].partition("/")[0]
+            service = auth.partition("Credential=")[2].split("/")[3] if key else ""
+            action = f"{service}:{self._get_action()}"
+            line = json.dumps(
+                {
+                    "key": key,
+                    "action": IAM_ACTION.get(action, action),
+                    "resource": resource,
+                    "allowed": allowed,
+                }
+            )
+            with _audit_lock, open(AUDIT, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+
+ActionAuthenticatorMixin._authenticate_and_authorize_action = _authorize
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
