@@ -1,20 +1,25 @@
 //! Client-side pacing shared by the GHL and SproutVideo clients (retries are in [`crate::retry`]).
 //!
-//! [`RateLimiter`] is a sliding-window limiter: at most `max` requests start in any `interval`.
-//! It can be corrected from what the server reports (remaining budget, window size, an explicit
-//! pause after a 429), so a process that shares a budget with others slows down when the server
-//! says the shared budget is nearly spent.
+//! [`RateLimiter`] is a sliding-window limiter: at most `max` requests count against any
+//! `interval`. The server counts a request when it arrives, some time after it started here and
+//! before its answer came back, so a request counts here from its start until `interval` after
+//! its answer: however much a busy machine or the network delays requests, the server never sees
+//! more than `max` in its window. Each request holds a [`Slot`] while it is in flight.
+//!
+//! The window can be corrected from what the server reports (remaining budget, window size, an
+//! explicit pause after a 429), so a process that shares a budget with others slows down when
+//! the server says the shared budget is nearly spent.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// Sliding-window request limiter.
 #[derive(Debug)]
 pub struct RateLimiter {
-    inner: Mutex<Window>,
+    inner: Arc<Mutex<Window>>,
 }
 
 #[derive(Debug)]
@@ -24,40 +29,72 @@ struct Window {
     interval: Duration,
     /// This process's share of the server's budget (1.0 = all of it).
     share: f64,
-    /// Start times of the requests in the current window.
-    starts: VecDeque<Instant>,
+    /// Requests started and not answered yet.
+    in_flight: u32,
+    /// When the answered requests of the current window were answered, oldest first.
+    answered: VecDeque<Instant>,
     /// No request may start before this instant (set after a 429).
     paused_until: Option<Instant>,
 }
+
+/// A request's place in the window, held while it is in flight. Dropping it (the answer came,
+/// or the request was abandoned) starts its last `interval` in the window.
+#[derive(Debug)]
+#[must_use = "the slot counts the request only while it is held"]
+pub struct Slot {
+    window: Arc<Mutex<Window>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut w = lock(&self.window);
+        w.in_flight = w.in_flight.saturating_sub(1);
+        let now = Instant::now();
+        w.answered.push_back(now);
+    }
+}
+
+fn lock(m: &Mutex<Window>) -> MutexGuard<'_, Window> {
+    // A panic while holding the lock leaves only counters behind: keep using them.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How often a caller looks again when every request of the window is still in flight.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(5);
 
 impl RateLimiter {
     /// `max` requests per `interval`, of which this process may use `share` (0 < share <= 1).
     pub fn new(max: u32, interval: Duration, share: f64) -> Self {
         let share = if share.is_finite() && share > 0.0 { share.min(1.0) } else { 1.0 };
         Self {
-            inner: Mutex::new(Window {
+            inner: Arc::new(Mutex::new(Window {
                 max: scaled(max, share),
                 interval,
                 share,
-                starts: VecDeque::new(),
+                in_flight: 0,
+                answered: VecDeque::new(),
                 paused_until: None,
-            }),
+            })),
         }
     }
 
-    /// Waits until one more request may start, and counts it.
-    pub async fn acquire(&self) {
-        // Without a bound the wait always ends in a start.
-        let _ = self.acquire_within(None).await;
+    /// Waits until one more request may start, and counts it while the slot is held.
+    pub async fn acquire(&self) -> Slot {
+        loop {
+            // Without a bound the wait always ends in a start.
+            if let Ok(slot) = self.acquire_within(None).await {
+                return slot;
+            }
+        }
     }
 
     /// Like [`acquire`](Self::acquire), but a server-ordered pause that lasts longer than
     /// `max_pause` is not waited out: its remaining length comes back as the error, and no
     /// request is counted. Waits for room in the window are taken as they come.
-    pub async fn acquire_within(&self, max_pause: Option<Duration>) -> Result<(), Duration> {
+    pub async fn acquire_within(&self, max_pause: Option<Duration>) -> Result<Slot, Duration> {
         loop {
             let wait = {
-                let mut w = self.inner.lock().await;
+                let mut w = lock(&self.inner);
                 let now = Instant::now();
                 w.expire(now);
                 match w.paused_until {
@@ -66,36 +103,34 @@ impl RateLimiter {
                         if max_pause.is_some_and(|m| left > m) {
                             return Err(left);
                         }
-                        Some(left)
+                        left
                     }
                     _ => {
-                        if (w.starts.len() as u32) < w.max {
-                            w.starts.push_back(now);
-                            None
-                        } else {
-                            let oldest = *w.starts.front().expect("window is full");
-                            Some((oldest + w.span()).saturating_duration_since(now))
+                        if w.used() < w.max {
+                            w.in_flight += 1;
+                            return Ok(Slot { window: self.inner.clone() });
+                        }
+                        match w.answered.front() {
+                            Some(oldest) => (*oldest + w.span()).saturating_duration_since(now),
+                            None => IN_FLIGHT_POLL,
                         }
                     }
                 }
             };
-            match wait {
-                None => return Ok(()),
-                Some(d) => tokio::time::sleep(d.max(Duration::from_millis(1))).await,
-            }
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
         }
     }
 
     /// How long requests are still held by a server-ordered pause (None when they are not).
     pub async fn paused_for(&self) -> Option<Duration> {
-        let w = self.inner.lock().await;
+        let w = lock(&self.inner);
         w.paused_until.map(|u| u.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
     }
 
     /// Corrects the window from rate-limit headers: the server's window size and ceiling, and
     /// how much of the budget is left in the current window.
     pub async fn observe(&self, max: Option<u32>, interval: Option<Duration>, remaining: Option<u32>) {
-        let mut w = self.inner.lock().await;
+        let mut w = lock(&self.inner);
         let now = Instant::now();
         if let Some(i) = interval.filter(|i| !i.is_zero()) {
             w.interval = i;
@@ -106,10 +141,10 @@ impl RateLimiter {
         w.expire(now);
         if let Some(r) = remaining {
             // The server has less budget left than we think: count the difference as spent now.
-            let local_left = w.max.saturating_sub(w.starts.len() as u32);
+            let local_left = w.max.saturating_sub(w.used());
             let server_left = scaled(r, w.share).min(r);
             for _ in server_left..local_left {
-                w.starts.push_back(now);
+                w.answered.push_back(now);
             }
         }
     }
@@ -117,7 +152,7 @@ impl RateLimiter {
     /// Stops every request from starting for `d` (after a 429), at most
     /// [`MAX_SERVER_WAIT`](crate::retry::MAX_SERVER_WAIT).
     pub async fn pause(&self, d: Duration) {
-        let mut w = self.inner.lock().await;
+        let mut w = lock(&self.inner);
         let now = Instant::now();
         let until = now.checked_add(d.min(crate::retry::MAX_SERVER_WAIT)).unwrap_or(now);
         if w.paused_until.is_none_or(|p| p < until) {
@@ -127,23 +162,27 @@ impl RateLimiter {
 
     /// The limiter's current ceiling per interval and the interval.
     pub async fn budget(&self) -> (u32, Duration) {
-        let w = self.inner.lock().await;
+        let w = lock(&self.inner);
         (w.max, w.interval)
     }
 }
 
 impl Window {
-    /// How long a request counts against the window here: the server's interval plus a margin,
-    /// because the server counts a request when it arrives, a little after it started here.
+    /// How long an answered request still counts: the server's interval after its answer (the
+    /// server saw it no later than that), plus a few milliseconds for clocks read apart.
     fn span(&self) -> Duration {
-        self.interval + self.interval / 40 + Duration::from_millis(5)
+        self.interval + Duration::from_millis(5)
+    }
+
+    fn used(&self) -> u32 {
+        self.in_flight + self.answered.len() as u32
     }
 
     fn expire(&mut self, now: Instant) {
         let span = self.span();
-        while let Some(front) = self.starts.front() {
+        while let Some(front) = self.answered.front() {
             if now.saturating_duration_since(*front) >= span {
-                self.starts.pop_front();
+                self.answered.pop_front();
             } else {
                 break;
             }
@@ -164,11 +203,27 @@ mod tests {
         let l = RateLimiter::new(3, Duration::from_secs(10), 1.0);
         let start = Instant::now();
         for _ in 0..3 {
-            l.acquire().await;
+            drop(l.acquire().await);
         }
         assert!(start.elapsed() < Duration::from_millis(5));
-        l.acquire().await;
+        drop(l.acquire().await);
         assert!(start.elapsed() >= Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_counts_until_an_interval_after_its_answer() {
+        let l = RateLimiter::new(2, Duration::from_secs(10), 1.0);
+        let start = Instant::now();
+        let slow = l.acquire().await;
+        drop(l.acquire().await);
+        // The slow request is answered 4 s after it started: the server may have seen it as
+        // late as that, so its place frees 10 s after the answer, not after the start.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        drop(slow);
+        drop(l.acquire().await);
+        assert!(start.elapsed() >= Duration::from_secs(10), "the early answer's place frees first");
+        drop(l.acquire().await);
+        assert!(start.elapsed() >= Duration::from_secs(14), "{:?}", start.elapsed());
     }
 
     #[tokio::test(start_paused = true)]
@@ -176,8 +231,8 @@ mod tests {
         let l = RateLimiter::new(100, Duration::from_secs(10), 1.0);
         l.observe(Some(100), Some(Duration::from_secs(10)), Some(1)).await;
         let start = Instant::now();
-        l.acquire().await;
-        l.acquire().await;
+        drop(l.acquire().await);
+        drop(l.acquire().await);
         assert!(start.elapsed() >= Duration::from_secs(10));
     }
 
@@ -187,7 +242,7 @@ mod tests {
         assert_eq!(l.budget().await.0, 25);
         l.pause(Duration::from_secs(3)).await;
         let start = Instant::now();
-        l.acquire().await;
+        drop(l.acquire().await);
         assert!(start.elapsed() >= Duration::from_secs(3));
     }
 
@@ -201,7 +256,7 @@ mod tests {
         let l = RateLimiter::new(10, Duration::from_secs(10), 1.0);
         l.pause(Duration::from_secs(2)).await;
         let start = Instant::now();
-        l.acquire_within(Some(Duration::from_secs(5))).await.unwrap();
+        drop(l.acquire_within(Some(Duration::from_secs(5))).await.unwrap());
         assert!(start.elapsed() >= Duration::from_secs(2));
     }
 }

@@ -529,9 +529,10 @@ impl GhlClient {
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
         }
         // A pause GHL asked for that outlasts the deadline ends the call rather than waiting.
-        if let Err(left) = self.limiter.acquire_within(a.time_left).await {
-            return Err(Failure::Final(GhlError::RateLimited { retry_after: Some(left) }));
-        }
+        let _slot = match self.limiter.acquire_within(a.time_left).await {
+            Ok(slot) => slot,
+            Err(left) => return Err(Failure::Final(GhlError::RateLimited { retry_after: Some(left) })),
+        };
         let token = self.tokens.token().await.map_err(|e| {
             if e.is_retryable() { Failure::NotApplied { error: e, wait: None } } else { Failure::Final(e) }
         })?;

@@ -320,9 +320,10 @@ impl SproutClient {
         renewed: &AtomicBool,
     ) -> Result<T, Failure<SproutError>> {
         // A pause SproutVideo asked for that outlasts the deadline ends the call rather than waiting.
-        if let Err(left) = self.limiter.acquire_within(a.time_left).await {
-            return Err(Failure::Final(SproutError::RateLimited { retry_after: Some(left) }));
-        }
+        let _slot = match self.limiter.acquire_within(a.time_left).await {
+            Ok(slot) => slot,
+            Err(left) => return Err(Failure::Final(SproutError::RateLimited { retry_after: Some(left) })),
+        };
         let key = self.keys.key().await.map_err(|e| {
             if e.is_retryable() { Failure::NotApplied { error: e, wait: None } } else { Failure::Final(e) }
         })?;
