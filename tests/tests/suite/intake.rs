@@ -462,6 +462,6 @@ fn the_published_event_schema_is_the_one_generated_from_the_intake_types() {
     assert!(
         committed == generated,
         "docs/events.schema.json differs from the schema the intake's types generate; regenerate it with\n  \
-         UPDATE_SCHEMA=1 cargo test -p sync-tests --test intake the_published_event_schema\nand commit the result"
+         UPDATE_SCHEMA=1 cargo test -p sync-tests --test suite intake::the_published_event_schema\nand commit the result"
     );
 }
