@@ -12,7 +12,7 @@ use shared::identity::{Email, Identity};
 use shared::queue::{
     CommandQueue, DedupId, MessageGroupId, Parked, ParkedMessage, SentMessage, WorkerQueues, attribute_text,
 };
-use shared::state::{Claim, ManualClock, PersonState, StateError, StateStore};
+use shared::state::{Claim, FieldMark, ManualClock, PersonState, StateError, StateStore};
 
 /// How a suite lets time pass for an implementation: a memory store's clock moves, DynamoDB's
 /// real one is waited for.
@@ -169,10 +169,21 @@ async fn persons(store: &dyn StateStore, ns: &str) {
         tags: ["sproutvideo".to_string(), "vip".to_string()].into(),
         phone: Some("+14155552671".into()),
         applied_at: 1_790_000_000,
+        fields: [
+            ("firstName".to_string(), FieldMark { value: "Ada".into(), at_ms: 1_790_000_000_123 }),
+            ("cf:contact.plan".to_string(), FieldMark { value: serde_json::json!(["gold", 3]), at_ms: 1 }),
+        ]
+        .into(),
     };
     store.put_person(&ada, &p).await.unwrap();
     assert_eq!(store.person(&ada).await.unwrap(), Some(p.clone()));
-    let q = PersonState { contact_id: "c-bob".into(), phone: None, tags: Default::default(), ..p.clone() };
+    let q = PersonState {
+        contact_id: "c-bob".into(),
+        phone: None,
+        tags: Default::default(),
+        fields: Default::default(),
+        ..p.clone()
+    };
     store.put_person(&bob, &q).await.unwrap();
     assert_eq!(store.person(&bob).await.unwrap(), Some(q));
     let p2 = PersonState { state_hash: "h2".into(), phone: None, ..p };

@@ -17,7 +17,7 @@
 //! - Failures are typed: transient ones are retried by the queue with growing delays,
 //!   permanent ones are parked in the dead-letter queue with their reason.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -36,7 +36,7 @@ use shared::mapping::{
 };
 use shared::queue::{CommandQueue, DedupId, MessageGroupId, Parked, QueueError, WorkerQueues};
 use shared::sprout::{SessionQuery, SproutClient, SproutError};
-use shared::state::{Claim, PersonState, StateError, StateStore};
+use shared::state::{Claim, FieldMark, PersonState, StateError, StateStore};
 
 /// Why a command was not applied.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -302,6 +302,22 @@ fn reference(key: &IdempotencyKey) -> String {
     format!("[sv-sync {}]", key.short())
 }
 
+/// The fields of a desired state the sync writes, by name (custom fields as `cf:<key>`).
+fn field_values(d: &DesiredContact) -> Vec<(String, serde_json::Value)> {
+    let mut out: Vec<(String, serde_json::Value)> = [
+        ("phone", d.phone.as_ref().map(|p| p.as_str().to_string())),
+        ("firstName", d.first_name.clone()),
+        ("lastName", d.last_name.clone()),
+        ("companyName", d.company_name.clone()),
+        ("source", d.source.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_string(), serde_json::Value::String(v?))))
+    .collect();
+    out.extend(d.custom_fields.iter().map(|(k, v)| (format!("cf:{k}"), v.clone())));
+    out
+}
+
 fn task_value_name(email: &Email, external_id: &str) -> String {
     format!("task#{email}#{external_id}")
 }
@@ -310,8 +326,8 @@ impl Worker {
     /// Applies one command.
     pub async fn apply(&self, cmd: &SyncCommand) -> Result<Applied, ApplyError> {
         match &cmd.body {
-            CommandBody::UpsertContact { contact } => self.upsert(contact, false).await,
-            CommandBody::RepairContact { contact } => self.upsert(contact, true).await,
+            CommandBody::UpsertContact { contact } => self.upsert(contact, cmd.occurred_at, false).await,
+            CommandBody::RepairContact { contact } => self.upsert(contact, cmd.occurred_at, true).await,
             CommandBody::AddTags { identity, tags } => self.add_tags(identity, tags).await,
             CommandBody::AddNote { identity, body } => self.add_note(&cmd.key, identity, body).await,
             CommandBody::CreateTask { identity, external_id, title, body, due_at, assigned_to } => {
@@ -377,22 +393,54 @@ impl Worker {
         }
     }
 
-    async fn upsert(&self, desired: &DesiredContact, force: bool) -> Result<Applied, ApplyError> {
-        let hash = desired.state_hash();
+    /// Writes what changed of the person's desired state. A field the command does not carry
+    /// is unknown, not changed; a field whose recorded change is newer than this command's
+    /// (`occurred_at`) is left alone, so a replayed or late event never reverts newer data.
+    /// Nothing to write and no tag missing: no GHL call. `force` (a repair after drift found in
+    /// GHL) writes every field the command carries, newer ones excepted.
+    async fn upsert(
+        &self,
+        desired: &DesiredContact,
+        occurred_at: chrono::DateTime<chrono::Utc>,
+        force: bool,
+    ) -> Result<Applied, ApplyError> {
+        let at_ms = occurred_at.timestamp_millis();
         let prev = self.store.person(&desired.email).await?;
-        if !force && prev.as_ref().is_some_and(|p| p.state_hash == hash) {
+        let known = prev.as_ref().map(|p| p.fields.clone()).unwrap_or_default();
+        let mut write: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        let mut stale = Vec::new();
+        for (name, value) in field_values(desired) {
+            match known.get(&name) {
+                Some(mark) if mark.at_ms > at_ms => stale.push(name),
+                Some(mark) if mark.value == value && !force => {}
+                _ => {
+                    write.insert(name, value);
+                }
+            }
+        }
+        if !stale.is_empty() {
+            tracing::info!(fields = ?stale, "left alone: GHL holds a newer change of these fields");
+        }
+        let recorded_tags = prev.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
+        let tags_missing = desired.tags.iter().any(|t| !recorded_tags.contains(t));
+        if prev.is_some() && write.is_empty() && !tags_missing && !force {
             return Ok(Applied::Unchanged);
         }
-        let check = self.check_identity(&desired.email, desired.phone.as_ref()).await?;
-        let custom_fields = self.catalog.resolve(&desired.custom_fields).await?;
+        let text = |k: &str| write.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let phone =
+            write.get("phone").and_then(|v| v.as_str()).and_then(|p| desired.phone.clone().filter(|d| d.as_str() == p));
+        let check = self.check_identity(&desired.email, phone.as_ref()).await?;
+        let custom: BTreeMap<String, serde_json::Value> =
+            write.iter().filter_map(|(k, v)| Some((k.strip_prefix("cf:")?.to_string(), v.clone()))).collect();
+        let custom_fields = self.catalog.resolve(&custom).await?;
         let body = UpsertContactDto {
             location_id: self.ghl.location_id().to_string(),
             email: Some(desired.email.to_string()),
             phone: check.phone.clone(),
-            first_name: desired.first_name.clone(),
-            last_name: desired.last_name.clone(),
-            company_name: desired.company_name.clone(),
-            source: desired.source.clone(),
+            first_name: text("firstName"),
+            last_name: text("lastName"),
+            company_name: text("companyName"),
+            source: text("source"),
             custom_fields: (!custom_fields.is_empty()).then_some(custom_fields),
             ..Default::default()
         };
@@ -403,18 +451,29 @@ impl Worker {
         if !missing.is_empty() {
             self.ghl.add_tags(&resp.contact.id, &missing).await?;
         }
-        // Tags recorded for another contact id do not travel to this one.
-        let mut tags = prev.filter(|p| p.contact_id == resp.contact.id).map(|p| p.tags).unwrap_or_default();
+        // What was recorded for another contact id does not travel to this one.
+        let same_contact = prev.as_ref().is_some_and(|p| p.contact_id == resp.contact.id);
+        let mut tags = if same_contact { recorded_tags } else { BTreeSet::new() };
         tags.extend(desired.tags.iter().cloned());
+        let mut fields = if same_contact { known } else { BTreeMap::new() };
+        for (name, value) in write {
+            // A phone left out for an identity conflict was not written.
+            if name == "phone" && check.phone.is_none() {
+                continue;
+            }
+            fields.insert(name, FieldMark { value, at_ms });
+        }
+        let phone = fields.get("phone").and_then(|m| m.value.as_str()).map(str::to_string);
         self.store
             .put_person(
                 &desired.email,
                 &PersonState {
                     contact_id: resp.contact.id,
-                    state_hash: hash,
+                    state_hash: desired.state_hash(),
                     tags,
-                    phone: check.phone,
+                    phone,
                     applied_at: chrono::Utc::now().timestamp(),
+                    fields,
                 },
             )
             .await?;
@@ -531,6 +590,7 @@ impl Worker {
                     tags,
                     phone: check.phone,
                     applied_at: chrono::Utc::now().timestamp(),
+                    fields: BTreeMap::new(),
                 },
             )
             .await?;

@@ -159,11 +159,15 @@ impl StateStore for DynamoStore {
             _ => BTreeSet::new(),
         };
         Ok(Some(PersonState {
-            contact_id: get_s(&item, "contact_id").ok_or(StateError::Corrupt(pk))?,
+            contact_id: get_s(&item, "contact_id").ok_or_else(|| StateError::Corrupt(pk.clone()))?,
             state_hash: get_s(&item, "state_hash").unwrap_or_default(),
             tags,
             phone: get_s(&item, "phone"),
             applied_at: get_n(&item, "applied_at").unwrap_or_default(),
+            fields: match get_s(&item, "fields") {
+                Some(raw) => serde_json::from_str(&raw).map_err(|_| StateError::Corrupt(pk.clone()))?,
+                None => Default::default(),
+            },
         }))
     }
 
@@ -179,6 +183,9 @@ impl StateStore for DynamoStore {
             .item("applied_at", n(p.applied_at));
         if let Some(ph) = &p.phone {
             req = req.item("phone", s(ph));
+        }
+        if !p.fields.is_empty() {
+            req = req.item("fields", s(&serde_json::to_string(&p.fields).expect("field marks serialise")));
         }
         req.send().await.map_err(|e| state_error(&e))?;
         Ok(())

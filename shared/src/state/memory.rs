@@ -193,6 +193,10 @@ impl StateStore for MemoryStore {
                 ("tags", tags + 3),
                 ("applied_at", 21),
                 ("phone", p.phone.as_ref().map_or(0, String::len)),
+                (
+                    "fields",
+                    if p.fields.is_empty() { 0 } else { serde_json::to_string(&p.fields).map_or(0, |f| f.len()) },
+                ),
             ]),
         )?;
         self.items().insert(pk, Item { entry: Entry::Person(p.clone()), expires_at: None });

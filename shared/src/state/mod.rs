@@ -20,7 +20,7 @@
 //! [`DynamoStore`] is the table on AWS; [`MemoryStore`] keeps the same rules in process (with a
 //! clock tests can move) for tests.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -86,6 +86,17 @@ pub struct PersonState {
     pub tags: BTreeSet<String>,
     pub phone: Option<String>,
     pub applied_at: i64,
+    /// Each field the sync wrote (`firstName`, `phone`, `cf:contact.plan`, ...): the value and
+    /// when the change it came from happened. A field an event does not carry stays as known
+    /// here; a change older than the one recorded is not applied.
+    pub fields: BTreeMap<String, FieldMark>,
+}
+
+/// A field's last applied value and the time of the change it came from (unix milliseconds).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FieldMark {
+    pub value: serde_json::Value,
+    pub at_ms: i64,
 }
 
 /// The answer to "may I perform this action now?".

@@ -218,6 +218,54 @@ async fn an_unchanged_upsert_makes_no_call_and_a_changed_one_the_minimum() {
     assert!(paths[1].ends_with("/tags"));
 }
 
+#[tokio::test]
+async fn an_older_change_delivered_after_a_newer_one_changes_nothing() {
+    let env = Env::new("order", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    let at = |mins: i64| Utc::now() - chrono::Duration::minutes(mins);
+    let login = |event: &str, first: &str, when| {
+        let mut d = DesiredContact::new(email("late@example.com"));
+        d.first_name = Some(first.into());
+        d.company_name = Some(format!("{first} Ltd"));
+        SyncCommand::new(event, "upsert_contact", when, CommandBody::UpsertContact { contact: d })
+    };
+    w.process_batch(vec![msg("new", &login("login-2", "Newer", at(1)))]).await;
+    env.ghl.clear_requests().await;
+    // The sender's retry of an older login.updated arrives after the newer one.
+    let late = w.process_batch(vec![msg("old", &login("login-1", "Older", at(30)))]).await;
+    assert_eq!((late.applied, late.unchanged, late.failed.len()), (0, 1, 0), "{late:?}");
+    assert!(env.ghl.requests().await.is_empty(), "no GHL call for a change older than the one applied");
+    let c = env.contact("late@example.com").await;
+    assert_eq!((c["firstName"].as_str(), c["companyName"].as_str()), (Some("Newer"), Some("Newer Ltd")));
+
+    // A newer change of one field goes through; the others stay as they are.
+    let mut d = DesiredContact::new(email("late@example.com"));
+    d.company_name = Some("Newest Ltd".into());
+    let c = SyncCommand::new("login-3", "upsert_contact", at(0), CommandBody::UpsertContact { contact: d });
+    assert_eq!(w.process_batch(vec![msg("newest", &c)]).await.applied, 1);
+    let c = env.contact("late@example.com").await;
+    assert_eq!((c["firstName"].as_str(), c["companyName"].as_str()), (Some("Newer"), Some("Newest Ltd")));
+}
+
+#[tokio::test]
+async fn a_note_for_a_known_person_costs_only_the_note() {
+    let env = Env::new("known", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    // lead.captured (email and names), then note.create (email only), as the intake queues them.
+    let lead = upsert("lead-1", "known@example.com", Some("Kim"));
+    w.process_batch(vec![msg("l", &lead)]).await;
+    let mut email_only = DesiredContact::new(email("known@example.com"));
+    email_only.tags.insert("sproutvideo".into());
+    let again =
+        SyncCommand::new("note-1", "upsert_contact", Utc::now(), CommandBody::UpsertContact { contact: email_only });
+    let out = w.process_batch(vec![msg("u", &again), msg("n", &note("note-1", "known@example.com", "Called"))]).await;
+    assert_eq!((out.applied, out.unchanged), (1, 1), "{out:?}");
+    let paths: Vec<String> = env.ghl.requests().await.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+    assert_eq!(paths.iter().filter(|p| p.ends_with("/contacts/upsert")).count(), 1, "{paths:?}");
+    assert_eq!(paths.len(), 3, "upsert, tags, note: {paths:?}");
+    assert_eq!(env.contact("known@example.com").await["firstName"], "Kim", "a field the note does not carry stays");
+}
+
 const BOB_PHONE: &str = "+14155552671";
 
 /// Bob, already in GHL with his phone, and his record as the local GHL holds it (notes and
