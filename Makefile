@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 CARGO ?= cargo
 
-.PHONY: test tools fmt-check clippy unit sam-lint build build-arm64 lambda-check dev deploy bench soak fuzz clean
+.PHONY: test tools fmt-check clippy unit sam-lint build build-arm64 lambda-check dev doctor deploy bench soak fuzz clean
 
 ## test: every check (format, lint, unit, integration against moto + local fakes, SAM lint, Lambda build)
 test: tools fmt-check clippy sam-lint unit lambda-check
@@ -62,6 +62,11 @@ lambda-check: tools
 ## dev: run the whole pipeline locally (moto, local GHL, local SproutVideo, intake, worker, reconciler)
 dev: tools
 	scripts/dev.sh
+
+## doctor: read-only check of a setup (the deployment's environment, else the running `make dev`);
+## CAPTURE=dir saves the answers it read, redacted
+doctor:
+	scripts/doctor.sh
 
 ## deploy: sam build + sam deploy (guided the first time)
 deploy: tools

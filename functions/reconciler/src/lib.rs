@@ -3,6 +3,7 @@
 //! `reconcile` is the logic (staged, checkpointed, never sees a Lambda type); `wiring` builds it
 //! from the configuration; `main.rs` adapts it to Lambda's scheduled invocation and to a CLI.
 
+pub mod doctor;
 pub mod reconcile;
 pub mod wiring;
 

@@ -3,7 +3,8 @@
 //! stops before the invocation's deadline with a checkpoint; `make dev` runs it this way, invoked
 //! by a local stand-in for the schedule (tests/src/lambda_local). Outside a Lambda runtime it is
 //! an operator's command: it runs once and prints progress and the report, or every N seconds
-//! with `--every N`.
+//! with `--every N`. `--doctor` (or the Lambda input `{"doctor": true}`) checks the setup
+//! instead, read-only, and prints a table of what works and what to fix (see `doctor`).
 
 use std::time::Duration;
 
@@ -11,16 +12,21 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use reconciler::ReconcileInput;
 use shared::config::{Config, init_tracing};
 
-const USAGE: &str =
-    "sv-reconciler [--dry-run] [--since YYYY-MM-DD] [--emails a@x,b@y] [--max-steps N] [--restart] [--every SECONDS]";
+const USAGE: &str = "sv-reconciler [--dry-run] [--since YYYY-MM-DD] [--emails a@x,b@y] [--max-steps N] [--restart] \
+                     [--every SECONDS] | --doctor [--capture DIR]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
     if shared::config::in_lambda() {
-        let (rec, _deps) = reconciler::build(Config::from_env()?).await?;
-        let rec = &rec;
+        let (rec, deps) = reconciler::build(Config::from_env()?).await?;
+        let (rec, deps) = (&rec, &deps);
         return lambda_runtime::run(service_fn(move |ev: LambdaEvent<serde_json::Value>| async move {
+            if ev.payload.get("doctor") == Some(&serde_json::Value::Bool(true)) {
+                let report = reconciler::doctor::run(deps, None).await;
+                tracing::info!("doctor:\n{}", report.table());
+                return Ok::<_, lambda_runtime::Error>(serde_json::to_value(&report)?);
+            }
             let input: ReconcileInput =
                 if ev.payload.is_null() { Default::default() } else { serde_json::from_value(ev.payload)? };
             let remaining = ev.context.deadline().duration_since(std::time::SystemTime::now()).unwrap_or_default();
@@ -29,13 +35,15 @@ async fn main() -> anyhow::Result<()> {
             let mut summary = report.clone();
             summary.plan.clear();
             tracing::info!(report = %serde_json::to_string(&summary)?, "reconciliation report");
-            Ok::<_, lambda_runtime::Error>(report)
+            Ok::<_, lambda_runtime::Error>(serde_json::to_value(&report)?)
         }))
         .await
         .map_err(|e| anyhow::anyhow!(e));
     }
     let mut input = ReconcileInput::default();
     let mut every: Option<u64> = None;
+    let mut doctor = false;
+    let mut capture: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| anyhow::anyhow!("{name} needs a value; usage: {USAGE}"));
@@ -46,6 +54,8 @@ async fn main() -> anyhow::Result<()> {
             "--emails" => input.emails = Some(value("--emails")?.split(',').map(str::to_string).collect()),
             "--max-steps" => input.max_steps = Some(value("--max-steps")?.parse()?),
             "--every" => every = Some(value("--every")?.parse()?),
+            "--doctor" => doctor = true,
+            "--capture" => capture = Some(value("--capture")?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -53,7 +63,16 @@ async fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown argument {other}; usage: {USAGE}"),
         }
     }
-    let (rec, _deps) = reconciler::build(Config::from_env()?).await?;
+    let (rec, deps) = reconciler::build(Config::from_env()?).await?;
+    if doctor {
+        let report = reconciler::doctor::run(&deps, capture.as_deref()).await;
+        print!("{}", report.table());
+        if !report.all_ok() {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    anyhow::ensure!(capture.is_none(), "--capture goes with --doctor; usage: {USAGE}");
     loop {
         let report = rec.run(input.clone(), None, &|line| eprintln!("reconcile: {line}")).await;
         match &report {

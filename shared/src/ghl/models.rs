@@ -399,7 +399,7 @@ pub enum SearchPaging {
     SearchAfter,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchResponse {
     #[serde(default)]
     pub contacts: Vec<Contact>,

@@ -122,3 +122,55 @@ pub(super) async fn oauth_token(ghl: &LocalGhl, body: &[u8]) -> Response {
     }))
     .into_response()
 }
+
+/// The scope a request needs, as HighLevel's documents assign them.
+fn scope_for(method: &Method, path: &str) -> Option<&'static str> {
+    if path.starts_with("/locations/") && path.ends_with("/customFields") {
+        return Some("locations/customFields.readonly");
+    }
+    if !path.starts_with("/contacts") {
+        return None;
+    }
+    if *method == Method::GET || path == "/contacts/search" {
+        Some("contacts.readonly")
+    } else {
+        Some("contacts.write")
+    }
+}
+
+/// The location a request names: `locationId` in the query or the body, or the path's
+/// `/locations/{id}/`.
+fn location_named(path: &str, query: &str, body: &serde_json::Value) -> Option<String> {
+    if let Some(rest) = path.strip_prefix("/locations/") {
+        return rest.split('/').next().map(str::to_string);
+    }
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "locationId")
+        .map(|(_, v)| v.into_owned())
+        .or_else(|| body.get("locationId").and_then(|v| v.as_str()).map(str::to_string))
+}
+
+/// Checks a token's grant (its location and scopes) against the request.
+pub(super) fn authorize(
+    s: &Store,
+    token: Option<&str>,
+    method: &Method,
+    path: &str,
+    query: &str,
+    body: &serde_json::Value,
+) -> Result<(), Reply> {
+    let Some(grant) = token.and_then(|t| s.behaviour.token_grants.get(t)) else {
+        return Ok(());
+    };
+    if let (Some(own), Some(named)) = (&grant.location_id, location_named(path, query, body))
+        && *own != named
+    {
+        return Err(Reply::err(403, "The token does not have access to this location."));
+    }
+    if let (Some(scopes), Some(needed)) = (&grant.scopes, scope_for(method, path))
+        && !scopes.iter().any(|s| s == needed)
+    {
+        return Err(Reply::err(401, "The token is not authorized for this scope."));
+    }
+    Ok(())
+}

@@ -81,6 +81,20 @@ pub struct GhlBehaviour {
     pub require_version: bool,
     /// Reject fractional seconds in task `dueDate`.
     pub strict_due_dates: bool,
+    /// What a token may do: the one location it belongs to and its scopes. A token without an
+    /// entry may do anything. A request naming another location answers 403 "The token does
+    /// not have access to this location."; one needing a scope the token lacks answers 401 "The
+    /// token is not authorized for this scope." (messages as the reference records them).
+    pub token_grants: BTreeMap<String, TokenGrant>,
+}
+
+/// The location and scopes a token was issued for (see [`GhlBehaviour::token_grants`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenGrant {
+    pub location_id: Option<String>,
+    /// None: every scope.
+    pub scopes: Option<Vec<String>>,
 }
 
 impl Default for GhlBehaviour {
@@ -98,6 +112,7 @@ impl Default for GhlBehaviour {
             not_found_status: 400,
             require_version: true,
             strict_due_dates: false,
+            token_grants: BTreeMap::new(),
         }
     }
 }

@@ -13,7 +13,7 @@ use super::admin::admin;
 use super::contacts::{
     create_contact, delete_contact, reject_unknown, tags, update_contact, upsert_contact, with_contact,
 };
-use super::gate::{gatekeep, oauth_token, take_fault};
+use super::gate::{authorize, gatekeep, oauth_token, take_fault};
 use super::records::{NOTE_FIELDS, TASK_FIELDS, child, create_note, create_task, delete_child, update_child};
 use super::search::{by_business, duplicate, list_contacts, search};
 use super::{FaultKind, LocalGhl, LoggedRequest, Reply, Store, trace_id};
@@ -79,7 +79,10 @@ pub(super) async fn handle(
                 std::panic::resume_unwind(Box::new("local GHL drops this connection"));
             }
             let mut s = ghl.store.lock().await;
-            let mut reply = route(&mut s, &method, &path, &query, &parsed_body, &body);
+            let mut reply = match authorize(&s, token.as_deref(), &method, &path, &query, &parsed_body) {
+                Ok(()) => route(&mut s, &method, &path, &query, &parsed_body, &body),
+                Err(refused) => refused,
+            };
             let wrote = method != Method::GET && reply.status.is_success();
             if fault == Some(FaultKind::WriteThenFail) && wrote {
                 reply = Reply::err(500, "Internal server error");

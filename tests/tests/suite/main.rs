@@ -7,6 +7,7 @@
 //! The chaos soak is its own binary (`--test soak`), so `make soak` can run it at length.
 
 mod contracts;
+mod doctor;
 mod ghl_client;
 mod iam;
 mod intake;

@@ -1,0 +1,483 @@
+//! `doctor`: checks a user's real setup, read-only, and says what to do about each problem.
+//!
+//! - GHL: the token authenticates and is a location token for `GHL_LOCATION_ID`; the scopes the
+//!   sync needs answer (contacts read, custom fields read; nothing is written); every custom
+//!   field of the mapping exists with a type its values fit; the rate-limit headers are there,
+//!   with the burst and daily budget left.
+//! - SproutVideo: the key works; videos, logins and engagement sessions answer in the shapes the
+//!   client reads (list keys, the fields the mapping and rules read, paging keys).
+//! - AWS: the queue, the dead-letter queue, the table and the secret answer, and the secret has
+//!   every key.
+//!
+//! It never writes to GHL or SproutVideo. With a capture folder it saves the answers it read,
+//! redacted (emails, names, phones, ids and tokens replaced consistently), as contract fixtures.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use shared::deps::Deps;
+use shared::ghl::{GhlError, SearchRequest};
+use shared::identity::Email;
+use shared::mapping::{WatchFacts, typed_value};
+use shared::sprout::{MAX_PER_PAGE, SessionQuery, SproutError};
+use shared::state::StateStore;
+
+/// One line of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub area: &'static str,
+    pub what: String,
+    pub ok: bool,
+    /// What was seen (for a ✓) or what is wrong (for a ✗).
+    pub detail: String,
+    /// What to do, for a ✗.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DoctorReport {
+    pub checks: Vec<Check>,
+}
+
+impl DoctorReport {
+    pub fn all_ok(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+
+    fn pass(&mut self, area: &'static str, what: impl Into<String>, detail: impl Into<String>) {
+        self.checks.push(Check { area, what: what.into(), ok: true, detail: detail.into(), fix: None });
+    }
+
+    fn fail(&mut self, area: &'static str, what: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) {
+        self.checks.push(Check { area, what: what.into(), ok: false, detail: detail.into(), fix: Some(fix.into()) });
+    }
+
+    /// The table as printed: one line per check, and the fix under every ✗.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        for c in &self.checks {
+            let mark = if c.ok { "✓" } else { "✗" };
+            out.push_str(&format!("{mark} {:<12} {:<48} {}\n", c.area, c.what, c.detail));
+            if let Some(fix) = &c.fix {
+                out.push_str(&format!("  {:<12} fix: {fix}\n", ""));
+            }
+        }
+        let failed = self.checks.iter().filter(|c| !c.ok).count();
+        out.push_str(&if failed == 0 {
+            format!("all {} checks passed\n", self.checks.len())
+        } else {
+            format!("{failed} of {} checks failed\n", self.checks.len())
+        });
+        out
+    }
+}
+
+/// Runs every check. `capture`: a folder to save the redacted answers in.
+pub async fn run(deps: &Deps, capture: Option<&Path>) -> DoctorReport {
+    let mut r = DoctorReport::default();
+    let mut captured: Vec<(String, Value)> = Vec::new();
+    aws(deps, &mut r).await;
+    ghl(deps, &mut r, &mut captured).await;
+    sprout(deps, &mut r, &mut captured).await;
+    if let Some(dir) = capture {
+        match save(dir, &captured) {
+            Ok(n) => r.pass("capture", format!("answers saved to {}", dir.display()), format!("{n} files, redacted")),
+            Err(e) => r.fail("capture", "answers saved", e.to_string(), "check the folder can be written"),
+        }
+    }
+    r
+}
+
+async fn aws(deps: &Deps, r: &mut DoctorReport) {
+    match deps.secrets.get().await {
+        Ok(s) => {
+            let mut missing = Vec::new();
+            if s.signing_secrets.is_empty() {
+                missing.push("signing_secrets");
+            }
+            if s.ghl_token.is_none() && s.ghl_oauth.is_none() {
+                missing.push("ghl_token (or ghl_oauth)");
+            }
+            if s.sproutvideo_api_key.is_none() {
+                missing.push("sproutvideo_api_key");
+            }
+            if missing.is_empty() {
+                r.pass("aws", "secret has every key", deps.config.secret_id.clone());
+            } else {
+                r.fail(
+                    "aws",
+                    "secret has every key",
+                    format!("missing: {}", missing.join(", ")),
+                    "put the full JSON value in the secret (README, \"The secret\")",
+                );
+            }
+        }
+        Err(e) => r.fail(
+            "aws",
+            "secret readable",
+            e.to_string(),
+            "check SYNC_SECRET_ID, that the secret has a value, and the role's secretsmanager:GetSecretValue",
+        ),
+    }
+    match deps.store.get_value("doctor#probe").await {
+        Ok(_) => r.pass("aws", "state table answers", deps.config.table.clone()),
+        Err(e) => {
+            r.fail("aws", "state table answers", e.to_string(), "check SYNC_TABLE and the role's dynamodb:GetItem")
+        }
+    }
+    let sqs = aws_sdk_sqs::Client::new(&deps.aws);
+    let queues = [
+        ("queue answers", Some(deps.config.queue_url.clone())),
+        ("dead-letter queue answers", deps.config.dlq_url.clone()),
+    ];
+    for (what, url) in queues {
+        let Some(url) = url else {
+            r.fail("aws", what, "no URL configured", "set SYNC_DLQ_URL (the template sets it)");
+            continue;
+        };
+        match sqs.get_queue_attributes().queue_url(&url).send().await {
+            Ok(_) => r.pass("aws", what, url),
+            Err(e) => r.fail(
+                "aws",
+                what,
+                shared::aws::error_text(&e),
+                "check the queue URL and the role's sqs:GetQueueAttributes",
+            ),
+        }
+    }
+}
+
+/// What to do about a GHL error, by its kind.
+fn ghl_fix(e: &GhlError, scope: &str) -> String {
+    match e {
+        GhlError::Unauthorized { .. } => format!(
+            "use a sub-account Private Integration Token (or OAuth location token) with the {scope} scope, in the secret's ghl_token"
+        ),
+        GhlError::Forbidden { .. } => {
+            "the token belongs to another location: set GHL_LOCATION_ID to the token's sub-account, or use that sub-account's token".into()
+        }
+        e if e.is_retryable() => "GHL did not answer in time; run doctor again".into(),
+        _ => "see the message; check GHL_BASE_URL and GHL_LOCATION_ID".into(),
+    }
+}
+
+async fn ghl(deps: &Deps, r: &mut DoctorReport, captured: &mut Vec<(String, Value)>) {
+    let ghl = &deps.ghl;
+    let location = ghl.location_id().to_string();
+    let defs = match ghl.custom_fields().await {
+        Ok(defs) => {
+            r.pass("ghl", "token works for the location", format!("location {location}"));
+            r.pass("ghl", "scope locations/customFields.readonly", format!("{} custom fields", defs.len()));
+            captured.push(("ghl/custom_fields.json".into(), serde_json::to_value(&defs).unwrap_or_default()));
+            Some(defs)
+        }
+        Err(e) => {
+            let fix = ghl_fix(&e, "locations/customFields.readonly");
+            r.fail("ghl", "token works for the location", e.to_string(), fix);
+            None
+        }
+    };
+    let search = SearchRequest {
+        location_id: String::new(),
+        page_limit: 1,
+        page: Some(1),
+        search_after: None,
+        query: None,
+        filters: vec![],
+        sort: vec![],
+    };
+    match ghl.search_page(&search).await {
+        Ok(page) => {
+            r.pass("ghl", "scope contacts.readonly", format!("{} contacts in the location", page.total.unwrap_or(0)));
+            captured.push(("ghl/search.json".into(), serde_json::to_value(&page).unwrap_or_default()));
+        }
+        Err(e) => {
+            let fix = ghl_fix(&e, "contacts.readonly");
+            r.fail("ghl", "scope contacts.readonly", e.to_string(), fix);
+        }
+    }
+    if let Some(defs) = defs {
+        let mapping = &deps.config.mapping;
+        let sample = WatchFacts {
+            video_id: "v".into(),
+            video_title: "A video".into(),
+            video_tags: vec![],
+            percent: 80.0,
+            at: Utc::now(),
+        };
+        let email = Email::parse("doctor@example.com").expect("a valid email");
+        let values = mapping.summary_fields(1, Some(&sample), &email);
+        for key in mapping.custom_fields.keys() {
+            let field_key = key.as_str();
+            match defs.iter().find(|d| d.field_key.as_deref() == Some(field_key)) {
+                None => r.fail(
+                    "ghl",
+                    format!("custom field {field_key}"),
+                    "no such field in the location",
+                    format!(
+                        "create it in GHL (Settings → Custom Fields, key {field_key}) or remove it from the mapping"
+                    ),
+                ),
+                Some(d) => {
+                    let data_type = d.data_type.clone().unwrap_or_else(|| "TEXT".into());
+                    match values.get(key).map(|v| typed_value(key, &data_type, v)) {
+                        Some(Err(e)) => r.fail(
+                            "ghl",
+                            format!("custom field {field_key}"),
+                            e.to_string(),
+                            "change the field's type in GHL or the mapping's template",
+                        ),
+                        _ => r.pass("ghl", format!("custom field {field_key}"), format!("exists, {data_type}")),
+                    }
+                }
+            }
+        }
+    }
+    let stats = ghl.stats();
+    match (stats.burst_remaining(), stats.daily_remaining()) {
+        (Some(burst), Some(daily)) => {
+            r.pass("ghl", "rate-limit headers", format!("{burst} left in the burst window, {daily} left today"))
+        }
+        _ => r.fail(
+            "ghl",
+            "rate-limit headers",
+            "GHL's answers carry no X-RateLimit-Remaining / X-RateLimit-Daily-Remaining",
+            "the pacing falls back to the configured budget (GHL_BURST_MAX); check GHL_BASE_URL points at the API",
+        ),
+    }
+}
+
+/// A SproutVideo failure: what to do about it.
+fn sprout_fix(e: &SproutError) -> String {
+    match e {
+        SproutError::Unauthorized { .. } | SproutError::NoKey(_) => {
+            "put a valid key in the secret's sproutvideo_api_key (SproutVideo → Account Settings → API)".into()
+        }
+        SproutError::Drift { .. } => {
+            "the API answers in a shape this version does not read: run `make doctor CAPTURE=dir`, and report the captured answer".into()
+        }
+        e if e.is_retryable() => "SproutVideo did not answer in time; run doctor again".into(),
+        _ => "see the message; check SPROUTVIDEO_BASE_URL".into(),
+    }
+}
+
+/// A list to read: its name, path, items key, and the fields (each with its alternative names)
+/// the sync reads from every item.
+type ListCheck = (&'static str, &'static [&'static str], &'static str, &'static [&'static [&'static str]]);
+
+/// The keys an item lacks, of those the sync reads.
+fn missing_keys(item: &Value, needed: &[&[&str]]) -> Vec<String> {
+    needed
+        .iter()
+        .filter(|alts| !alts.iter().any(|k| item.get(*k).is_some_and(|v| !v.is_null())))
+        .map(|alts| alts.join(" or "))
+        .collect()
+}
+
+async fn sprout(deps: &Deps, r: &mut DoctorReport, captured: &mut Vec<(String, Value)>) {
+    use shared::sprout::session_fields as f;
+    let sv = &deps.sprout;
+    match sv.account().await {
+        Ok(_) => r.pass("sproutvideo", "API key works", "account answered"),
+        Err(e) => {
+            let fix = sprout_fix(&e);
+            r.fail("sproutvideo", "API key works", e.to_string(), fix);
+            return;
+        }
+    }
+    let lists: [ListCheck; 2] = [
+        ("videos", &["videos"], "videos", &[&["id"], &["title"], &["duration"], &["tags"]]),
+        ("logins", &["logins"], "logins", &[&["id"], &["email"]]),
+    ];
+    for (name, path, key, needed) in lists {
+        match sv.page::<Value>(path, key, &[], 1, 5).await {
+            Ok(page) => {
+                captured.push((format!("sproutvideo/{name}.json"), page_json(key, &page.items, page.total)));
+                let missing: Vec<String> = page.items.iter().flat_map(|i| missing_keys(i, needed)).collect();
+                if !missing.is_empty() {
+                    r.fail(
+                        "sproutvideo",
+                        format!("{name}: fields the sync reads"),
+                        format!("missing: {}", dedup(missing).join(", ")),
+                        "the API answers in a shape this version does not read; report the captured answer",
+                    );
+                } else if page.total.is_none() {
+                    r.fail(
+                        "sproutvideo",
+                        format!("{name}: paging keys"),
+                        "no total in the list answer",
+                        "paging relies on next_page alone; report the captured answer",
+                    );
+                } else {
+                    r.pass("sproutvideo", format!("{name}: shape"), format!("{} in all", page.total.unwrap_or(0)));
+                }
+            }
+            Err(e) => {
+                let fix = sprout_fix(&e);
+                r.fail("sproutvideo", format!("{name}: shape"), e.to_string(), fix);
+            }
+        }
+    }
+    let q = SessionQuery { start_date: None, end_date: None, vemail: None };
+    match sv.sessions_page(None, &q, 1, MAX_PER_PAGE.min(20)).await {
+        Ok(page) => {
+            let raw: Vec<Value> = page
+                .items
+                .iter()
+                .map(|s| {
+                    let mut m = s.extra.clone();
+                    for (k, v) in [
+                        (f::ID[0], s.id.clone().map(Value::from)),
+                        (f::VIDEO_ID[0], s.video_id.clone().map(Value::from)),
+                        (f::EMAIL[0], s.vemail.clone().map(Value::from)),
+                        (f::SECONDS[0], s.seconds_watched.map(Value::from)),
+                        (f::PERCENT[0], s.percent_watched.map(Value::from)),
+                    ] {
+                        if let Some(v) = v {
+                            m.insert(k.to_string(), v);
+                        }
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            captured.push(("sproutvideo/sessions.json".into(), page_json("sessions", &raw, page.total)));
+            let with_email = page.items.iter().filter(|s| s.vemail.is_some()).count();
+            r.pass(
+                "sproutvideo",
+                "engagement sessions: shape",
+                format!(
+                    "{} in all; {with_email} of the first {} carry an email",
+                    page.total.unwrap_or(0),
+                    page.items.len()
+                ),
+            );
+        }
+        Err(e) => {
+            let fix = sprout_fix(&e);
+            r.fail("sproutvideo", "engagement sessions: shape", e.to_string(), fix);
+        }
+    }
+}
+
+fn dedup(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn page_json(key: &str, items: &[Value], total: Option<u64>) -> Value {
+    let mut m = Map::new();
+    m.insert(key.into(), Value::Array(items.to_vec()));
+    m.insert("total".into(), total.map(Value::from).unwrap_or(Value::Null));
+    Value::Object(m)
+}
+
+fn save(dir: &Path, captured: &[(String, Value)]) -> std::io::Result<usize> {
+    let mut redactor = Redactor::default();
+    for (name, value) in captured {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let clean = redactor.redact(value, "");
+        std::fs::write(&path, serde_json::to_string_pretty(&clean).expect("JSON") + "\n")?;
+    }
+    Ok(captured.len())
+}
+
+/// Replaces personal data and identifiers, the same value always by the same stand-in, so the
+/// fixtures keep their shape and their cross references.
+#[derive(Default)]
+pub struct Redactor {
+    seen: HashMap<(String, String), String>,
+}
+
+impl Redactor {
+    pub fn redact(&mut self, v: &Value, key: &str) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), self.redact(v, k))).collect()),
+            Value::Array(a) => Value::Array(a.iter().map(|v| self.redact(v, key)).collect()),
+            Value::String(s) => Value::String(self.replace(key, s)),
+            other => other.clone(),
+        }
+    }
+
+    fn replace(&mut self, key: &str, s: &str) -> String {
+        let k = key.to_ascii_lowercase();
+        let field_key = k == "fieldkey" || k == "field_key";
+        let kind = if field_key {
+            return s.to_string();
+        } else if k.contains("token") || k.contains("secret") || k.contains("key") {
+            "secret"
+        } else if k.contains("email") {
+            "email"
+        } else if k.contains("phone") {
+            "phone"
+        } else if k.contains("name") {
+            "name"
+        } else if k == "id" || k.ends_with("_id") || k.ends_with("id") && k.len() > 2 {
+            "id"
+        } else if s.contains('@') {
+            "email"
+        } else {
+            return s.to_string();
+        };
+        if s.is_empty() {
+            return String::new();
+        }
+        let n = self.seen.len() + 1;
+        self.seen
+            .entry((kind.to_string(), s.to_string()))
+            .or_insert_with(|| match kind {
+                "secret" => "REDACTED".to_string(),
+                "email" => format!("person{n}@example.com"),
+                "phone" => format!("+1555010{:04}", n % 10_000),
+                "name" => format!("Name{n}"),
+                _ => format!("id{n:04}"),
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn redaction_replaces_people_and_ids_consistently_and_keeps_the_shape() {
+        let mut r = Redactor::default();
+        let v = json!({
+            "logins": [{"id": "abc", "email": "ada@example.com", "created_at": "2026-11-01T00:00:00Z"},
+                       {"id": "def", "email": "ada@example.com"}],
+            "sessions": [{"video_id": "abc", "vemail": "ada@example.com", "seconds_watched": 12}],
+            "contact": {"firstName": "Ada", "phone": "+14155552671", "fieldKey": "contact.plan"},
+            "access_token": "pit-123"
+        });
+        let out = r.redact(&v, "");
+        let text = out.to_string();
+        for secret in ["ada@example.com", "Ada\"", "+14155552671", "pit-123", "\"abc\""] {
+            assert!(!text.contains(secret), "{secret} left in {text}");
+        }
+        assert_eq!(out["logins"][0]["email"], out["logins"][1]["email"], "the same person stays the same");
+        assert_eq!(out["logins"][0]["id"], out["sessions"][0]["video_id"], "cross references survive");
+        assert_eq!(out["logins"][0]["created_at"], "2026-11-01T00:00:00Z");
+        assert_eq!(out["sessions"][0]["seconds_watched"], 12);
+        assert_eq!(out["contact"]["fieldKey"], "contact.plan", "field keys are not personal");
+    }
+
+    #[test]
+    fn the_table_marks_failures_with_their_fix() {
+        let mut r = DoctorReport::default();
+        r.pass("ghl", "token works", "location L");
+        r.fail("ghl", "custom field contact.x", "no such field", "create it");
+        let t = r.table();
+        assert!(t.contains("✓ ghl") && t.contains("✗ ghl") && t.contains("fix: create it"), "{t}");
+        assert!(t.contains("1 of 2 checks failed"));
+        assert!(!r.all_ok());
+    }
+}

@@ -1,0 +1,141 @@
+//! `doctor` against moto and the local GHL and SproutVideo: all ✓ on a good setup, and the
+//! matching ✗ with its fix for a token of another location, a missing scope, a missing custom
+//! field and sessions answered under another key.
+
+use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator, secret_json};
+use sync_tests::local_ghl::{GhlBehaviour, LocalGhl, TokenGrant};
+use sync_tests::local_sprout::{Generate, LocalSprout, SproutBehaviour};
+
+const LOC: &str = "locDoctorTest0000001";
+const TOKEN: &str = "pit-doctor";
+
+const MAPPING: &str = r#"
+source = "SproutVideo"
+default_region = "US"
+sync_tag = "sproutvideo"
+[tags]
+login = "sv-login"
+lead = "sv-lead"
+[custom_fields]
+"contact.sv_last_video" = "{video_title}"
+"#;
+
+struct Setup {
+    grant: Option<TokenGrant>,
+    define_field: bool,
+    sessions_key: Option<&'static str>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self { grant: None, define_field: true, sessions_key: None }
+    }
+}
+
+async fn doctor(tag: &str, setup: Setup) -> reconciler::doctor::DoctorReport {
+    require_emulator();
+    let mut b = GhlBehaviour::default();
+    if let Some(g) = setup.grant {
+        b.token_grants.insert(TOKEN.into(), g);
+    }
+    let ghl = LocalGhl::new(b);
+    let ghl_url = format!("http://{}/", ghl.spawn("127.0.0.1:0").await.unwrap());
+    if setup.define_field {
+        ghl.define_custom_field(LOC, "Last video", "contact.sv_last_video", "TEXT").await;
+    }
+    let mut sb = SproutBehaviour::default();
+    if let Some(k) = setup.sessions_key {
+        sb.renamed_list_keys.insert("sessions".into(), k.into());
+    }
+    let sprout = LocalSprout::new(sb);
+    let sprout_url = format!("http://{}/v1", sprout.spawn("127.0.0.1:0").await.unwrap());
+    sprout
+        .generate(Generate {
+            viewers: 4,
+            videos: 2,
+            sessions_per_viewer: 1,
+            email_share: 1.0,
+            login_every: 2,
+            ..Default::default()
+        })
+        .await;
+    let stack = Stack::create(
+        StackNames::unique(tag),
+        StackSettings::default(),
+        Some(&secret_json("wt", &["sig"], "rk", TOKEN, Some("sv-key"))),
+    )
+    .await
+    .unwrap();
+    let mapping = std::env::temp_dir().join(format!("{}-doctor.toml", stack.names.table));
+    std::fs::write(&mapping, MAPPING).unwrap();
+    let config = stack.config(&ghl_url, &sprout_url, LOC, &[("SYNC_MAPPING_FILE", mapping.to_str().unwrap())]);
+    let (_, deps) = reconciler::build(config).await.unwrap();
+    ghl.clear_requests().await;
+    let report = reconciler::doctor::run(&deps, None).await;
+    let writes: Vec<_> =
+        ghl.requests().await.into_iter().filter(|r| r.method != "GET" && r.path != "/contacts/search").collect();
+    assert!(writes.is_empty(), "doctor never writes to GHL: {writes:?}");
+    let sprout_writes: Vec<_> = sprout.requests().await.into_iter().filter(|r| r.method != "GET").collect();
+    assert!(sprout_writes.is_empty(), "doctor never writes to SproutVideo");
+    println!("{}", report.table());
+    report
+}
+
+fn failed<'a>(r: &'a reconciler::doctor::DoctorReport, what: &str) -> &'a reconciler::doctor::Check {
+    r.checks
+        .iter()
+        .find(|c| !c.ok && c.what.contains(what))
+        .unwrap_or_else(|| panic!("no failed check '{what}' in\n{}", r.table()))
+}
+
+#[tokio::test]
+async fn a_good_setup_passes_every_check() {
+    let r = doctor("doc-ok", Setup::default()).await;
+    assert!(r.all_ok(), "{}", r.table());
+    for what in [
+        "token works for the location",
+        "scope contacts.readonly",
+        "custom field contact.sv_last_video",
+        "rate-limit headers",
+        "API key works",
+        "engagement sessions: shape",
+        "secret has every key",
+        "dead-letter queue answers",
+    ] {
+        assert!(r.checks.iter().any(|c| c.ok && c.what.contains(what)), "{what} missing in\n{}", r.table());
+    }
+}
+
+#[tokio::test]
+async fn a_token_of_another_location_is_named_with_its_fix() {
+    let grant = TokenGrant { location_id: Some("locSomewhereElse0001".into()), scopes: None };
+    let r = doctor("doc-loc", Setup { grant: Some(grant), ..Default::default() }).await;
+    let c = failed(&r, "token works for the location");
+    assert!(c.detail.contains("does not have access to this location"), "{c:?}");
+    assert!(c.fix.as_deref().unwrap().contains("GHL_LOCATION_ID"), "{c:?}");
+    assert!(!r.all_ok());
+}
+
+#[tokio::test]
+async fn a_missing_scope_is_named_with_its_fix() {
+    let scopes = vec!["locations/customFields.readonly".to_string(), "contacts.write".to_string()];
+    let grant = TokenGrant { location_id: Some(LOC.into()), scopes: Some(scopes) };
+    let r = doctor("doc-scope", Setup { grant: Some(grant), ..Default::default() }).await;
+    let c = failed(&r, "scope contacts.readonly");
+    assert!(c.fix.as_deref().unwrap().contains("contacts.readonly"), "{c:?}");
+    assert!(r.checks.iter().any(|c| c.ok && c.what.contains("token works for the location")));
+}
+
+#[tokio::test]
+async fn a_missing_custom_field_is_named_with_its_fix() {
+    let r = doctor("doc-field", Setup { define_field: false, ..Default::default() }).await;
+    let c = failed(&r, "custom field contact.sv_last_video");
+    assert!(c.fix.as_deref().unwrap().contains("create it in GHL"), "{c:?}");
+}
+
+#[tokio::test]
+async fn sessions_under_another_key_are_named_with_both_keys() {
+    let r = doctor("doc-sessions", Setup { sessions_key: Some("engagement_sessions"), ..Default::default() }).await;
+    let c = failed(&r, "engagement sessions: shape");
+    assert!(c.detail.contains("\"sessions\"") && c.detail.contains("engagement_sessions"), "{c:?}");
+}
