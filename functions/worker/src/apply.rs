@@ -272,6 +272,8 @@ pub struct BatchOutcome {
     pub parked: usize,
     /// Phones another GHL contact holds, met while applying the batch.
     pub identity_conflicts: u64,
+    /// SproutVideo answers in a shape the client does not read (the messages are parked).
+    pub api_drift: u64,
 }
 
 pub struct Worker {
@@ -295,6 +297,8 @@ pub struct Worker {
     pub lookback_days: u32,
     /// Phones left out of a write (or parked) because another contact holds them.
     pub identity_conflicts: AtomicU64,
+    /// SproutVideo answers met in a shape the client does not read.
+    pub api_drift: AtomicU64,
 }
 
 /// Reference appended to notes and tasks so a later attempt can find what an earlier one wrote.
@@ -725,6 +729,16 @@ impl Worker {
         }
     }
 
+    /// A SproutVideo failure as an apply error; an answer in an unknown shape is counted (the
+    /// `ApiDrift` metric) and parked with the keys expected and found.
+    fn sprout_error(&self, e: SproutError) -> ApplyError {
+        if matches!(e, SproutError::Drift { .. }) {
+            self.api_drift.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "SproutVideo answered in a shape this version does not read");
+        }
+        e.into()
+    }
+
     /// Re-fetches a video and turns its new engagement sessions into commands on the queue.
     async fn video_changed(&self, video_id: &str, source_event: &str) -> Result<Applied, ApplyError> {
         let sprout = &self.sprout;
@@ -734,7 +748,7 @@ impl Worker {
                 tracing::info!(video_id, "video no longer exists in SproutVideo; nothing to do");
                 return Ok(Applied::Unchanged);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(self.sprout_error(e)),
         };
         let mark = format!("video#{video_id}#since");
         let since = match self.store.get_value(&mark).await? {
@@ -742,8 +756,10 @@ impl Worker {
             None => None,
         }
         .unwrap_or_else(|| (chrono::Utc::now() - chrono::Duration::days(self.lookback_days as i64)).date_naive());
-        let sessions =
-            sprout.sessions(Some(video_id), &SessionQuery { start_date: Some(since), ..Default::default() }).await?;
+        let sessions = sprout
+            .sessions(Some(video_id), &SessionQuery { start_date: Some(since), ..Default::default() })
+            .await
+            .map_err(|e| self.sprout_error(e))?;
         let title = video.title.clone().unwrap_or_else(|| video_id.to_string());
         let mut commands = Vec::new();
         for s in &sessions {
@@ -800,6 +816,7 @@ impl Worker {
             }
         }
         let conflicts_before = self.identity_conflicts.load(Ordering::Relaxed);
+        let drift_before = self.api_drift.load(Ordering::Relaxed);
         let results: Vec<Vec<(String, Disposition)>> = futures::stream::iter(groups)
             .map(|(_, msgs)| self.process_group(msgs, deadline))
             .buffer_unordered(self.concurrency.max(1))
@@ -807,6 +824,7 @@ impl Worker {
             .await;
         let mut out = BatchOutcome {
             identity_conflicts: self.identity_conflicts.load(Ordering::Relaxed).saturating_sub(conflicts_before),
+            api_drift: self.api_drift.load(Ordering::Relaxed).saturating_sub(drift_before),
             ..Default::default()
         };
         for (id, r) in results.into_iter().flatten() {
@@ -932,7 +950,10 @@ impl Worker {
                         {"Name": "IdentityConflicts", "Unit": "Count"},
                         {"Name": "GhlCalls", "Unit": "Count"},
                         {"Name": "GhlRateLimited", "Unit": "Count"},
-                        {"Name": "GhlRateHeadroom", "Unit": "Count"}
+                        {"Name": "GhlRateHeadroom", "Unit": "Count"},
+                        {"Name": "GhlDailyRemaining", "Unit": "Count"},
+                        {"Name": "GhlDailyQuotaRefusals", "Unit": "Count"},
+                        {"Name": "ApiDrift", "Unit": "Count"}
                     ]
                 }]
             },
@@ -944,6 +965,9 @@ impl Worker {
             "GhlCalls": stats.requests.load(Ordering::Relaxed),
             "GhlRateLimited": stats.rate_limited.load(Ordering::Relaxed),
             "GhlRateHeadroom": if remaining == u64::MAX { serde_json::Value::Null } else { json!(remaining) },
+            "GhlDailyRemaining": stats.daily_remaining(),
+            "GhlDailyQuotaRefusals": stats.daily_quota_refusals.load(Ordering::Relaxed),
+            "ApiDrift": outcome.api_drift,
         })
         .to_string()
     }

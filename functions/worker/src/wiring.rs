@@ -28,6 +28,7 @@ pub async fn build(config: Config) -> anyhow::Result<(Arc<Worker>, Deps)> {
         concurrency: c.batch_concurrency,
         lookback_days: c.lookback_days,
         identity_conflicts: Default::default(),
+        api_drift: Default::default(),
     };
     Ok((Arc::new(worker), deps))
 }

@@ -73,6 +73,20 @@ async fn the_pipeline_runs_end_to_end_as_make_dev_does() {
     assert_eq!(lead["phone"], "+14155552671");
     assert_eq!(lead["firstName"], "New");
 
+    // Addresses SQS could not take as a message group id (non-ASCII, 200 characters) flow too.
+    let long = format!("{}@{}.{}.example.com", "a".repeat(60), "b".repeat(63), "c".repeat(63));
+    assert_eq!(long.chars().count(), 200);
+    let unusual = ["josé.núñez@bücher.example".to_string(), long];
+    for (i, email) in unusual.iter().enumerate() {
+        let body = json!({"id": format!("e2e-unusual-{i}"), "type": "lead.captured", "occurred_at": now(),
+                          "contact": {"email": email, "first_name": "Unusual"}});
+        assert_eq!(p.event(body).await, 202, "{email}");
+    }
+    p.wait_for("the non-ASCII and the 200-character address", 60, |c| {
+        unusual.iter().all(|e| c.iter().any(|x| x["email"].as_str().is_some_and(|a| a.eq_ignore_ascii_case(e))))
+    })
+    .await;
+
     // The contact view over HTTP.
     let view: Value = p
         .http

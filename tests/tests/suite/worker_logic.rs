@@ -76,6 +76,7 @@ impl World {
             concurrency: 4,
             lookback_days: 30,
             identity_conflicts: Default::default(),
+            api_drift: Default::default(),
         };
         Self { ghl, sprout, clock, store, queue, worker }
     }
