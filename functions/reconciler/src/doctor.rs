@@ -411,7 +411,14 @@ impl Redactor {
         let field_key = k == "fieldkey" || k == "field_key";
         let kind = if field_key {
             return s.to_string();
-        } else if k.contains("token") || k.contains("secret") || k.contains("key") {
+        } else if k.contains("token")
+            || k.contains("secret")
+            || k.contains("key")
+            || k.contains("password")
+            || k.contains("embed")
+            || s.starts_with("http://")
+            || s.starts_with("https://")
+        {
             "secret"
         } else if k.contains("email") {
             "email"
@@ -456,11 +463,23 @@ mod tests {
                        {"id": "def", "email": "ada@example.com"}],
             "sessions": [{"video_id": "abc", "vemail": "ada@example.com", "seconds_watched": 12}],
             "contact": {"firstName": "Ada", "phone": "+14155552671", "fieldKey": "contact.plan"},
-            "access_token": "pit-123"
+            "access_token": "pit-123",
+            "password": "video-pw",
+            "embed_code": "<iframe src='https://videos.sproutvideo.com/embed/x/y?security_token=s'></iframe>",
+            "assets": {"thumbnails": ["https://cdn.example/t.jpg?signature=abc"]}
         });
         let out = r.redact(&v, "");
         let text = out.to_string();
-        for secret in ["ada@example.com", "Ada\"", "+14155552671", "pit-123", "\"abc\""] {
+        for secret in [
+            "ada@example.com",
+            "Ada\"",
+            "+14155552671",
+            "pit-123",
+            "\"abc\"",
+            "video-pw",
+            "security_token",
+            "signature",
+        ] {
             assert!(!text.contains(secret), "{secret} left in {text}");
         }
         assert_eq!(out["logins"][0]["email"], out["logins"][1]["email"], "the same person stays the same");

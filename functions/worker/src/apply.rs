@@ -408,7 +408,9 @@ impl Worker {
         occurred_at: chrono::DateTime<chrono::Utc>,
         force: bool,
     ) -> Result<Applied, ApplyError> {
-        let at_ms = occurred_at.timestamp_millis();
+        // A sender's clock ahead of ours must not date a change into the future (it would block
+        // every later change of the field until then).
+        let at_ms = occurred_at.timestamp_millis().min(chrono::Utc::now().timestamp_millis());
         let prev = self.store.person(&desired.email).await?;
         let known = prev.as_ref().map(|p| p.fields.clone()).unwrap_or_default();
         let mut write: BTreeMap<String, serde_json::Value> = BTreeMap::new();
@@ -430,36 +432,28 @@ impl Worker {
         if prev.is_some() && write.is_empty() && !tags_missing && !force {
             return Ok(Applied::Unchanged);
         }
-        let text = |k: &str| write.get(k).and_then(|v| v.as_str()).map(str::to_string);
         let phone =
             write.get("phone").and_then(|v| v.as_str()).and_then(|p| desired.phone.clone().filter(|d| d.as_str() == p));
         let check = self.check_identity(&desired.email, phone.as_ref()).await?;
-        let custom: BTreeMap<String, serde_json::Value> =
-            write.iter().filter_map(|(k, v)| Some((k.strip_prefix("cf:")?.to_string(), v.clone()))).collect();
-        let custom_fields = self.catalog.resolve(&custom).await?;
-        let body = UpsertContactDto {
-            location_id: self.ghl.location_id().to_string(),
-            email: Some(desired.email.to_string()),
-            phone: check.phone.clone(),
-            first_name: text("firstName"),
-            last_name: text("lastName"),
-            company_name: text("companyName"),
-            source: text("source"),
-            custom_fields: (!custom_fields.is_empty()).then_some(custom_fields),
-            ..Default::default()
-        };
+        let body = self.upsert_body(&desired.email, &write, check.phone.clone()).await?;
         let resp = self.ghl.upsert_contact(&body).await?;
         self.settle_identity(&desired.email, &check, &resp.contact.id).await?;
+        if prev.as_ref().is_some_and(|p| p.contact_id != resp.contact.id) {
+            // GHL holds the person on another contact now (the recorded one was merged or
+            // deleted): it has none of the fields left out above as already written.
+            self.rewrite_known(&desired.email, &resp.contact.id, &known, &write).await?;
+        }
         let have: BTreeSet<String> = resp.contact.tags.iter().map(|t| t.to_lowercase()).collect();
         let missing: Vec<String> = desired.tags.iter().filter(|t| !have.contains(*t)).cloned().collect();
         if !missing.is_empty() {
             self.ghl.add_tags(&resp.contact.id, &missing).await?;
         }
-        // What was recorded for another contact id does not travel to this one.
+        // Tags recorded for another contact id do not travel to this one; the known fields were
+        // written to it again above.
         let same_contact = prev.as_ref().is_some_and(|p| p.contact_id == resp.contact.id);
         let mut tags = if same_contact { recorded_tags } else { BTreeSet::new() };
         tags.extend(desired.tags.iter().cloned());
-        let mut fields = if same_contact { known } else { BTreeMap::new() };
+        let mut fields = known;
         for (name, value) in write {
             // A phone left out for an identity conflict was not written.
             if name == "phone" && check.phone.is_none() {
@@ -482,6 +476,66 @@ impl Worker {
             )
             .await?;
         Ok(Applied::Written)
+    }
+
+    /// An upsert body for `email` carrying `values` (by field name, custom fields as
+    /// `cf:<key>`); the phone only as given, i.e. as the identity check allowed it.
+    async fn upsert_body(
+        &self,
+        email: &Email,
+        values: &BTreeMap<String, serde_json::Value>,
+        phone: Option<String>,
+    ) -> Result<UpsertContactDto, ApplyError> {
+        let text = |k: &str| values.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let custom: BTreeMap<String, serde_json::Value> =
+            values.iter().filter_map(|(k, v)| Some((k.strip_prefix("cf:")?.to_string(), v.clone()))).collect();
+        let custom_fields = self.catalog.resolve(&custom).await?;
+        Ok(UpsertContactDto {
+            location_id: self.ghl.location_id().to_string(),
+            email: Some(email.to_string()),
+            phone,
+            first_name: text("firstName"),
+            last_name: text("lastName"),
+            company_name: text("companyName"),
+            source: text("source"),
+            custom_fields: (!custom_fields.is_empty()).then_some(custom_fields),
+            ..Default::default()
+        })
+    }
+
+    /// Writes the fields the sync recorded for the person (except those in `written`) onto
+    /// `contact_id`, a contact that replaced the recorded one: the phone after its identity
+    /// check. Nothing when nothing is left to write.
+    async fn rewrite_known(
+        &self,
+        email: &Email,
+        contact_id: &str,
+        known: &BTreeMap<String, FieldMark>,
+        written: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<(), ApplyError> {
+        let rest: BTreeMap<String, serde_json::Value> = known
+            .iter()
+            .filter(|(k, _)| !written.contains_key(*k) && k.as_str() != "phone")
+            .map(|(k, m)| (k.clone(), m.value.clone()))
+            .collect();
+        let phone = known
+            .get("phone")
+            .filter(|_| !written.contains_key("phone"))
+            .and_then(|m| m.value.as_str())
+            .and_then(|p| Phone::parse(p, &self.mapping.default_region).ok());
+        if rest.is_empty() && phone.is_none() {
+            return Ok(());
+        }
+        let check = self.check_identity(email, phone.as_ref()).await?;
+        let body = self.upsert_body(email, &rest, check.phone.clone()).await?;
+        let resp = self.ghl.upsert_contact(&body).await?;
+        if resp.contact.id != contact_id {
+            return Err(ApplyError::transient(format!(
+                "GHL answered with contact {} for {email} where {contact_id} was just written; trying again",
+                resp.contact.id
+            )));
+        }
+        self.settle_identity(email, &check, contact_id).await
     }
 
     /// The identity check before a contact write. The email decides which contact is written;
@@ -567,23 +621,32 @@ impl Worker {
         Ok((self.resolve_contact(identity).await?, false))
     }
 
-    /// Finds the person's contact by email in GHL, creating a minimal one (email, the phone
-    /// when no other contact holds it, source) when there is none, and records it in place of
-    /// whatever was recorded before. The fields of the last applied state are written again by
-    /// the next upsert (the recorded hash is cleared).
+    /// Finds the person's contact by email in GHL, creating one when there is none, and records
+    /// it in place of whatever was recorded before. The contact gets the email, the phone when
+    /// no other contact holds it, the source, and every field the sync recorded for the person.
     async fn resolve_contact(&self, identity: &Identity) -> Result<String, ApplyError> {
-        let check = self.check_identity(&identity.email, identity.phone.as_ref()).await?;
-        let resp = self
-            .ghl
-            .upsert_contact(&UpsertContactDto {
-                location_id: self.ghl.location_id().to_string(),
-                email: Some(identity.email.to_string()),
-                phone: check.phone.clone(),
-                source: self.mapping.source.clone(),
-                ..Default::default()
-            })
-            .await?;
+        // What the sync wrote for the person before (onto a contact since merged or deleted)
+        // goes onto the contact found or created now, with the times of its changes kept.
+        let known = self.store.person(&identity.email).await?.map(|p| p.fields).unwrap_or_default();
+        let mut values: BTreeMap<String, serde_json::Value> =
+            known.iter().filter(|(k, _)| k.as_str() != "phone").map(|(k, m)| (k.clone(), m.value.clone())).collect();
+        if let Some(source) = &self.mapping.source {
+            values.entry("source".into()).or_insert_with(|| serde_json::Value::String(source.clone()));
+        }
+        let known_phone = known
+            .get("phone")
+            .and_then(|m| m.value.as_str())
+            .and_then(|p| Phone::parse(p, &self.mapping.default_region).ok());
+        let phone = identity.phone.clone().or(known_phone);
+        let check = self.check_identity(&identity.email, phone.as_ref()).await?;
+        let body = self.upsert_body(&identity.email, &values, check.phone.clone()).await?;
+        let resp = self.ghl.upsert_contact(&body).await?;
         self.settle_identity(&identity.email, &check, &resp.contact.id).await?;
+        // The phone's mark stays only when that phone went onto this contact.
+        let mut fields = known;
+        if fields.get("phone").and_then(|m| m.value.as_str()) != check.phone.as_deref() {
+            fields.remove("phone");
+        }
         let tags: BTreeSet<String> = resp.contact.tags.iter().map(|t| t.to_lowercase()).collect();
         self.store
             .put_person(
@@ -594,7 +657,7 @@ impl Worker {
                     tags,
                     phone: check.phone,
                     applied_at: chrono::Utc::now().timestamp(),
-                    fields: BTreeMap::new(),
+                    fields,
                 },
             )
             .await?;

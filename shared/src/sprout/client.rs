@@ -249,9 +249,14 @@ impl SproutClient {
         };
         let total = body.get("total").and_then(Value::as_u64);
         let next_page = matches!(body.get("next_page"), Some(Value::String(s)) if !s.is_empty());
-        // `total` says there is more even where `next_page` is missing.
+        // `total`, when given, decides: more even where `next_page` is missing, and no more once
+        // everything was seen even if `next_page` keeps coming (a server that ignores `page`).
         let seen = u64::from(page.max(1) - 1) * u64::from(per_page.clamp(1, MAX_PER_PAGE)) + items.len() as u64;
-        let has_next = !items.is_empty() && (next_page || total.is_some_and(|t| seen < t));
+        let has_next = !items.is_empty()
+            && match total {
+                Some(t) => seen < t,
+                None => next_page,
+            };
         Ok(Page { items, total, has_next })
     }
 

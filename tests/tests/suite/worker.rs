@@ -405,11 +405,38 @@ async fn a_contact_deleted_in_ghl_between_two_notes_gets_the_second_note_on_the_
     assert!(notes[0]["body"].as_str().unwrap().starts_with("second"));
     let person = w.store.person(&email("ada@example.com")).await.unwrap().unwrap();
     assert_eq!(person.contact_id, ada["id"].as_str().unwrap(), "the recorded id healed");
+    assert_eq!(ada["firstName"], "Ada", "what the sync wrote before went onto the new contact");
 
-    // The next upsert of her state writes her fields onto the new contact (the old hash is gone).
+    // The next upsert of her state puts back her tags; her fields are there already.
     let again = w.process_batch(vec![msg("u2", &upsert("e3", "ada@example.com", Some("Ada")))]).await;
     assert_eq!(again.applied, 1, "{again:?}");
-    assert_eq!(env.contact("ada@example.com").await["firstName"], "Ada");
+    let ada = env.contact("ada@example.com").await;
+    assert_eq!(ada["firstName"], "Ada");
+    assert!(ada["tags"].as_array().unwrap().iter().any(|t| t == "sproutvideo"));
+}
+
+#[tokio::test]
+async fn an_upsert_onto_a_contact_that_replaced_the_recorded_one_carries_every_known_field() {
+    let env = Env::new("replaced", GhlBehaviour::default(), None).await;
+    let w = env.worker().await;
+    let mut d = DesiredContact::new(email("rita@example.com"));
+    d.first_name = Some("Rita".into());
+    d.company_name = Some("Old Co".into());
+    let c = SyncCommand::new("r1", "upsert_contact", Utc::now(), CommandBody::UpsertContact { contact: d });
+    w.process_batch(vec![msg("a", &c)]).await;
+    let old_id = env.contact("rita@example.com").await["id"].as_str().unwrap().to_string();
+    assert!(w.ghl.delete_contact(&old_id).await.unwrap());
+
+    // Only the company changes; the first name is known and unchanged.
+    let mut d = DesiredContact::new(email("rita@example.com"));
+    d.first_name = Some("Rita".into());
+    d.company_name = Some("New Co".into());
+    let c = SyncCommand::new("r2", "upsert_contact", Utc::now(), CommandBody::UpsertContact { contact: d });
+    let out = w.process_batch(vec![msg("b", &c)]).await;
+    assert_eq!((out.applied, out.failed.len()), (1, 0), "{out:?}");
+    let rita = env.contact("rita@example.com").await;
+    assert_ne!(rita["id"], old_id.as_str());
+    assert_eq!((rita["firstName"].as_str(), rita["companyName"].as_str()), (Some("Rita"), Some("New Co")), "{rita}");
 }
 
 #[tokio::test]
