@@ -23,16 +23,7 @@ impl DynamoStore {
 
     /// The item under `pk`, unless it is absent or expired.
     async fn get(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, StateError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| state_error(&e))?;
-        Ok(out.item.filter(live))
+        Ok(self.raw_item(pk).await?.filter(live))
     }
 
     /// The raw item under `pk` as stored, expired or not (to check what the table holds).
