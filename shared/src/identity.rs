@@ -131,6 +131,34 @@ pub fn redact_phone(raw: &str) -> String {
     format!("…{tail}")
 }
 
+/// An identity conflict the worker met: the person's phone is held by another GHL contact.
+/// Kept in the state table as `kv#<conflict_value_name(email)>` for the reconciler's report and
+/// the one-view, and forgotten once the phone goes through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictRecord {
+    /// The identifier another contact holds (`phone`).
+    pub field: String,
+    /// Redacted (last two digits).
+    pub phone: String,
+    /// The person's contact, when one was written or found.
+    #[serde(default)]
+    pub contact_id: Option<String>,
+    pub other_contact_id: String,
+    /// The command was parked instead of written.
+    #[serde(default)]
+    pub parked: bool,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+/// The state-table value name of a person's last identity conflict.
+pub fn conflict_value_name(email: &Email) -> String {
+    format!("conflict#{email}")
+}
+
+/// How long a conflict record is kept (about a year).
+pub const CONFLICT_RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(360 * 24 * 3600);
+
 /// Who a command is about: always an email (our match key), and a phone when known.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {

@@ -24,6 +24,7 @@ use shared::ghl::GhlClient;
 use shared::mapping::Mapping;
 use shared::queue::CommandQueue;
 use shared::secrets::SecretCache;
+use shared::state::StateStore;
 
 pub use self::extract::{ReadKey, Refusal, SignedEvent, WebhookBody};
 use crate::events::{self, InputError};
@@ -35,6 +36,8 @@ pub struct AppState {
     pub queue: Arc<dyn CommandQueue>,
     pub mapping: Arc<Mapping>,
     pub ghl: GhlClient,
+    /// Read by the one-view only (the sync's record of a person).
+    pub store: Arc<dyn StateStore>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -136,13 +139,17 @@ async fn contact_view(State(state): State<AppState>, _: ReadKey, Path(email): Pa
         Ok(e) => e,
         Err(e) => return InputError::field("email", e.to_string()).into_response(),
     };
-    match view::contact_view(&state.ghl, &email).await {
+    match view::contact_view(&state.ghl, state.store.as_ref(), &email).await {
         Ok(Some(view)) => axum::Json(view).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("GHL has no contact with email {email}")),
         Err(e) => {
             tracing::warn!(error = %e, "contact view failed");
-            let status = if e.is_retryable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
-            error(status, &format!("GHL could not be read: {e}"))
+            let status = match &e {
+                _ if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+                view::ViewError::Ghl(_) => StatusCode::BAD_GATEWAY,
+                view::ViewError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, &e.to_string())
         }
     }
 }

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use shared::commands::{CommandBody, DesiredContact, IdempotencyKey, Source, SyncCommand};
 use shared::facts::rule_commands;
 use shared::ghl::{Contact, GhlClient, GhlError, SearchFilter, SearchPaging, SearchRequest};
-use shared::identity::Email;
+use shared::identity::{ConflictRecord, Email, conflict_value_name};
 use shared::mapping::{ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, WatchFacts};
 use shared::queue::{CommandQueue, QueueError};
 use shared::sprout::{MAX_PER_PAGE, SessionQuery, SproutClient, SproutError};
@@ -137,6 +137,20 @@ pub struct Report {
     pub plan: Vec<PlanLine>,
     /// Plan lines left out beyond the configured limit.
     pub plan_omitted: u64,
+    /// People of this run whose last write had to leave out an identifier (a phone) that
+    /// another GHL contact holds; listed in `conflicts` up to the plan limit.
+    #[serde(default)]
+    pub identity_conflicts: u64,
+    #[serde(default)]
+    pub conflicts: Vec<ConflictLine>,
+}
+
+/// A person's standing identity conflict, as the worker recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictLine {
+    pub email: String,
+    #[serde(flatten)]
+    pub record: ConflictRecord,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -589,6 +603,7 @@ impl Run<'_> {
     async fn diff_people(&mut self, emails: &[String]) -> Result<usize, ReconcileError> {
         let names: Vec<String> = emails.iter().map(|e| self.key(&format!("p#{e}"))).collect();
         let aggs = self.r.store.get_values(&names).await?;
+        self.conflicts(emails).await?;
         let mut commands = Vec::new();
         let now = Utc::now();
         for email in emails {
@@ -673,6 +688,27 @@ impl Run<'_> {
             self.cp.report.commands_queued += n as u64;
         }
         Ok(n)
+    }
+
+    /// Adds the people's recorded identity conflicts to the report.
+    async fn conflicts(&mut self, emails: &[String]) -> Result<(), ReconcileError> {
+        let names: Vec<String> =
+            emails.iter().filter_map(|e| Email::parse(e).ok()).map(|e| conflict_value_name(&e)).collect();
+        let found = self.r.store.get_values(&names).await?;
+        for email in emails {
+            let Some(record) = Email::parse(email)
+                .ok()
+                .and_then(|e| found.get(&conflict_value_name(&e)))
+                .and_then(|raw| serde_json::from_str::<ConflictRecord>(raw).ok())
+            else {
+                continue;
+            };
+            self.cp.report.identity_conflicts += 1;
+            if self.cp.report.conflicts.len() < self.r.plan_lines {
+                self.cp.report.conflicts.push(ConflictLine { email: email.clone(), record });
+            }
+        }
+        Ok(())
     }
 
     /// Why the contact differs from the desired state (fields the sync owns only), if it does.

@@ -23,14 +23,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::Serialize;
 use serde_json::json;
 use thiserror::Error;
 use tracing::Instrument;
 
 use shared::commands::{CommandBody, DesiredContact, IdempotencyKey, Source, SyncCommand};
 use shared::ghl::{CreateTaskParams, GhlClient, GhlError, NoteBody, UpsertContactDto, due_date};
-use shared::identity::{Email, Identity, Phone, redact_phone};
+use shared::identity::{
+    CONFLICT_RECORD_TTL, ConflictRecord, Email, Identity, Phone, conflict_value_name, redact_phone,
+};
 use shared::mapping::{
     ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, PhoneConflict as OnPhoneConflict, WatchFacts,
 };
@@ -186,29 +187,6 @@ struct ConflictingPhone {
     phone: Phone,
     other_contact_id: String,
 }
-
-/// `kv#conflict#<email>`: the last identity conflict of a person, for reports and the one-view.
-#[derive(Debug, Serialize)]
-struct ConflictRecord {
-    /// The identifier another contact holds (`phone`).
-    field: String,
-    /// Redacted (last two digits).
-    phone: String,
-    /// The person's contact, when one was written or found.
-    contact_id: Option<String>,
-    other_contact_id: String,
-    /// The command was parked instead of written.
-    parked: bool,
-    /// RFC 3339, UTC.
-    at: String,
-}
-
-fn conflict_value_name(email: &Email) -> String {
-    format!("conflict#{email}")
-}
-
-/// How long a conflict record is kept (about a year).
-const CONFLICT_RECORD_TTL: Duration = Duration::from_secs(360 * 24 * 3600);
 
 /// What applying a command did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

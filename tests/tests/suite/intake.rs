@@ -44,6 +44,7 @@ async fn env(tag: &str) -> Env {
         queue: Arc::new(deps.queue.clone()),
         mapping: deps.config.mapping.clone(),
         ghl: deps.ghl.clone(),
+        store: deps.store.clone(),
     });
     Env { stack, ghl, app, ghl_client: deps.ghl.clone() }
 }
@@ -216,6 +217,7 @@ async fn sqs_down_answers_503_so_the_sender_retries() {
         queue: Arc::new(deps_queue),
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl: e.ghl_client.clone(),
+        store: Arc::new(shared::state::MemoryStore::new()),
     });
     let body = event("evt-400").to_string();
     let (status, v) = call(&app, signed(body.as_bytes(), CURRENT_KEY, now())).await;
@@ -263,6 +265,7 @@ async fn the_contact_view_assembles_contact_tasks_notes_and_appointments() {
     assert_eq!(v["notes"].as_array().unwrap().len(), 1);
     assert_eq!(v["tasks"].as_array().unwrap().len(), 1);
     assert!(v["appointments"].is_array());
+    assert!(v["sync"]["identity_conflict"].is_null(), "no identity conflict recorded: {v}");
     let (status, v) = call(&e.app, get("/v1/contacts/ghost@example.com".into(), READ_KEY)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(v["error"].as_str().unwrap().contains("ghost@example.com"));
@@ -348,6 +351,7 @@ fn offline_app(source: Arc<dyn SecretSource>, queue: Arc<CountingQueue>) -> axum
         queue,
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl,
+        store: Arc::new(shared::state::MemoryStore::new()),
     })
 }
 

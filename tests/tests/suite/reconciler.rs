@@ -443,3 +443,85 @@ async fn sessions_in_an_unknown_shape_stop_the_run_with_the_reason_instead_of_re
     assert_eq!(e.stack.depth(&e.stack.queue_url).await.unwrap(), 0, "nothing queued from a misread answer");
     assert!(e.contacts().await.is_empty());
 }
+
+#[tokio::test]
+async fn an_identity_conflict_the_worker_met_shows_in_the_report() {
+    let e = env("conflicts", 6).await;
+    e.run(ReconcileInput::default()).await;
+    e.drain().await;
+    // Bob holds a phone; a login.updated gives person0001 the same phone.
+    let bob = e.ghl.insert_contact(LOC, json!({"email": "bob@example.com", "phone": "+14155552671"})).await;
+    let mut d =
+        shared::commands::DesiredContact::new(shared::identity::Email::parse("person0001@example.com").unwrap());
+    d.phone = Some(shared::identity::Phone::parse("+14155552671", "US").unwrap());
+    let cmd = shared::commands::SyncCommand::new(
+        "login-9",
+        "upsert_contact",
+        chrono::Utc::now(),
+        shared::commands::CommandBody::UpsertContact { contact: d },
+    );
+    let msg =
+        QueueMessage { id: "m".into(), body: cmd.encode(), receipt_handle: None, group_id: None, receive_count: 1 };
+    assert_eq!(e.worker.process_batch(vec![msg]).await.identity_conflicts, 1);
+
+    for dry_run in [true, false] {
+        let r = e.run(ReconcileInput { dry_run, ..Default::default() }).await;
+        assert_eq!(r.identity_conflicts, 1, "{r:?}");
+        let line = &r.conflicts[0];
+        assert_eq!(line.email, "person0001@example.com");
+        assert_eq!((line.record.field.as_str(), line.record.other_contact_id.as_str()), ("phone", bob.as_str()));
+        assert!(!serde_json::to_string(&r).unwrap().contains("5552671"), "the report keeps only the last digits");
+    }
+}
+
+#[tokio::test]
+async fn a_backfill_over_old_sessions_creates_nothing_already_created() {
+    let e = env("backfill", 4).await;
+    // Sessions from two months ago, outside the look-back window: three people watched most of
+    // an old course video.
+    let old =
+        e.sprout.add_video(VideoSeed { title: "Old course".into(), duration: Some(100.0), ..Default::default() }).await;
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(60);
+    let viewers: Vec<String> = (0..3).map(|i| format!("old{i}@example.com")).collect();
+    for v in &viewers {
+        e.sprout
+            .add_session(SessionSeed {
+                video_id: old.clone(),
+                vemail: Some(v.clone()),
+                seconds_watched: Some(90.0),
+                created_at: Some(long_ago),
+                ..Default::default()
+            })
+            .await;
+    }
+    let recent = e.run(ReconcileInput::default()).await;
+    assert_eq!(recent.people_seen as usize, e.people.len(), "the look-back window leaves the old sessions out");
+    e.drain().await;
+
+    let since = Some((long_ago - chrono::Duration::days(30)).date_naive());
+    let first = e.run(ReconcileInput { since, ..Default::default() }).await;
+    assert_eq!(first.actions_pending, 2 * viewers.len() as u64, "a note and a task per old viewer: {first:?}");
+    e.drain().await;
+    let notes_of = |contacts: &[Value], v: &str| {
+        contacts.iter().find(|c| c["email"] == v).map(|c| c["notes"].as_array().unwrap().len()).unwrap_or(0)
+    };
+    let contacts = e.contacts().await;
+    for v in &viewers {
+        assert_eq!(notes_of(&contacts, v), 1, "{v}");
+    }
+
+    // The same backfill again, as a user repeating it: nothing new is planned or written.
+    e.ghl.clear_requests().await;
+    let again = e.run(ReconcileInput { since, ..Default::default() }).await;
+    assert_eq!((again.actions_pending, again.commands_queued), (0, 0), "{again:?}");
+    assert_eq!(e.drain().await, 0);
+    let contacts = e.contacts().await;
+    for v in &viewers {
+        assert_eq!(notes_of(&contacts, v), 1, "{v} still has one note");
+        let tasks = contacts.iter().find(|c| c["email"] == v.as_str()).unwrap()["tasks"].as_array().unwrap().len();
+        assert_eq!(tasks, 1, "{v} still has one task");
+    }
+    let writes =
+        e.ghl.requests().await.into_iter().filter(|r| r.method != "GET" && r.path != "/contacts/search").count();
+    assert_eq!(writes, 0, "a repeated backfill writes nothing to GHL");
+}

@@ -296,6 +296,28 @@ fn upsert_with_phone(event: &str, e: &str, first: &str, phone: &str) -> SyncComm
     SyncCommand::new(event, "upsert_contact", Utc::now(), CommandBody::UpsertContact { contact: d })
 }
 
+/// The intake's one-view of a person, reading the same state table as the worker.
+async fn one_view(env: &Env, w: &Worker, e: &str) -> Value {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let config = env.stack.config(&env.ghl_url, &env.sprout_url, LOC, &[]);
+    let deps = shared::deps::Deps::new(config).await.unwrap();
+    let app = intake::router(intake::AppState {
+        secrets: deps.secrets.clone(),
+        queue: Arc::new(deps.queue.clone()),
+        mapping: deps.config.mapping.clone(),
+        ghl: deps.ghl.clone(),
+        store: w.store.clone(),
+    });
+    let req = axum::http::Request::get(format!("/v1/contacts/{e}"))
+        .header("authorization", "Bearer rk")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
 /// No request the worker sent carried Bob's phone in a body.
 async fn no_write_carried(env: &Env, phone: &str) {
     for r in env.ghl.requests().await {
@@ -328,6 +350,10 @@ async fn eve_with_bobs_phone_is_written_without_it_and_bob_is_untouched() {
     assert_eq!(conflict["parked"], false);
     assert!(!conflict.to_string().contains("5552671"), "the record keeps only the last digits: {conflict}");
     assert!(conflict["at"].as_str().is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()));
+    // The one-view shows it next to Eve's contact.
+    let view = one_view(&env, &w, "eve@example.com").await;
+    assert_eq!(view["contact"]["id"], eve["id"]);
+    assert_eq!(view["sync"]["identity_conflict"], conflict, "{view}");
 
     // A repair (the reconciler's forced upsert) checks again and still leaves Bob alone.
     let mut d = DesiredContact::new(email("eve@example.com"));
