@@ -12,7 +12,7 @@ use shared::identity::{Email, Identity};
 use shared::queue::{
     CommandQueue, DedupId, MessageGroupId, Parked, ParkedMessage, SentMessage, WorkerQueues, attribute_text,
 };
-use shared::state::{Claim, FieldMark, ManualClock, PersonState, StateError, StateStore};
+use shared::state::{Claim, FieldMark, Holder, ManualClock, PersonState, StateError, StateStore};
 
 /// How a suite lets time pass for an implementation: a memory store's clock moves, DynamoDB's
 /// real one is waited for.
@@ -52,6 +52,7 @@ pub async fn state_store_contract(store: &dyn StateStore, time: &dyn Time, ns: &
     claims(store, time, ns).await;
     deferred_claims(store, time, ns).await;
     releases(store, ns).await;
+    lapsed_claims(store, time, ns).await;
     values(store, ns).await;
     batch_values(store, ns).await;
     persons(store, ns).await;
@@ -59,24 +60,25 @@ pub async fn state_store_contract(store: &dyn StateStore, time: &dyn Time, ns: &
 }
 
 async fn claims(store: &dyn StateStore, time: &dyn Time, ns: &str) {
+    let me = Holder::new();
     // A first claim is fresh; while its lease runs, another attempt is told the key is busy.
     let k = key(ns, "fresh");
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Fresh);
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Busy);
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Busy);
     assert!(!store.is_done(&k).await.unwrap(), "a pending claim is not done");
 
     // Once a lease ran out, the next attempt takes over and the attempts are counted.
     let k = key(ns, "retake");
-    assert_eq!(store.claim(&k, SHORT).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim(&k, SHORT, &me).await.unwrap(), Claim::Fresh);
     time.pass(PAST_SHORT).await;
-    assert_eq!(store.claim(&k, SHORT).await.unwrap(), Claim::Retake { attempts: 2 });
+    assert_eq!(store.claim(&k, SHORT, &me).await.unwrap(), Claim::Retake { attempts: 2 });
     time.pass(PAST_SHORT).await;
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Retake { attempts: 3 });
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Busy, "the retake holds a new lease");
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Retake { attempts: 3 });
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Busy, "the retake holds a new lease");
 
     // Completed: every later claim is told it is done, with the recorded result.
     store.complete(&k, "note-123").await.unwrap();
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Done { result: "note-123".into() });
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Done { result: "note-123".into() });
     assert!(store.is_done(&k).await.unwrap());
 
     // Completing without a claim records it as done too; a key never claimed is not done.
@@ -84,46 +86,76 @@ async fn claims(store: &dyn StateStore, time: &dyn Time, ns: &str) {
     assert!(!store.is_done(&k).await.unwrap());
     store.complete(&k, "task-9").await.unwrap();
     assert!(store.is_done(&k).await.unwrap());
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Done { result: "task-9".into() });
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Done { result: "task-9".into() });
 }
 
 async fn deferred_claims(store: &dyn StateStore, time: &dyn Time, ns: &str) {
+    let me = Holder::new();
     // After an ambiguous failure the claim waits out the grace (not its long lease), then the
     // next attempt takes over and looks first.
     let k = key(ns, "defer");
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Fresh);
-    store.defer_claim(&k, Duration::from_secs(3)).await.unwrap();
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Busy, "within the grace");
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Fresh);
+    store.defer_claim(&k, Duration::from_secs(3), &me).await.unwrap();
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Busy, "within the grace");
     time.pass(Duration::from_millis(3500)).await;
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Retake { attempts: 2 });
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Retake { attempts: 2 });
 
     // Deferring a done or unknown key changes nothing.
     let k = key(ns, "defer-done");
     store.complete(&k, "n-1").await.unwrap();
-    store.defer_claim(&k, LONG).await.unwrap();
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Done { result: "n-1".into() });
+    store.defer_claim(&k, LONG, &me).await.unwrap();
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Done { result: "n-1".into() });
     let k = key(ns, "defer-unknown");
-    store.defer_claim(&k, LONG).await.unwrap();
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Fresh);
+    store.defer_claim(&k, LONG, &me).await.unwrap();
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Fresh);
 }
 
 async fn releases(store: &dyn StateStore, ns: &str) {
+    let me = Holder::new();
     // A released claim is forgotten: the next attempt starts afresh.
     let k = key(ns, "release");
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Fresh);
-    store.release(&k).await.unwrap();
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Fresh);
+    store.release(&k, &me).await.unwrap();
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Fresh);
 
     // Only a pending claim is released: a done entry stays done.
     let k = key(ns, "release-done");
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Fresh);
     store.complete(&k, "n-2").await.unwrap();
-    store.release(&k).await.unwrap();
+    store.release(&k, &me).await.unwrap();
     assert!(store.is_done(&k).await.unwrap());
-    assert_eq!(store.claim(&k, LONG).await.unwrap(), Claim::Done { result: "n-2".into() });
+    assert_eq!(store.claim(&k, LONG, &me).await.unwrap(), Claim::Done { result: "n-2".into() });
 
     // Releasing an unknown key is harmless.
-    store.release(&key(ns, "release-unknown")).await.unwrap();
+    store.release(&key(ns, "release-unknown"), &me).await.unwrap();
+}
+
+async fn lapsed_claims(store: &dyn StateStore, time: &dyn Time, ns: &str) {
+    let (late, next) = (Holder::new(), Holder::new());
+    // An attempt whose lease lapsed was taken over: its late release, deferral or renewal
+    // leaves the new holder's claim alone.
+    let k = key(ns, "lapsed");
+    assert_eq!(store.claim(&k, SHORT, &late).await.unwrap(), Claim::Fresh);
+    time.pass(PAST_SHORT).await;
+    assert_eq!(store.claim(&k, LONG, &next).await.unwrap(), Claim::Retake { attempts: 2 });
+    store.release(&k, &late).await.unwrap();
+    assert_eq!(store.claim(&k, LONG, &late).await.unwrap(), Claim::Busy, "a late release does not free it");
+    store.defer_claim(&k, Duration::ZERO, &late).await.unwrap();
+    assert_eq!(store.claim(&k, LONG, &late).await.unwrap(), Claim::Busy, "a late deferral does not move it");
+    assert!(!store.renew_claim(&k, LONG, &late).await.unwrap(), "the late attempt learns it lost the claim");
+    // The holder itself may release it.
+    store.release(&k, &next).await.unwrap();
+    assert_eq!(store.claim(&k, LONG, &late).await.unwrap(), Claim::Fresh);
+
+    // A renewed claim stays busy past its first lease, even after it lapsed unnoticed.
+    let k = key(ns, "renew");
+    assert_eq!(store.claim(&k, SHORT, &late).await.unwrap(), Claim::Fresh);
+    assert!(store.renew_claim(&k, LONG, &late).await.unwrap());
+    time.pass(PAST_SHORT).await;
+    assert_eq!(store.claim(&k, LONG, &next).await.unwrap(), Claim::Busy, "renewed");
+    store.complete(&k, "run-1").await.unwrap();
+    assert!(!store.renew_claim(&k, LONG, &late).await.unwrap(), "a done entry is not renewed");
+    assert!(!store.renew_claim(&key(ns, "renew-unknown"), LONG, &late).await.unwrap());
 }
 
 async fn values(store: &dyn StateStore, ns: &str) {

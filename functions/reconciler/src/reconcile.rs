@@ -44,7 +44,7 @@ use shared::identity::{ConflictRecord, Email, conflict_value_name};
 use shared::mapping::{ContactInput, CustomFieldCatalog, Mapping, MappingError, Origin, WatchFacts};
 use shared::queue::{CommandQueue, QueueError};
 use shared::sprout::{MAX_PER_PAGE, SessionQuery, SproutClient, SproutError};
-use shared::state::{Claim, StateError, StateStore};
+use shared::state::{Claim, Holder, StateError, StateStore};
 
 const CHECKPOINT: &str = "reconcile#checkpoint";
 const DRY_CHECKPOINT: &str = "reconcile#checkpoint#dry";
@@ -100,6 +100,38 @@ pub enum ReconcileError {
          less than its lease ago); this invocation did nothing"
     )]
     Busy,
+    #[error(
+        "another run took over this run's lease (this one was paused longer than its lease); it stopped \
+         without writing its checkpoint"
+    )]
+    LeaseLost,
+}
+
+/// The lease that lets one run work at a time, renewed at every checkpoint.
+struct RunLease {
+    key: IdempotencyKey,
+    holder: Holder,
+    deadline: Option<Instant>,
+    margin: Duration,
+}
+
+impl RunLease {
+    /// Until the invocation's deadline (and the margin), or [`LOCAL_LEASE`] without one.
+    fn length(&self) -> Duration {
+        match self.deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()) + self.margin,
+            None => LOCAL_LEASE,
+        }
+    }
+
+    /// Extends the lease; an error when another run took it over.
+    async fn renew(&self, store: &dyn StateStore) -> Result<(), ReconcileError> {
+        if store.renew_claim(&self.key, self.length(), &self.holder).await? {
+            Ok(())
+        } else {
+            Err(ReconcileError::LeaseLost)
+        }
+    }
 }
 
 /// One line of the plan.
@@ -231,6 +263,7 @@ pub struct Reconciler {
 
 struct Run<'a> {
     r: &'a Reconciler,
+    lease: &'a RunLease,
     cp: Checkpoint,
     run_id: String,
     filter: Option<BTreeSet<String>>,
@@ -249,21 +282,23 @@ impl Reconciler {
         deadline: Option<Instant>,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<Report, ReconcileError> {
-        let lease_key = IdempotencyKey::derive(
-            &Source::Reconcile(if input.dry_run { "lease:dry" } else { "lease" }.into()),
-            None,
-            "reconcile_run",
-        );
-        let lease = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()) + self.safety_margin,
-            None => LOCAL_LEASE,
+        let lease = RunLease {
+            key: IdempotencyKey::derive(
+                &Source::Reconcile(if input.dry_run { "lease:dry" } else { "lease" }.into()),
+                None,
+                "reconcile_run",
+            ),
+            holder: Holder::new(),
+            deadline,
+            margin: self.safety_margin,
         };
-        match self.store.claim(&lease_key, lease).await? {
+        match self.store.claim(&lease.key, lease.length(), &lease.holder).await? {
             Claim::Fresh | Claim::Retake { .. } => {}
             Claim::Busy | Claim::Done { .. } => return Err(ReconcileError::Busy),
         }
-        let out = self.run_leased(input, deadline, progress).await;
-        if let Err(e) = self.store.release(&lease_key).await {
+        let out = self.run_leased(input, &lease, progress).await;
+        // Only this run's own lease is released: a lapsed one may be another run's now.
+        if let Err(e) = self.store.release(&lease.key, &lease.holder).await {
             tracing::warn!(error = %e, "could not release the run lease; the next run waits for it to lapse");
         }
         out
@@ -272,9 +307,10 @@ impl Reconciler {
     async fn run_leased(
         &self,
         input: ReconcileInput,
-        deadline: Option<Instant>,
+        lease: &RunLease,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<Report, ReconcileError> {
+        let deadline = lease.deadline;
         let started = Instant::now();
         let ghl_before = self.ghl.stats().requests.load(Ordering::Relaxed);
         let sprout_before = self.sprout.requests_sent();
@@ -299,8 +335,10 @@ impl Reconciler {
             .as_ref()
             .map(|l| l.iter().filter_map(|e| Email::parse(e).ok()).map(|e| e.to_string()).collect());
         let steps_left = cp.input.max_steps;
-        let mut run = Run { r: self, cp, run_id, filter, deadline, steps_left, videos: HashMap::new(), actual: None };
+        let mut run =
+            Run { r: self, lease, cp, run_id, filter, deadline, steps_left, videos: HashMap::new(), actual: None };
         let finished = run.drive(progress).await?;
+        lease.renew(self.store.as_ref()).await?;
         let mut report = run.cp.report.clone();
         report.ghl_calls += self.ghl.stats().requests.load(Ordering::Relaxed) - ghl_before;
         report.sproutvideo_calls += self.sprout.requests_sent() - sprout_before;
@@ -373,7 +411,9 @@ impl Run<'_> {
         }
     }
 
+    /// Renews the lease, then saves the run's progress (a run that lost its lease writes nothing).
     async fn checkpoint(&mut self) -> Result<(), ReconcileError> {
+        self.lease.renew(self.r.store.as_ref()).await?;
         self.r.save(&self.cp).await
     }
 

@@ -37,7 +37,7 @@ use shared::mapping::{
 };
 use shared::queue::{CommandQueue, DedupId, MessageGroupId, Parked, QueueError, WorkerQueues};
 use shared::sprout::{SessionQuery, SproutClient, SproutError};
-use shared::state::{Claim, FieldMark, PersonState, StateError, StateStore};
+use shared::state::{Claim, FieldMark, Holder, PersonState, StateError, StateStore};
 
 /// Why a command was not applied.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -718,7 +718,8 @@ impl Worker {
         C: FnOnce() -> CF,
         CF: Future<Output = Result<String, GhlError>>,
     {
-        match self.store.claim(key, self.lease).await? {
+        let me = Holder::new();
+        match self.store.claim(key, self.lease, &me).await? {
             Claim::Done { result } => return Ok((result, Applied::Unchanged)),
             Claim::Busy => {
                 return Err(ApplyError::transient("another worker is applying this command right now").into());
@@ -737,13 +738,14 @@ impl Worker {
                     Ok(None) => {}
                     Err(e) => {
                         // Nothing was written; the next attempt may take over at once and looks again.
-                        self.settle_claim(key, Duration::ZERO).await;
+                        self.settle_claim(key, Duration::ZERO, &me).await;
                         return Err(ActionError::on_contact(e));
                     }
                 }
             }
             Claim::Fresh => {}
         }
+        self.hold_for_write(key, &me).await?;
         match create().await {
             Ok(id) => {
                 self.store.complete(key, &id).await?;
@@ -751,21 +753,45 @@ impl Worker {
             }
             Err(e) => {
                 if surely_not_written(&e) {
-                    if let Err(se) = self.store.release(key).await {
+                    if let Err(se) = self.store.release(key, &me).await {
                         tracing::warn!(error = %se, "could not release the claim after a refused write");
                     }
                 } else {
                     // A later attempt takes over once nothing can still be in flight, and looks first.
-                    self.settle_claim(key, self.ambiguity_grace).await;
+                    self.settle_claim(key, self.ambiguity_grace, &me).await;
                 }
                 Err(ActionError::after_write(e))
             }
         }
     }
 
+    /// Renews the claim right before its create, so the lease covers the whole call (its retry
+    /// deadline and request timeout are half the lease) however long the claim, the contact's
+    /// resolution or the look-first took. Another attempt that took the claim over meanwhile
+    /// (this one was slower than its lease) ends this one without writing.
+    async fn hold_for_write(&self, key: &IdempotencyKey, me: &Holder) -> Result<(), ActionError> {
+        let asked = std::time::Instant::now();
+        if !self.store.renew_claim(key, self.lease, me).await? {
+            return Err(ApplyError::transient(
+                "another attempt took this command over while this one was slow; it is retried and found done",
+            )
+            .into());
+        }
+        // A renewal that took long left less than a full lease for the write.
+        if asked.elapsed() > self.lease / 4 {
+            if let Err(se) = self.store.release(key, me).await {
+                tracing::warn!(error = %se, "could not release the claim after a slow renewal");
+            }
+            return Err(
+                ApplyError::transient("the state table answered too slowly to hold the claim for the write").into()
+            );
+        }
+        Ok(())
+    }
+
     /// Defers a claim: another attempt may take it over after `grace`, looking first.
-    async fn settle_claim(&self, key: &IdempotencyKey, grace: Duration) {
-        if let Err(se) = self.store.defer_claim(key, grace).await {
+    async fn settle_claim(&self, key: &IdempotencyKey, grace: Duration, me: &Holder) {
+        if let Err(se) = self.store.defer_claim(key, grace, me).await {
             tracing::warn!(error = %se, "could not update the ledger after a failed attempt");
         }
     }

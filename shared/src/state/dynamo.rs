@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::{Claim, PENDING_CLAIM_TTL, PersonState, StateError, StateStore, ledger_pk, person_pk, value_pk};
+use super::{Claim, Holder, PENDING_CLAIM_TTL, PersonState, StateError, StateStore, ledger_pk, person_pk, value_pk};
 use crate::commands::IdempotencyKey;
 use crate::identity::Email;
 
@@ -182,7 +182,7 @@ impl StateStore for DynamoStore {
         Ok(())
     }
 
-    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StateError> {
+    async fn claim(&self, key: &IdempotencyKey, lease: Duration, holder: &Holder) -> Result<Claim, StateError> {
         let pk = ledger_pk(key);
         let lease_until = now_ms() + lease.as_millis() as i64;
         // A claim that expired (and was not deleted yet) counts as no claim.
@@ -192,6 +192,7 @@ impl StateStore for DynamoStore {
             .table_name(&self.table)
             .item("pk", s(&pk))
             .item("status", s("pending"))
+            .item("holder", s(holder.as_str()))
             .item("lease_until", n(lease_until))
             .item("attempts", n(1))
             .item("expires_at", expiry(PENDING_CLAIM_TTL))
@@ -221,11 +222,12 @@ impl StateStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&pk))
-            .update_expression("SET lease_until = :new, attempts = :a, expires_at = :exp")
+            .update_expression("SET lease_until = :new, attempts = :a, expires_at = :exp, holder = :h")
             .condition_expression("#st = :pending AND lease_until = :old")
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":new", n(lease_until))
             .expression_attribute_values(":a", n(attempts))
+            .expression_attribute_values(":h", s(holder.as_str()))
             .expression_attribute_values(":exp", expiry(PENDING_CLAIM_TTL))
             .expression_attribute_values(":pending", s("pending"))
             .expression_attribute_values(":old", n(old_lease))
@@ -254,31 +256,55 @@ impl StateStore for DynamoStore {
         Ok(())
     }
 
-    async fn defer_claim(&self, key: &IdempotencyKey, grace: Duration) -> Result<(), StateError> {
+    async fn defer_claim(&self, key: &IdempotencyKey, grace: Duration, holder: &Holder) -> Result<(), StateError> {
         let r = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&ledger_pk(key)))
             .update_expression("SET lease_until = :until")
-            .condition_expression("#st = :pending")
+            .condition_expression("#st = :pending AND holder = :h")
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":until", n(now_ms() + grace.as_millis() as i64))
             .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":h", s(holder.as_str()))
             .send()
             .await;
         ok_unless_pending_gone(r)
     }
 
-    async fn release(&self, key: &IdempotencyKey) -> Result<(), StateError> {
+    async fn renew_claim(&self, key: &IdempotencyKey, lease: Duration, holder: &Holder) -> Result<bool, StateError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&ledger_pk(key)))
+            .update_expression("SET lease_until = :until, expires_at = :exp")
+            .condition_expression("#st = :pending AND holder = :h")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":until", n(now_ms() + lease.as_millis() as i64))
+            .expression_attribute_values(":exp", expiry(PENDING_CLAIM_TTL.max(lease)))
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":h", s(holder.as_str()))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(state_error(&e)),
+        }
+    }
+
+    async fn release(&self, key: &IdempotencyKey, holder: &Holder) -> Result<(), StateError> {
         let r = self
             .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(&ledger_pk(key)))
-            .condition_expression("#st = :pending")
+            .condition_expression("#st = :pending AND holder = :h")
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":h", s(holder.as_str()))
             .send()
             .await;
         ok_unless_pending_gone(r)

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    Claim, MAX_ITEM_BYTES, MAX_KEY_BYTES, PENDING_CLAIM_TTL, PersonState, StateError, StateStore, ledger_pk, person_pk,
-    value_pk,
+    Claim, Holder, MAX_ITEM_BYTES, MAX_KEY_BYTES, PENDING_CLAIM_TTL, PersonState, StateError, StateStore, ledger_pk,
+    person_pk, value_pk,
 };
 use crate::commands::IdempotencyKey;
 use crate::identity::Email;
@@ -64,7 +64,7 @@ impl Clock for ManualClock {
 #[derive(Debug, Clone)]
 enum Entry {
     Person(PersonState),
-    Pending { lease_until_ms: i64, attempts: u32 },
+    Pending { lease_until_ms: i64, attempts: u32, holder: String },
     Done { result: String },
     Value(String),
 }
@@ -203,7 +203,7 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StateError> {
+    async fn claim(&self, key: &IdempotencyKey, lease: Duration, holder: &Holder) -> Result<Claim, StateError> {
         let pk = ledger_pk(key);
         let now_ms = self.clock.now_ms();
         let lease_until_ms = now_ms + lease.as_millis() as i64;
@@ -216,7 +216,8 @@ impl StateStore for MemoryStore {
             Some(Entry::Pending { attempts, .. }) => (Claim::Retake { attempts: attempts + 1 }, attempts + 1),
             Some(_) => return Err(corrupt(&pk)),
         };
-        items.insert(pk, Item { entry: Entry::Pending { lease_until_ms, attempts }, expires_at });
+        let holder = holder.as_str().to_string();
+        items.insert(pk, Item { entry: Entry::Pending { lease_until_ms, attempts, holder }, expires_at });
         Ok(claim)
     }
 
@@ -227,26 +228,46 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn defer_claim(&self, key: &IdempotencyKey, grace: Duration) -> Result<(), StateError> {
+    async fn defer_claim(&self, key: &IdempotencyKey, grace: Duration, holder: &Holder) -> Result<(), StateError> {
         let pk = ledger_pk(key);
         let until = self.clock.now_ms() + grace.as_millis() as i64;
         let mut items = self.items();
-        // Only a live pending claim moves (the lookup drops an expired one).
+        // Only the holder's live pending claim moves (the lookup drops an expired one).
         if self.live(&mut items, &pk).is_some()
-            && let Some(Item { entry: Entry::Pending { lease_until_ms, .. }, .. }) = items.get_mut(&pk)
+            && let Some(Item { entry: Entry::Pending { lease_until_ms, holder: h, .. }, .. }) = items.get_mut(&pk)
+            && h == holder.as_str()
         {
             *lease_until_ms = until;
         }
         Ok(())
     }
 
-    async fn release(&self, key: &IdempotencyKey) -> Result<(), StateError> {
+    async fn release(&self, key: &IdempotencyKey, holder: &Holder) -> Result<(), StateError> {
         let pk = ledger_pk(key);
         let mut items = self.items();
-        if let Some(Entry::Pending { .. }) = self.live(&mut items, &pk) {
+        if let Some(Entry::Pending { holder: h, .. }) = self.live(&mut items, &pk)
+            && h == holder.as_str()
+        {
             items.remove(&pk);
         }
         Ok(())
+    }
+
+    async fn renew_claim(&self, key: &IdempotencyKey, lease: Duration, holder: &Holder) -> Result<bool, StateError> {
+        let pk = ledger_pk(key);
+        let now = self.clock.now_ms();
+        let expires_at = Some(self.expiry(PENDING_CLAIM_TTL.max(lease)));
+        let mut items = self.items();
+        if self.live(&mut items, &pk).is_some()
+            && let Some(item) = items.get_mut(&pk)
+            && let Entry::Pending { lease_until_ms, holder: h, .. } = &mut item.entry
+            && h == holder.as_str()
+        {
+            *lease_until_ms = now + lease.as_millis() as i64;
+            item.expires_at = expires_at;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     async fn is_done(&self, key: &IdempotencyKey) -> Result<bool, StateError> {

@@ -99,6 +99,29 @@ pub struct FieldMark {
     pub at_ms: i64,
 }
 
+/// Who holds a claim: one attempt (a worker's try at a command, a reconciliation run). Only
+/// the holder may defer, release or renew it, so a late attempt whose lease lapsed and was
+/// taken over cannot free or move the new holder's claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder(String);
+
+impl Holder {
+    /// A new, unique holder.
+    pub fn new() -> Self {
+        Self(format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Holder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The answer to "may I perform this action now?".
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
@@ -117,16 +140,21 @@ pub enum Claim {
 pub trait StateStore: Send + Sync {
     async fn person(&self, email: &Email) -> Result<Option<PersonState>, StateError>;
     async fn put_person(&self, email: &Email, p: &PersonState) -> Result<(), StateError>;
-    /// Claims `key` for `lease` (see [`Claim`]); a new claim is pending and expires after
-    /// [`PENDING_CLAIM_TTL`].
-    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StateError>;
+    /// Claims `key` for `lease` on behalf of `holder` (see [`Claim`]); a new claim is pending
+    /// and expires after [`PENDING_CLAIM_TTL`].
+    async fn claim(&self, key: &IdempotencyKey, lease: Duration, holder: &Holder) -> Result<Claim, StateError>;
     /// Records `key` as done with `result`, for good (a done entry never expires).
     async fn complete(&self, key: &IdempotencyKey, result: &str) -> Result<(), StateError>;
-    /// The outcome of this attempt is unknown: the next attempt may take over after `grace`
-    /// (long enough for a request still in flight to have landed), and will look first.
-    async fn defer_claim(&self, key: &IdempotencyKey, grace: Duration) -> Result<(), StateError>;
-    /// Forgets a claim whose attempt certainly wrote nothing (only while it is pending).
-    async fn release(&self, key: &IdempotencyKey) -> Result<(), StateError>;
+    /// The outcome of `holder`'s attempt is unknown: the next attempt may take over after
+    /// `grace` (long enough for a request still in flight to have landed), and will look first.
+    /// Only the holder's own pending claim moves: once another attempt took it over, nothing.
+    async fn defer_claim(&self, key: &IdempotencyKey, grace: Duration, holder: &Holder) -> Result<(), StateError>;
+    /// Forgets `holder`'s pending claim when its attempt certainly wrote nothing (a claim
+    /// another attempt took over, or a done entry, stays).
+    async fn release(&self, key: &IdempotencyKey, holder: &Holder) -> Result<(), StateError>;
+    /// Extends `holder`'s pending claim to `lease` from now; `false` when another attempt took
+    /// it over, it was completed or it is gone (stop working on it).
+    async fn renew_claim(&self, key: &IdempotencyKey, lease: Duration, holder: &Holder) -> Result<bool, StateError>;
     /// Whether an action was applied (read-only; used by the reconciler).
     async fn is_done(&self, key: &IdempotencyKey) -> Result<bool, StateError>;
     async fn get_value(&self, name: &str) -> Result<Option<String>, StateError>;

@@ -11,7 +11,9 @@ use shared::commands::{CommandBody, IdempotencyKey, Source, SyncCommand};
 use shared::queue::{
     CommandQueue, DedupId, MemoryQueue, MessageGroupId, ParkedMessage, SentMessage, SqsQueue, WorkerQueues,
 };
-use shared::state::{Claim, DynamoStore, ManualClock, MemoryStore, PENDING_CLAIM_TTL, StateStore, ledger_pk, value_pk};
+use shared::state::{
+    Claim, DynamoStore, Holder, ManualClock, MemoryStore, PENDING_CLAIM_TTL, StateStore, ledger_pk, value_pk,
+};
 use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator};
 use sync_tests::contract::{QueueProbe, RealTime, queue_contract, state_store_contract};
 
@@ -36,23 +38,27 @@ fn key(name: &str) -> IdempotencyKey {
 
 #[tokio::test]
 async fn forty_days_later_done_actions_and_task_records_are_still_known() {
+    let me = Holder::new();
     let clock = ManualClock::starting_now();
     let store = MemoryStore::with_clock(Arc::new(clock.clone()));
     let (done, pending) = (key("done"), key("pending"));
-    assert_eq!(store.claim(&done, Duration::from_secs(60)).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim(&done, Duration::from_secs(60), &me).await.unwrap(), Claim::Fresh);
     store.complete(&done, "note-1").await.unwrap();
-    assert_eq!(store.claim(&pending, Duration::from_secs(60)).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim(&pending, Duration::from_secs(60), &me).await.unwrap(), Claim::Fresh);
     store.put_value("task#ada@example.com#t-1", "c-1/task-1", None).await.unwrap();
     store.put_value("recon#run#checkpoint", "{}", Some(Duration::from_secs(3 * 24 * 3600))).await.unwrap();
 
     clock.advance(Duration::from_secs(40 * 24 * 3600));
 
-    assert_eq!(store.claim(&done, Duration::from_secs(60)).await.unwrap(), Claim::Done { result: "note-1".into() });
+    assert_eq!(
+        store.claim(&done, Duration::from_secs(60), &me).await.unwrap(),
+        Claim::Done { result: "note-1".into() }
+    );
     assert!(store.is_done(&done).await.unwrap());
     assert_eq!(store.get_value("task#ada@example.com#t-1").await.unwrap().as_deref(), Some("c-1/task-1"));
     assert_eq!(store.get_value("recon#run#checkpoint").await.unwrap(), None, "scratch data expires");
     assert_eq!(
-        store.claim(&pending, Duration::from_secs(60)).await.unwrap(),
+        store.claim(&pending, Duration::from_secs(60), &me).await.unwrap(),
         Claim::Fresh,
         "a pending claim expires after {PENDING_CLAIM_TTL:?}"
     );
@@ -65,6 +71,7 @@ async fn forty_days_later_done_actions_and_task_records_are_still_known() {
 
 #[tokio::test]
 async fn dynamodb_holds_done_entries_and_task_records_without_expiry() {
+    let me = Holder::new();
     require_emulator();
     let stack = Stack::create(StackNames::unique("ttl"), StackSettings::default(), None).await.unwrap();
     let store = DynamoStore::new(stack.ddb.clone(), &stack.names.table);
@@ -72,7 +79,7 @@ async fn dynamodb_holds_done_entries_and_task_records_without_expiry() {
     let expires = |item: &std::collections::HashMap<String, AttributeValue>| {
         item.get("expires_at").and_then(|v| v.as_n().ok()).map(|v| v.parse::<i64>().unwrap())
     };
-    assert_eq!(store.claim(&k, Duration::from_secs(60)).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim(&k, Duration::from_secs(60), &me).await.unwrap(), Claim::Fresh);
     let pending = store.raw_item(&ledger_pk(&k)).await.unwrap().unwrap();
     let at = expires(&pending).expect("a pending claim expires");
     let want = chrono::Utc::now().timestamp() + PENDING_CLAIM_TTL.as_secs() as i64;
@@ -99,7 +106,7 @@ async fn dynamodb_holds_done_entries_and_task_records_without_expiry() {
         }
         req.item("expires_at", past.clone()).send().await.unwrap();
     }
-    assert_eq!(store.claim(&stale, Duration::from_secs(60)).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim(&stale, Duration::from_secs(60), &me).await.unwrap(), Claim::Fresh);
     assert_eq!(store.get_value("stale").await.unwrap(), None);
 }
 

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use shared::commands::{CommandBody, DesiredContact, SyncCommand};
 use shared::identity::{Email, Identity};
 use shared::queue::CommandQueue;
-use shared::state::{DynamoStore, StateStore};
+use shared::state::{DynamoStore, Holder, StateStore};
 use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator, secret_json};
 use sync_tests::lambda_local::http_api::HttpApiEvent;
 use sync_tests::lambda_local::runtime::{FunctionConfig, Invoke, InvokeError, LocalFunction};
@@ -251,10 +251,11 @@ fn failures(out: Value) -> Vec<String> {
 
 #[tokio::test]
 async fn the_worker_reports_exactly_the_failed_records_of_an_sqs_batch() {
+    let me = Holder::new();
     let w = World::new("batch", &["sv-worker"], &[("GHL_REQUEST_TIMEOUT_MS", "2000")], false).await;
     let (ev, cmds) = batch("");
     let store = DynamoStore::new(w.stack.ddb.clone(), w.stack.names.table.clone());
-    store.claim(&cmds[1].key, Duration::from_secs(600)).await.unwrap();
+    store.claim(&cmds[1].key, Duration::from_secs(600), &me).await.unwrap();
 
     let out = w.function("sv-worker").invoke_json(&serde_json::to_value(&ev).unwrap(), true, None).await.unwrap();
     let ids: Vec<String> = ev.records.iter().map(|r| r.message_id.clone()).collect();

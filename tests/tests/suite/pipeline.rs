@@ -160,7 +160,9 @@ async fn killing_the_worker_mid_stream_loses_and_doubles_nothing() {
         for pid in &killed {
             let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // When every message left was in flight in the killed environments, the next batch comes
+        // only after their visibility timeout (30 s in `make dev`).
+        let deadline = Instant::now() + Duration::from_secs(90);
         while !p.pids("sv-worker").iter().any(|pid| !killed.contains(pid)) {
             assert!(Instant::now() < deadline, "no new worker environment started");
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use shared::state::StateStore;
 
-use reconciler::reconcile::{ReconcileInput, Report};
+use reconciler::reconcile::{ReconcileError, ReconcileInput, Report};
 use serde_json::{Value, json};
 use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator, secret_json};
 use sync_tests::local_ghl::{GhlBehaviour, LocalGhl};
@@ -524,4 +524,36 @@ async fn a_backfill_over_old_sessions_creates_nothing_already_created() {
     let writes =
         e.ghl.requests().await.into_iter().filter(|r| r.method != "GET" && r.path != "/contacts/search").count();
     assert_eq!(writes, 0, "a repeated backfill writes nothing to GHL");
+}
+
+#[tokio::test]
+async fn a_run_paused_past_its_lease_and_taken_over_stops_without_writing() {
+    let mut e = env("lease", 5).await;
+    let clock = shared::state::ManualClock::starting_now();
+    let store = Arc::new(shared::state::MemoryStore::with_clock(Arc::new(clock.clone())));
+    e.reconciler.store = store.clone();
+    let lease_key = shared::commands::IdempotencyKey::derive(
+        &shared::commands::Source::Reconcile("lease".into()),
+        None,
+        "reconcile_run",
+    );
+    let other = shared::state::Holder::new();
+    // The process stalls for two hours (a laptop asleep) after reading the first page, and
+    // another run takes the lapsed lease meanwhile.
+    let stall = |line: &str| {
+        if line.starts_with("videos") {
+            clock.advance(std::time::Duration::from_secs(2 * 3600));
+            let took = futures::executor::block_on(store.claim(&lease_key, std::time::Duration::from_secs(60), &other));
+            assert!(matches!(took.unwrap(), shared::state::Claim::Retake { .. }));
+        }
+    };
+    let err = e.reconciler.run(ReconcileInput::default(), None, &stall).await.unwrap_err();
+    assert!(matches!(err, reconciler::reconcile::ReconcileError::LeaseLost), "{err}");
+    assert_eq!(store.get_value("reconcile#checkpoint").await.unwrap(), None, "no checkpoint written without the lease");
+    assert_eq!(e.stack.depth(&e.stack.queue_url).await.unwrap(), 0, "nothing queued");
+    // Its end did not release the other run's lease.
+    assert!(matches!(e.reconciler.run(ReconcileInput::default(), None, &|_| {}).await, Err(ReconcileError::Busy)));
+    store.release(&lease_key, &other).await.unwrap();
+    let next = e.run(ReconcileInput::default()).await;
+    assert!(next.complete && next.people_seen as usize == e.people.len(), "{next:?}");
 }

@@ -14,7 +14,7 @@ use shared::mapping::{ContactInput, CustomFieldCatalog, Mapping, Origin, WatchFa
 use shared::queue::{CommandQueue, DedupId, MemoryQueue, MessageGroupId};
 use shared::retry::RetryPolicy;
 use shared::sprout::{SproutClient, SproutSettings, StaticKey};
-use shared::state::{Claim, ManualClock, MemoryStore, StateStore};
+use shared::state::{Claim, Holder, ManualClock, MemoryStore, StateStore};
 use sync_tests::local_ghl::{FaultKind, GhlBehaviour, LocalGhl, ScriptedFault};
 use sync_tests::local_sprout::{LocalSprout, SessionSeed, SproutBehaviour, VideoSeed};
 use url::Url;
@@ -197,11 +197,12 @@ async fn a_note_and_a_task_are_created_once_however_often_they_arrive() {
 
 #[tokio::test]
 async fn a_key_another_worker_holds_is_retried_later_and_taken_over_once_its_lease_ran_out() {
+    let me = Holder::new();
     let w = World::new().await;
     w.worker.process_batch(vec![msg("u", &upsert("e0", "held@example.com"))]).await;
     let n = note("e1", "held@example.com", "Only once");
     // Another worker claimed the note and then died without a word.
-    assert_eq!(w.store.claim(&n.key, LEASE).await.unwrap(), Claim::Fresh);
+    assert_eq!(w.store.claim(&n.key, LEASE, &me).await.unwrap(), Claim::Fresh);
 
     let busy = w.worker.process_batch(vec![msg("n", &n)]).await;
     assert_eq!(busy.failed, vec!["n".to_string()]);
@@ -217,7 +218,7 @@ async fn a_key_another_worker_holds_is_retried_later_and_taken_over_once_its_lea
     assert_eq!(w.count("GET", "/notes").await, 1, "the take-over looked first");
     assert_eq!(w.contact("held@example.com").await["notes"].as_array().unwrap().len(), 1);
     assert_eq!(
-        w.store.claim(&n.key, LEASE).await.unwrap(),
+        w.store.claim(&n.key, LEASE, &me).await.unwrap(),
         Claim::Done { result: w.contact("held@example.com").await["notes"][0]["id"].as_str().unwrap().to_string() }
     );
 }
@@ -453,4 +454,100 @@ async fn a_rule_acts_once_whichever_path_saw_the_watch_first() {
     let lead = w.contact("lead@example.com").await;
     assert_eq!(lead["notes"].as_array().unwrap().len(), 1, "one note");
     assert_eq!(lead["tasks"].as_array().unwrap().len(), 1, "one task");
+}
+
+/// The state store of a worker whose first claim is answered only after its lease ran out, by
+/// which time another worker took the command over.
+struct SlowFirstClaim {
+    inner: Arc<MemoryStore>,
+    clock: ManualClock,
+    other: Holder,
+    slowed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl StateStore for SlowFirstClaim {
+    async fn person(&self, e: &Email) -> Result<Option<shared::state::PersonState>, shared::state::StateError> {
+        self.inner.person(e).await
+    }
+    async fn put_person(&self, e: &Email, p: &shared::state::PersonState) -> Result<(), shared::state::StateError> {
+        self.inner.put_person(e, p).await
+    }
+    async fn claim(
+        &self,
+        key: &shared::commands::IdempotencyKey,
+        lease: Duration,
+        holder: &Holder,
+    ) -> Result<Claim, shared::state::StateError> {
+        let c = self.inner.claim(key, lease, holder).await;
+        if !self.slowed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.clock.advance(lease + Duration::from_secs(1));
+            let taken = self.inner.claim(key, lease, &self.other).await.unwrap();
+            assert_eq!(taken, Claim::Retake { attempts: 2 });
+        }
+        c
+    }
+    async fn complete(&self, key: &shared::commands::IdempotencyKey, r: &str) -> Result<(), shared::state::StateError> {
+        self.inner.complete(key, r).await
+    }
+    async fn defer_claim(
+        &self,
+        key: &shared::commands::IdempotencyKey,
+        grace: Duration,
+        holder: &Holder,
+    ) -> Result<(), shared::state::StateError> {
+        self.inner.defer_claim(key, grace, holder).await
+    }
+    async fn release(
+        &self,
+        key: &shared::commands::IdempotencyKey,
+        holder: &Holder,
+    ) -> Result<(), shared::state::StateError> {
+        self.inner.release(key, holder).await
+    }
+    async fn renew_claim(
+        &self,
+        key: &shared::commands::IdempotencyKey,
+        lease: Duration,
+        holder: &Holder,
+    ) -> Result<bool, shared::state::StateError> {
+        self.inner.renew_claim(key, lease, holder).await
+    }
+    async fn is_done(&self, key: &shared::commands::IdempotencyKey) -> Result<bool, shared::state::StateError> {
+        self.inner.is_done(key).await
+    }
+    async fn get_value(&self, name: &str) -> Result<Option<String>, shared::state::StateError> {
+        self.inner.get_value(name).await
+    }
+    async fn put_value(&self, n: &str, v: &str, ttl: Option<Duration>) -> Result<(), shared::state::StateError> {
+        self.inner.put_value(n, v, ttl).await
+    }
+    async fn delete_value(&self, name: &str) -> Result<(), shared::state::StateError> {
+        self.inner.delete_value(name).await
+    }
+    async fn get_values(
+        &self,
+        names: &[String],
+    ) -> Result<std::collections::HashMap<String, String>, shared::state::StateError> {
+        self.inner.get_values(names).await
+    }
+    async fn put_values(&self, v: &[(String, String)], ttl: Option<Duration>) -> Result<(), shared::state::StateError> {
+        self.inner.put_values(v, ttl).await
+    }
+}
+
+#[tokio::test]
+async fn an_attempt_slower_than_its_lease_writes_nothing_once_another_took_the_command_over() {
+    let mut w = World::new().await;
+    w.worker.process_batch(vec![msg("u", &upsert("e0", "slow@example.com"))]).await;
+    w.worker.store = Arc::new(SlowFirstClaim {
+        inner: w.store.clone(),
+        clock: w.clock.clone(),
+        other: Holder::new(),
+        slowed: Default::default(),
+    });
+    let n = note("e1", "slow@example.com", "Only once");
+    let slow = w.worker.process_batch(vec![msg("n", &n)]).await;
+    assert_eq!(slow.failed, vec!["n".to_string()], "retried: {slow:?}");
+    assert_eq!(w.count("POST", "/notes").await, 0, "the slow attempt did not write behind the other's back");
 }
