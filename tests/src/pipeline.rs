@@ -136,6 +136,31 @@ impl Pipeline {
         }
     }
 
+    /// A call to the local GHL's API as a user's own tools would make it (the dev stack's
+    /// token); retried while the local GHL injects faults.
+    pub async fn ghl_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut last = (0, Value::Null);
+        for _ in 0..20 {
+            let mut rb = self
+                .http
+                .request(method.clone(), format!("{}/{}", self.url("ghl_base_url"), path.trim_start_matches('/')))
+                .header("authorization", "Bearer dev-ghl-token")
+                .header("version", "2021-07-28")
+                .header("accept", "application/json");
+            if let Some(b) = &body {
+                rb = rb.json(b);
+            }
+            let r = rb.send().await.unwrap();
+            let status = r.status().as_u16();
+            last = (status, r.json().await.unwrap_or(Value::Null));
+            if status != 429 && status < 500 {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        last
+    }
+
     pub async fn event(&self, body: Value) -> u16 {
         let raw = body.to_string();
         let ts = chrono::Utc::now().timestamp();

@@ -1,8 +1,11 @@
 //! Chaos soak: events through the whole local pipeline as Lambda runs it (HTTP API → intake →
 //! SQS → event-source mapping → worker → local GHL) while the local GHL injects 5xx, 429s, "write
 //! then fail" and answers past the client's timeout, and a worker execution environment is killed
-//! at random moments (Lambda starts a new one for the next batch). Afterwards every expected contact, note
-//! and task exists exactly once, and the dead-letter queue holds exactly the planted poison.
+//! at random moments (Lambda starts a new one for the next batch). The traffic carries what real
+//! senders do: phones another contact already holds, one event id reused for different people,
+//! older events after newer ones, replays, and a contact deleted in GHL mid-run. Afterwards every
+//! expected contact, note and task exists exactly once, nothing landed on another person, and the
+//! dead-letter queue holds exactly the planted poison.
 //!
 //! `make test` runs a short version; `make soak` runs `SOAK_PEOPLE=150 SOAK_SECS=600`.
 
@@ -39,6 +42,19 @@ async fn chaos_soak_loses_and_doubles_nothing() {
     let r = p.http.put(format!("{ghl_admin}/_admin/faults")).json(&faults).send().await.unwrap();
     assert_eq!(r.status(), 204);
 
+    // Bob is in GHL already, with a phone some senders will also give other people.
+    let (status, bob) = p
+        .ghl_call(
+            reqwest::Method::POST,
+            "/contacts/",
+            Some(json!({"locationId": p.state["ghl_location_id"], "email": "bob.soak@example.org",
+                        "firstName": "Bob", "phone": BOB_PHONE})),
+        )
+        .await;
+    assert!(status < 300, "{status} {bob}");
+    let bob_id = bob["contact"]["id"].as_str().unwrap().to_string();
+    let bob_before = contact_by_id(&p.ghl_contacts().await, &bob_id);
+
     // Poison planted straight on the queue, as a broken producer would.
     let sqs = p.sqs().await;
     for i in 0..poison {
@@ -74,26 +90,43 @@ async fn chaos_soak_loses_and_doubles_nothing() {
     });
 
     let (mut sent, mut accepted) = (0, 0);
+    let mut replays = Vec::new();
     for i in 0..people {
-        let contact = json!({"email": format!("soak{i:04}@example.com"), "first_name": format!("Soak{i}")});
+        let mut contact = json!({"email": format!("soak{i:04}@example.com"), "first_name": format!("Soak{i}")});
+        if collides(i) {
+            contact["phone"] = json!(BOB_PHONE_AS_SENT);
+        }
+        let stale = json!({"email": format!("soak{i:04}@example.com"), "first_name": format!("Stale{i}")});
         let events = [
             json!({"id": format!("s-lead-{i}"), "type": "lead.captured", "contact": contact}),
-            json!({"id": format!("s-note-{i}"), "type": "note.create", "contact": contact, "note": {"body": format!("soak note {i}")}}),
+            // Note ids repeat across people (one sender's counter per list): each person's applies.
+            json!({"id": format!("s-note-{}", i % 3), "type": "note.create", "contact": contact, "note": {"body": format!("soak note {i}")}}),
             json!({"id": format!("s-task-{i}"), "type": "task.create", "contact": contact,
                    "task": {"external_id": format!("t{i}"), "title": "Soak task", "due_at": "2026-12-24T10:00:00Z"}}),
             json!({"id": format!("s-tag-{i}"), "type": "tags.add", "contact": contact, "tags": ["soaked"]}),
+            // An older change arriving last: it must not revert the name.
+            json!({"id": format!("s-old-{i}"), "type": "lead.captured", "contact": stale,
+                   "occurred_at": (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339()}),
         ];
         for mut e in events {
-            e["occurred_at"] = json!(chrono::Utc::now().to_rfc3339());
-            sent += 1;
-            // A sender retries until it gets 202 (the intake answers 503 when it cannot queue).
-            for _ in 0..5 {
-                if p.event(e.clone()).await == 202 {
-                    accepted += 1;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            if e.get("occurred_at").is_none() {
+                e["occurred_at"] = json!(chrono::Utc::now().to_rfc3339());
             }
+            sent += 1;
+            if send(&p, &e).await {
+                accepted += 1;
+            }
+            if i % 2 == 0 && e["type"] != "lead.captured" {
+                replays.push(e);
+            }
+        }
+    }
+    // Senders replay some events later (after SQS's own de-duplication window would have
+    // forgotten them in a long run): they change nothing.
+    for e in &replays {
+        sent += 1;
+        if send(&p, e).await {
+            accepted += 1;
         }
     }
 
@@ -115,6 +148,26 @@ async fn chaos_soak_loses_and_doubles_nothing() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         contacts = p.ghl_contacts().await;
     }
+    // Someone deletes the first person's contact in GHL; a later note for them lands on a new
+    // contact that gets back every field the sync wrote.
+    let gone = "soak0000@example.com";
+    let old_id = contacts.iter().find(|c| c["email"] == gone).map(|c| c["id"].as_str().unwrap().to_string());
+    let old_id = old_id.expect("the first person exists");
+    let (status, _) = p.ghl_call(reqwest::Method::DELETE, &format!("/contacts/{old_id}"), None).await;
+    assert!(status < 300, "delete answered {status}");
+    let after = json!({"id": "s-after-delete", "type": "note.create", "occurred_at": chrono::Utc::now().to_rfc3339(),
+                       "contact": {"email": gone}, "note": {"body": "after the delete"}});
+    sent += 1;
+    if send(&p, &after).await {
+        accepted += 1;
+    }
+    while started.elapsed() < budget + Duration::from_secs(60) {
+        let c = p.ghl_contacts().await;
+        if c.iter().any(|x| x["email"] == gone && x["notes"].as_array().is_some_and(|n| !n.is_empty())) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     stop_killing.store(true, std::sync::atomic::Ordering::SeqCst);
     let kills = killer.await.unwrap();
     // Let the queue drain with faults off (redeliveries of applied commands must change nothing).
@@ -122,7 +175,7 @@ async fn chaos_soak_loses_and_doubles_nothing() {
     p.wait_drained(120).await;
     let contacts = p.ghl_contacts().await;
 
-    let (mut missing, mut duplicates) = (0, 0);
+    let (mut missing, mut duplicates, mut misplaced) = (0, 0, Vec::new());
     for i in 0..people {
         let email = format!("soak{i:04}@example.com");
         let m: Vec<&Value> = contacts.iter().filter(|x| x["email"] == email.as_str()).collect();
@@ -130,25 +183,44 @@ async fn chaos_soak_loses_and_doubles_nothing() {
             0 => missing += 3,
             1 => {
                 let c = m[0];
-                let notes = c["notes"].as_array().map_or(0, Vec::len);
+                let bodies: Vec<&str> =
+                    c["notes"].as_array().into_iter().flatten().filter_map(|n| n["body"].as_str()).collect();
                 let tasks = c["tasks"].as_array().map_or(0, Vec::len);
-                missing += usize::from(notes == 0) + usize::from(tasks == 0);
-                duplicates += notes.saturating_sub(1) + tasks.saturating_sub(1);
+                // The deleted contact took the first note and the task with it.
+                let (want_note, want_tasks) = if email == gone {
+                    ("after the delete".to_string(), 0usize)
+                } else {
+                    (format!("soak note {i}\n"), 1)
+                };
+                missing += usize::from(!bodies.iter().any(|b| b.starts_with(want_note.as_str())));
+                missing += want_tasks.saturating_sub(tasks);
+                duplicates += bodies.len().saturating_sub(1) + tasks.saturating_sub(want_tasks);
+                misplaced.extend(
+                    bodies.iter().filter(|b| !b.starts_with(want_note.as_str())).map(|b| format!("{email}: {b}")),
+                );
                 missing += usize::from(!c["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == "soaked")));
-                missing += usize::from(c["firstName"] != format!("Soak{i}").as_str());
+                if c["firstName"] != format!("Soak{i}").as_str() {
+                    misplaced.push(format!("{email} is named {}", c["firstName"]));
+                }
+                if !c["phone"].is_null() {
+                    misplaced.push(format!("{email} carries a phone: {}", c["phone"]));
+                }
             }
             n => duplicates += n - 1,
         }
     }
+    assert_eq!(contact_by_id(&contacts, &bob_id), bob_before, "Bob's record is unchanged");
     let parked = dlq_reasons(&p, &sqs).await;
     let (queued, _) = p.queue_depths().await;
     println!(
         "soak tally: people {people}, events sent {sent}, accepted {accepted}, applied people {}, parked {}, \
-         duplicates {duplicates}, missing {missing}, worker kills {kills}, left queued {queued}, {:.0} s",
+         duplicates {duplicates}, missing {missing}, misplaced {}, worker kills {kills}, left queued {queued}, {:.0} s",
         complete(&contacts),
         parked.len(),
+        misplaced.len(),
         started.elapsed().as_secs_f64()
     );
+    assert!(misplaced.is_empty(), "written onto the wrong person: {misplaced:?}");
     assert_eq!(accepted, sent, "every event was accepted");
     assert_eq!(duplicates, 0, "nothing doubled");
     assert_eq!(missing, 0, "nothing lost");
@@ -160,6 +232,30 @@ async fn chaos_soak_loses_and_doubles_nothing() {
         assert!(!logs.contains(s), "a secret value ({s}) appeared in the logs");
     }
     p.stop();
+}
+
+const BOB_PHONE: &str = "+14155550100";
+const BOB_PHONE_AS_SENT: &str = "(415) 555-0100";
+
+/// Every fourth person's sender gives them Bob's phone.
+fn collides(i: usize) -> bool {
+    i % 4 == 1
+}
+
+fn contact_by_id(contacts: &[Value], id: &str) -> Value {
+    contacts.iter().find(|c| c["id"] == id).cloned().unwrap_or(Value::Null)
+}
+
+/// Sends like a sender that retries until it gets 202 (the intake answers 503 when it cannot
+/// queue).
+async fn send(p: &Pipeline, e: &Value) -> bool {
+    for _ in 0..5 {
+        if p.event(e.clone()).await == 202 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
 }
 
 /// The reasons of every parked message (read without deleting them).

@@ -57,6 +57,8 @@ const LOCAL_LEASE: Duration = Duration::from_secs(3600);
 const LAST_REPORT: &str = "reconcile#last";
 /// Scratch data of a run lives this long.
 const SCRATCH_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
+/// An unfinished run older than this starts over: its first pages' scratch data may be gone.
+const RESUME_LIMIT_SECS: i64 = 2 * 24 * 3600;
 /// GHL search page size for the bulk read (the largest GHL is known to serve).
 pub const SEARCH_PAGE: u32 = 500;
 
@@ -222,6 +224,11 @@ struct Aggregate {
     /// video id → (best percent, last activity as unix seconds)
     #[serde(default)]
     videos: BTreeMap<String, (f64, i64)>,
+    /// The list of people first seen (`new#N`) this person was put on. A list the checkpoint
+    /// does not count yet (its invocation failed before saving) is written again on the retry,
+    /// with the person on it.
+    #[serde(default)]
+    listed: Option<usize>,
 }
 
 impl Aggregate {
@@ -320,6 +327,14 @@ impl Reconciler {
             _ => None,
         };
         let cp = match existing {
+            Some(cp) if cp.stage != Stage::Done && Utc::now().timestamp() - cp.started_at > RESUME_LIMIT_SECS => {
+                progress(&format!(
+                    "run {} started more than {} hours ago and its page data may have expired; starting over",
+                    cp.report.run_id,
+                    RESUME_LIMIT_SECS / 3600
+                ));
+                self.new_checkpoint(input)?
+            }
             Some(cp) if cp.stage != Stage::Done => {
                 progress(&format!("continuing run {} at stage {:?}", cp.report.run_id, cp.stage));
                 let mut cp = cp;
@@ -562,35 +577,40 @@ impl Run<'_> {
     }
 
     /// Merges a page's fragments into the run's per-person aggregates; records who is new.
+    /// The list of new people is written before their aggregates, and a person counts as seen
+    /// only on a list the checkpoint counts: a failure between the writes, or before the
+    /// checkpoint, lists them again on the retry instead of leaving them out of the diff.
     async fn merge_people(&mut self, frags: HashMap<String, Aggregate>) -> Result<usize, ReconcileError> {
         if frags.is_empty() {
             return Ok(0);
         }
+        let list = self.cp.people_pages;
         let names: Vec<String> = frags.keys().map(|e| self.key(&format!("p#{e}"))).collect();
         let existing = self.r.store.get_values(&names).await?;
         let mut writes = Vec::with_capacity(frags.len());
         let mut new_people = Vec::new();
         for (email, frag) in frags {
             let name = self.key(&format!("p#{email}"));
-            let mut agg = match existing.get(&name) {
-                Some(raw) => serde_json::from_str(raw).unwrap_or_default(),
-                None => {
-                    new_people.push(email.clone());
-                    Aggregate::default()
-                }
-            };
+            let mut agg: Aggregate =
+                existing.get(&name).and_then(|raw| serde_json::from_str(raw).ok()).unwrap_or_default();
+            if agg.listed.is_none_or(|k| k >= list) {
+                new_people.push(email.clone());
+                agg.listed = Some(list);
+            }
             agg.merge(&frag);
             writes.push((name, serde_json::to_string(&agg).expect("aggregate")));
         }
-        self.r.store.put_values(&writes, Some(SCRATCH_TTL)).await?;
         let n = new_people.len();
         if n > 0 {
             new_people.sort();
-            let list = self.key(&format!("new#{}", self.cp.people_pages));
+            let name = self.key(&format!("new#{list}"));
             self.r
                 .store
-                .put_value(&list, &serde_json::to_string(&new_people).expect("list"), Some(SCRATCH_TTL))
+                .put_value(&name, &serde_json::to_string(&new_people).expect("list"), Some(SCRATCH_TTL))
                 .await?;
+        }
+        self.r.store.put_values(&writes, Some(SCRATCH_TTL)).await?;
+        if n > 0 {
             self.cp.people_pages += 1;
             self.cp.report.people_seen += n as u64;
         }

@@ -605,7 +605,8 @@ impl Worker {
     async fn resolve_contact(&self, identity: &Identity) -> Result<String, ApplyError> {
         // What the sync wrote for the person before (onto a contact since merged or deleted)
         // goes onto the contact found or created now, with the times of its changes kept.
-        let known = self.store.person(&identity.email).await?.map(|p| p.fields).unwrap_or_default();
+        let before = self.store.person(&identity.email).await?.unwrap_or_default();
+        let known = before.fields;
         let mut values: BTreeMap<String, serde_json::Value> =
             known.iter().filter(|(k, _)| k.as_str() != "phone").map(|(k, m)| (k.clone(), m.value.clone())).collect();
         if let Some(source) = &self.mapping.source {
@@ -625,7 +626,16 @@ impl Worker {
         if fields.get("phone").and_then(|m| m.value.as_str()) != check.phone.as_deref() {
             fields.remove("phone");
         }
-        let tags: BTreeSet<String> = resp.contact.tags.iter().map(|t| t.to_lowercase()).collect();
+        let mut tags: BTreeSet<String> = resp.contact.tags.iter().map(|t| t.to_lowercase()).collect();
+        // The tags the person's contact had, and the sync's own, go onto this contact too (added:
+        // tags on an upsert would replace the contact's own).
+        let mut wanted = before.tags;
+        wanted.insert(shared::mapping::normalise_tag(&self.mapping.sync_tag));
+        let missing: Vec<String> = wanted.into_iter().filter(|t| !t.is_empty() && !tags.contains(t)).collect();
+        if !missing.is_empty() {
+            self.ghl.add_tags(&resp.contact.id, &missing).await?;
+            tags.extend(missing);
+        }
         self.store
             .put_person(
                 &identity.email,
@@ -746,7 +756,19 @@ impl Worker {
             Claim::Fresh => {}
         }
         self.hold_for_write(key, &me).await?;
-        match create().await {
+        let writing = std::time::Instant::now();
+        let created = create().await;
+        // The GHL client's deadline bounds a create to half the lease; longer means this process
+        // stood still (paused, starved), and another attempt may have taken over meanwhile.
+        if writing.elapsed() > self.lease / 2 {
+            tracing::warn!(
+                key = key.short(),
+                took_ms = writing.elapsed().as_millis() as u64,
+                lease_ms = self.lease.as_millis() as u64,
+                "a create outlasted its claim's lease"
+            );
+        }
+        match created {
             Ok(id) => {
                 self.store.complete(key, &id).await?;
                 Ok((id, Applied::Written))

@@ -557,3 +557,42 @@ async fn a_run_paused_past_its_lease_and_taken_over_stops_without_writing() {
     let next = e.run(ReconcileInput::default()).await;
     assert!(next.complete && next.people_seen as usize == e.people.len(), "{next:?}");
 }
+
+#[tokio::test]
+async fn a_page_whose_people_were_half_written_is_listed_again_and_nobody_is_left_out() {
+    let mut e = env("halfway", 150).await;
+    let faulty = Arc::new(sync_tests::faulty_store::FaultyStore::new(e.reconciler.store.clone()));
+    e.reconciler.store = faulty.clone();
+    // The logins page's people and aggregates are written, then its checkpoint is refused.
+    faulty.fail_writes_of("reconcile#checkpoint", 1, 1);
+    let err = e.reconciler.run(ReconcileInput::default(), None, &|_| {}).await.unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    // On the retry, the list of a sessions page's new people is written and their aggregates
+    // are refused.
+    faulty.fail_batch_writes(1, 1);
+    let err = e.reconciler.run(ReconcileInput::default(), None, &|_| {}).await.unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    let r = e.run(ReconcileInput::default()).await;
+    assert!(r.complete);
+    assert_eq!(r.people_seen as usize, e.people.len(), "{r:?}");
+    assert_eq!(r.to_create as usize, e.people.len(), "everyone is diffed: {r:?}");
+}
+
+#[tokio::test]
+async fn an_unfinished_run_older_than_two_days_starts_over() {
+    let e = env("stale-run", 20).await;
+    let first = e.run(ReconcileInput { max_steps: Some(2), ..Default::default() }).await;
+    assert!(!first.complete);
+    // Three days later (the checkpoint's start moved back).
+    let store = store_of(&e);
+    let mut cp: Value = serde_json::from_str(&store.get_value("reconcile#checkpoint").await.unwrap().unwrap()).unwrap();
+    cp["started_at"] = json!(cp["started_at"].as_i64().unwrap() - 3 * 24 * 3600);
+    store.put_value("reconcile#checkpoint", &cp.to_string(), None).await.unwrap();
+    let lines = std::sync::Mutex::new(Vec::new());
+    let later = e.reconciler.run(ReconcileInput::default(), None, &|l| lines.lock().unwrap().push(l.to_string())).await;
+    let later = later.unwrap();
+    assert!(later.complete);
+    assert_ne!(later.run_id, first.run_id, "a new run");
+    assert_eq!(later.people_seen as usize, e.people.len());
+    assert!(lines.lock().unwrap().iter().any(|l| l.contains("starting over")), "{:?}", lines.lock().unwrap());
+}

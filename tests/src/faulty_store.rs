@@ -1,0 +1,103 @@
+//! A state store that fails chosen calls: the state table refusing a write at the worst moment.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use shared::commands::IdempotencyKey;
+use shared::identity::Email;
+use shared::state::{Claim, Holder, PersonState, StateError, StateStore};
+
+/// Delegates to `inner`, except that batch writes (`put_values`) and writes of one named value
+/// fail as [`FaultyStore::fail_batch_writes`] and [`FaultyStore::fail_writes_of`] say.
+pub struct FaultyStore {
+    pub inner: Arc<dyn StateStore>,
+    batch_write_failures: AtomicU32,
+    /// Batch writes let through before the failures start.
+    batch_writes_before: AtomicU32,
+    value: std::sync::Mutex<Option<String>>,
+    value_write_failures: AtomicU32,
+    value_writes_before: AtomicU32,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn StateStore>) -> Self {
+        Self {
+            inner,
+            batch_write_failures: AtomicU32::new(0),
+            batch_writes_before: AtomicU32::new(0),
+            value: std::sync::Mutex::new(None),
+            value_write_failures: AtomicU32::new(0),
+            value_writes_before: AtomicU32::new(0),
+        }
+    }
+
+    /// After `after` more successful writes of the value `name`, the next `count` fail.
+    pub fn fail_writes_of(&self, name: &str, after: u32, count: u32) {
+        *self.value.lock().expect("lock") = Some(name.to_string());
+        self.value_writes_before.store(after, Ordering::SeqCst);
+        self.value_write_failures.store(count, Ordering::SeqCst);
+    }
+
+    /// After `after` more successful batch writes, the next `count` fail as unavailable.
+    pub fn fail_batch_writes(&self, after: u32, count: u32) {
+        self.batch_writes_before.store(after, Ordering::SeqCst);
+        self.batch_write_failures.store(count, Ordering::SeqCst);
+    }
+}
+
+fn take(n: &AtomicU32) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_ok()
+}
+
+#[async_trait]
+impl StateStore for FaultyStore {
+    async fn person(&self, email: &Email) -> Result<Option<PersonState>, StateError> {
+        self.inner.person(email).await
+    }
+    async fn put_person(&self, email: &Email, p: &PersonState) -> Result<(), StateError> {
+        self.inner.put_person(email, p).await
+    }
+    async fn claim(&self, key: &IdempotencyKey, lease: Duration, holder: &Holder) -> Result<Claim, StateError> {
+        self.inner.claim(key, lease, holder).await
+    }
+    async fn complete(&self, key: &IdempotencyKey, result: &str) -> Result<(), StateError> {
+        self.inner.complete(key, result).await
+    }
+    async fn defer_claim(&self, key: &IdempotencyKey, grace: Duration, holder: &Holder) -> Result<(), StateError> {
+        self.inner.defer_claim(key, grace, holder).await
+    }
+    async fn release(&self, key: &IdempotencyKey, holder: &Holder) -> Result<(), StateError> {
+        self.inner.release(key, holder).await
+    }
+    async fn renew_claim(&self, key: &IdempotencyKey, lease: Duration, holder: &Holder) -> Result<bool, StateError> {
+        self.inner.renew_claim(key, lease, holder).await
+    }
+    async fn is_done(&self, key: &IdempotencyKey) -> Result<bool, StateError> {
+        self.inner.is_done(key).await
+    }
+    async fn get_value(&self, name: &str) -> Result<Option<String>, StateError> {
+        self.inner.get_value(name).await
+    }
+    async fn put_value(&self, name: &str, value: &str, ttl: Option<Duration>) -> Result<(), StateError> {
+        let watched = self.value.lock().expect("lock").as_deref() == Some(name);
+        if watched && !take(&self.value_writes_before) && take(&self.value_write_failures) {
+            return Err(StateError::Unavailable(format!("injected: writing {name} failed")));
+        }
+        self.inner.put_value(name, value, ttl).await
+    }
+    async fn delete_value(&self, name: &str) -> Result<(), StateError> {
+        self.inner.delete_value(name).await
+    }
+    async fn get_values(&self, names: &[String]) -> Result<HashMap<String, String>, StateError> {
+        self.inner.get_values(names).await
+    }
+    async fn put_values(&self, values: &[(String, String)], ttl: Option<Duration>) -> Result<(), StateError> {
+        if !take(&self.batch_writes_before) && take(&self.batch_write_failures) {
+            return Err(StateError::Unavailable("injected: the batch write failed".into()));
+        }
+        self.inner.put_values(values, ttl).await
+    }
+}
