@@ -88,23 +88,20 @@ impl RateLimiter {
         }
     }
 
-    /// Like [`acquire`](Self::acquire), but a server-ordered pause that lasts longer than
-    /// `max_pause` is not waited out: its remaining length comes back as the error, and no
-    /// request is counted. Waits for room in the window are taken as they come.
-    pub async fn acquire_within(&self, max_pause: Option<Duration>) -> Result<Slot, Duration> {
+    /// Like [`acquire`](Self::acquire), but within `max_wait`: when a server-ordered pause, or
+    /// the wait for room in the window, would end later than that, nothing is counted and the
+    /// wait it would have taken comes back as the error. A caller with a deadline thus never
+    /// starts a request after it (and a claim held for a write never outlives its lease).
+    pub async fn acquire_within(&self, max_wait: Option<Duration>) -> Result<Slot, Duration> {
+        let asked = Instant::now();
         loop {
+            let left = max_wait.map(|m| m.saturating_sub(asked.elapsed()));
             let wait = {
                 let mut w = lock(&self.inner);
                 let now = Instant::now();
                 w.expire(now);
-                match w.paused_until {
-                    Some(until) if until > now => {
-                        let left = until - now;
-                        if max_pause.is_some_and(|m| left > m) {
-                            return Err(left);
-                        }
-                        left
-                    }
+                let wait = match w.paused_until {
+                    Some(until) if until > now => until - now,
                     _ => {
                         if w.used() < w.max {
                             w.in_flight += 1;
@@ -115,7 +112,11 @@ impl RateLimiter {
                             None => IN_FLIGHT_POLL,
                         }
                     }
+                };
+                if left.is_some_and(|l| wait > l) {
+                    return Err(wait);
                 }
+                wait
             };
             tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
         }
@@ -258,5 +259,21 @@ mod tests {
         let start = Instant::now();
         drop(l.acquire_within(Some(Duration::from_secs(5))).await.unwrap());
         assert!(start.elapsed() >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_window_is_waited_out_only_within_the_bound() {
+        let l = RateLimiter::new(2, Duration::from_secs(10), 1.0);
+        drop(l.acquire().await);
+        drop(l.acquire().await);
+        // The window frees its first place ten seconds on: longer than a 3 s bound allows.
+        let start = Instant::now();
+        let wait = l.acquire_within(Some(Duration::from_secs(3))).await.unwrap_err();
+        assert!(wait > Duration::from_secs(9), "{wait:?}");
+        assert!(start.elapsed() < Duration::from_secs(3), "not waited: {:?}", start.elapsed());
+        assert_eq!(lock(&l.inner).used(), 2, "nothing counted");
+        // Within a bound long enough, the place is waited for.
+        drop(l.acquire_within(Some(Duration::from_secs(11))).await.unwrap());
+        assert!(start.elapsed() >= Duration::from_secs(9));
     }
 }
