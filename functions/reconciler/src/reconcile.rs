@@ -709,8 +709,12 @@ impl Run<'_> {
                 last.as_ref(),
                 &desired.email,
             ));
-            let actual = self.actual.as_ref().and_then(|a| a.get(email.as_str()));
-            let diff = match actual {
+            let found = self.actual.as_ref().and_then(|a| a.get(email.as_str())).cloned();
+            let actual = match found {
+                Some(c) => Some(c),
+                None => self.recorded_contact(email).await?,
+            };
+            let diff = match &actual {
                 None => Some(("create", "not in GHL".to_string())),
                 Some(c) => self.differences(&desired, c).await?.map(|r| ("update", r)),
             };
@@ -748,6 +752,19 @@ impl Run<'_> {
             self.cp.report.commands_queued += n as u64;
         }
         Ok(n)
+    }
+
+    /// The contact the sync recorded for a person the bulk search did not return, read by id:
+    /// GHL's search sees a write only after a short delay, so a contact written moments ago is
+    /// not missing. `None` when the sync recorded none or GHL no longer has it.
+    async fn recorded_contact(&self, email: &str) -> Result<Option<Contact>, ReconcileError> {
+        let Ok(e) = Email::parse(email) else { return Ok(None) };
+        let Some(person) = self.r.store.person(&e).await? else { return Ok(None) };
+        match self.r.ghl.get_contact(&person.contact_id).await {
+            Ok(c) => Ok(Some(c)),
+            Err(GhlError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Adds the people's recorded identity conflicts to the report.

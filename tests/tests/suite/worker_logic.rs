@@ -551,3 +551,46 @@ async fn an_attempt_slower_than_its_lease_writes_nothing_once_another_took_the_c
     assert_eq!(slow.failed, vec!["n".to_string()], "retried: {slow:?}");
     assert_eq!(w.count("POST", "/notes").await, 0, "the slow attempt did not write behind the other's back");
 }
+
+#[tokio::test]
+async fn new_people_sent_as_a_lead_then_a_note_cost_three_ghl_requests_each() {
+    let w = World::new().await;
+    let mapping = Mapping::default_mapping();
+    // Within one GHL window (100 requests per 10 s), so no command waits past its deadline.
+    let people = 30;
+    // As users send them: lead.captured (email and names), then note.create (email only), each
+    // turned into commands by the intake and applied in order per person.
+    let mut batch = Vec::new();
+    for i in 0..people {
+        let email = format!("cost{i:03}@example.com");
+        let lead = serde_json::json!({"id": format!("lead-{i}"), "type": "lead.captured",
+            "occurred_at": Utc::now().to_rfc3339(),
+            "contact": {"email": email, "first_name": "Cora", "last_name": format!("Cost{i}")}});
+        let note = serde_json::json!({"id": format!("note-{i}"), "type": "note.create",
+            "occurred_at": Utc::now().to_rfc3339(), "contact": {"email": email}, "note": {"body": "Called"}});
+        for event in [lead, note] {
+            let accepted = intake::events::event_commands(&mapping, event.to_string().as_bytes()).unwrap();
+            for (k, c) in accepted.commands.iter().enumerate() {
+                batch.push(msg(&format!("{}-{k}", accepted.id), c));
+            }
+        }
+    }
+    for chunk in batch.chunks(10) {
+        let out = w.worker.process_batch(chunk.to_vec()).await;
+        assert!(out.failed.is_empty() && out.parked == 0, "{out:?}");
+    }
+    let requests = w.ghl.requests().await;
+    let rate_limited = requests.iter().filter(|r| r.status == 429).count();
+    let per_person = requests.len() as f64 / people as f64;
+    println!("lead then note: {} GHL requests for {people} people ({per_person:.2} each)", requests.len());
+    assert_eq!(rate_limited, 0);
+    assert!(per_person <= 3.0, "{per_person:.2} GHL requests per person: {:?}", {
+        let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+        for r in &requests {
+            let path =
+                if r.path.starts_with("/contacts/") && r.path.len() > 10 { "/contacts/{id}/..." } else { &r.path };
+            *kinds.entry(format!("{} {path}", r.method)).or_default() += 1;
+        }
+        kinds
+    });
+}
