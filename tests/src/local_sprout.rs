@@ -1,7 +1,8 @@
 //! A local SproutVideo: videos, logins, access grants, engagement sessions and the account, with
 //! SproutVideo's habits (`SproutVideo-Api-Key`, the paging envelope with full-URL `next_page`,
-//! `null` rather than missing fields, `{"error": ...}` bodies), a real per-minute window that
-//! answers 429, fault injection, and admin paths:
+//! `null` rather than missing fields, `{"error": ...}` bodies, lists in `created_at` order, logins
+//! whose only change is their password), a real per-minute window that answers 429, fault
+//! injection, and admin paths:
 //! - `POST /_admin/videos`, `/_admin/logins`, `/_admin/sessions`: seed records (JSON object or array);
 //! - `POST /_admin/generate` `{viewers, videos, sessions_per_viewer, email_share}`: bulk data;
 //! - `POST /_admin/webhook` `{video_id, url}`: POST the video JSON to `url`, as SproutVideo does;
@@ -34,7 +35,8 @@ pub struct SproutBehaviour {
     pub window_ms: u64,
     /// Write timestamps with a `-05:00` offset instead of `Z`.
     pub offset_timestamps: bool,
-    /// `next_page` URLs leave out the request's filters (the reported trap).
+    /// `next_page` URLs leave out the request's filters (the reported trap). They always keep
+    /// `per_page`, as the documented example (`?page=3&per_page=25`) shows.
     pub next_page_drops_filters: bool,
     /// Base URL written into `next_page`/`previous_page`.
     pub public_base: String,
@@ -83,6 +85,9 @@ struct Store {
     videos: BTreeMap<String, Map<String, Value>>,
     logins: BTreeMap<String, Map<String, Value>>,
     grants: BTreeMap<String, Map<String, Value>>,
+    /// The order videos, logins and grants were created in (ties of `created_at`, which has
+    /// whole seconds, are listed in this order).
+    created: BTreeMap<String, u64>,
     /// In creation order.
     sessions: Vec<Map<String, Value>>,
     window: VecDeque<Instant>,
@@ -228,6 +233,20 @@ fn hex_id(s: &mut Store, len: usize) -> String {
     id
 }
 
+/// A list's records as SproutVideo lists them: by `created_at`, oldest first (the documented
+/// default order of videos, logins and access grants).
+fn by_created_at(s: &Store, records: &BTreeMap<String, Map<String, Value>>) -> Vec<Value> {
+    let mut items: Vec<(Option<DateTime<Utc>>, u64, &Map<String, Value>)> = records
+        .iter()
+        .map(|(id, m)| {
+            let at = m.get("created_at").and_then(Value::as_str).and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+            (at.map(|t| t.with_timezone(&Utc)), s.created.get(id).copied().unwrap_or(u64::MAX), m)
+        })
+        .collect();
+    items.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    items.into_iter().map(|(_, _, m)| Value::Object(m.clone())).collect()
+}
+
 fn ts(s: &Store, at: DateTime<Utc>) -> Value {
     if s.behaviour.offset_timestamps {
         let off = FixedOffset::west_opt(5 * 3600).expect("offset");
@@ -240,6 +259,8 @@ fn ts(s: &Store, at: DateTime<Utc>) -> Value {
 fn insert_video(s: &mut Store, v: VideoSeed) -> String {
     let id = v.id.clone().unwrap_or_else(|| hex_id(s, 18));
     let now = ts(s, Utc::now());
+    let media = format!("https://images.sproutvideo.com/{id}");
+    let files = format!("https://api-files.sproutvideo.com/file/{id}/7ca00d6d622a8e8d");
     let mut m = Map::new();
     for (k, val) in [
         ("id", json!(id)),
@@ -261,13 +282,36 @@ fn insert_video(s: &mut Store, v: VideoSeed) -> String {
         ("security_token", json!("7ca00d6d622a8e8d")),
         ("embedded_url", Value::Null),
         ("requires_signed_embeds", Value::Null),
+        ("selected_poster_frame_number", json!(0)),
+        ("source_video_file_size", json!(10_485_760)),
+        ("download_sd", Value::Null),
+        ("download_hd", Value::Null),
+        ("download_source", Value::Null),
+        ("allowed_domains", Value::Null),
+        ("allowed_ips", Value::Null),
+        ("player_social_sharing", Value::Null),
+        ("player_embed_sharing", Value::Null),
         ("require_email", json!(v.require_email)),
         ("require_name", json!(false)),
         ("hide_on_site", json!(false)),
-        ("assets", json!({"videos": {"720p": null, "source": null}, "thumbnails": [], "poster_frames": []})),
+        (
+            "assets",
+            json!({
+                "videos": {
+                    "240p": format!("{files}/240.mp4"), "360p": format!("{files}/360.mp4"),
+                    "480p": format!("{files}/480.mp4"), "720p": format!("{files}/720.mp4"),
+                    "1080p": format!("{files}/1080.mp4"), "2k": null, "4k": null, "8k": null,
+                    "source": format!("{files}/source.mp4")
+                },
+                "thumbnails": [format!("{media}/thumbnail_0.jpg")],
+                "poster_frames": [format!("{media}/poster_frame_0.jpg")]
+            }),
+        ),
     ] {
         m.insert(k.into(), val);
     }
+    let seq = s.created.len() as u64;
+    s.created.insert(id.clone(), seq);
     s.videos.insert(id.clone(), m);
     id
 }
@@ -280,6 +324,8 @@ fn insert_login(s: &mut Store, email: &str) -> String {
     m.insert("email".into(), json!(email));
     m.insert("created_at".into(), now.clone());
     m.insert("updated_at".into(), now);
+    let seq = s.created.len() as u64;
+    s.created.insert(id.clone(), seq);
     s.logins.insert(id.clone(), m);
     id
 }
@@ -297,7 +343,6 @@ fn insert_session(s: &mut Store, seed: SessionSeed) -> String {
     m.insert(session_fields::PERCENT[0].into(), json!(seed.percent_watched));
     m.insert(session_fields::CREATED[0].into(), t.clone());
     m.insert(session_fields::UPDATED[0].into(), t);
-    m.insert("device_type".into(), json!("desktop"));
     s.sessions.push(m);
     id
 }
@@ -414,11 +459,14 @@ fn respond(
         return err(404, "Not Found");
     }
     match (method.as_str(), segs.as_slice()) {
-        ("GET", ["account"]) => {
-            (200, json!({"id": "acc1", "company": "Local SproutVideo", "first_name": null, "last_name": null}), None)
-        }
+        ("GET", ["account"]) => (
+            200,
+            json!({"id": "acc1", "company": "Local SproutVideo", "first_name": null, "last_name": null,
+                   "download_sd": false, "download_hd": false}),
+            None,
+        ),
         ("GET", ["videos"]) => {
-            let items: Vec<Value> = s.videos.values().cloned().map(Value::Object).collect();
+            let items = by_created_at(s, &s.videos);
             paged(s, "videos", path, &q, items)
         }
         ("GET", ["videos", id]) => match s.videos.get(*id) {
@@ -426,7 +474,7 @@ fn respond(
             None => err(404, "Not Found"),
         },
         ("GET", ["logins"]) => {
-            let items: Vec<Value> = s.logins.values().cloned().map(Value::Object).collect();
+            let items = by_created_at(s, &s.logins);
             paged(s, "logins", path, &q, items)
         }
         ("GET", ["logins", id]) => match s.logins.get(*id) {
@@ -441,12 +489,24 @@ fn respond(
             (201, Value::Object(s.logins[&id].clone()), None)
         }
         ("PUT", ["logins", id]) => {
+            // The documented change of a login is its password; anything else is refused.
+            let others: Vec<String> = body
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k)
+                .filter(|k| *k != "password")
+                .map(|k| format!("{k} cannot be changed; a login's password can"))
+                .collect();
+            if !others.is_empty() {
+                return (422, json!({ "error": others }), None);
+            }
+            if !body["password"].as_str().is_some_and(|p| !p.is_empty()) {
+                return (422, json!({"error": ["password is required"]}), None);
+            }
             let stamp = ts(s, Utc::now());
             match s.logins.get_mut(*id) {
                 Some(l) => {
-                    if let Some(e) = body["email"].as_str() {
-                        l.insert("email".into(), json!(e));
-                    }
                     l.insert("updated_at".into(), stamp);
                     (200, Value::Object(l.clone()), None)
                 }
@@ -454,7 +514,7 @@ fn respond(
             }
         }
         ("GET", ["access_grants"]) => {
-            let items: Vec<Value> = s.grants.values().cloned().map(Value::Object).collect();
+            let items = by_created_at(s, &s.grants);
             paged(s, "access_grants", path, &q, items)
         }
         ("POST", ["access_grants"]) => {
@@ -462,16 +522,21 @@ fn respond(
                 return (422, json!({"error": "video_id and login_id are required"}), None);
             };
             let id = hex_id(s, 16);
+            let now = ts(s, Utc::now());
             let mut m = Map::new();
             for (k, val) in [
                 ("id", json!(id)),
                 ("video_id", json!(v)),
                 ("login_id", json!(l)),
-                ("allowed_plays", Value::Null),
-                ("access_ends_at", Value::Null),
+                ("allowed_plays", body.get("allowed_plays").cloned().unwrap_or(Value::Null)),
+                ("access_ends_at", body.get("access_ends_at").cloned().unwrap_or(Value::Null)),
+                ("created_at", now.clone()),
+                ("updated_at", now),
             ] {
                 m.insert(k.into(), val);
             }
+            let seq = s.created.len() as u64;
+            s.created.insert(id.clone(), seq);
             s.grants.insert(id, m.clone());
             (201, Value::Object(m), None)
         }
@@ -523,14 +588,15 @@ fn paged(s: &Store, key: &str, path: &str, q: &[(String, String)], items: Vec<Va
     let total = items.len();
     let start = (page - 1) * per_page;
     let slice: Vec<Value> = items.into_iter().skip(start).take(per_page).collect();
+    // Page links are full URLs with `page` and `per_page` (the documented example); the request's
+    // filters follow unless the reported trap is on.
     let link = |p: usize| {
         let base = format!("{}{}", s.behaviour.public_base, path.trim_start_matches("/v1"));
-        let mut params: Vec<(String, String)> = if s.behaviour.next_page_drops_filters {
-            Vec::new()
-        } else {
-            q.iter().filter(|(k, _)| k != "page").cloned().collect()
-        };
-        params.push(("page".into(), p.to_string()));
+        let mut params: Vec<(String, String)> =
+            vec![("page".into(), p.to_string()), ("per_page".into(), per_page.to_string())];
+        if !s.behaviour.next_page_drops_filters {
+            params.extend(q.iter().filter(|(k, _)| k != "page" && k != "per_page").cloned());
+        }
         let qs: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
         json!(format!("{base}?{qs}"))
     };

@@ -30,6 +30,7 @@ use url::Url;
 use super::error::GhlError;
 use super::models::*;
 use super::token::TokenProvider;
+use crate::http::Recorder;
 use crate::pacing::RateLimiter;
 use crate::retry::{Attempt, Failure, MAX_SERVER_WAIT, Replay, RetryPolicy, Stop, drive, parse_retry_after};
 
@@ -117,6 +118,8 @@ pub struct GhlClient {
     stats: Arc<GhlStats>,
     /// No call is made before this instant: the daily quota is spent.
     quota_blocked_until: Arc<Mutex<Option<Instant>>>,
+    /// Keeps every answer read, when set (see [`GhlClient::recording`]).
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl std::fmt::Debug for GhlClient {
@@ -144,7 +147,13 @@ impl GhlClient {
             limiter,
             stats: Arc::new(GhlStats::new()),
             quota_blocked_until: Arc::new(Mutex::new(None)),
+            recorder: None,
         })
+    }
+
+    /// The same client, also keeping every JSON answer it reads, as received, in `recorder`.
+    pub fn recording(&self, recorder: Arc<Recorder>) -> Self {
+        Self { recorder: Some(recorder), ..self.clone() }
     }
 
     /// The same client with another retry policy (for example a shorter deadline).
@@ -588,6 +597,9 @@ impl GhlClient {
             }
         };
         if status.is_success() {
+            if let Some(r) = &self.recorder {
+                r.keep(method.as_str(), &self.settings.base_url, url, &bytes);
+            }
             return serde_json::from_slice(&bytes).map_err(|e| Failure::Final(GhlError::Decode(e.to_string())));
         }
         let err = classify(status, &bytes);

@@ -17,6 +17,7 @@ use url::Url;
 
 use super::key::ApiKeySource;
 use super::models::*;
+use crate::http::Recorder;
 use crate::pacing::RateLimiter;
 use crate::retry::{Attempt, Failure, MAX_SERVER_WAIT, Replay, RetryPolicy, Stop, drive, parse_retry_after};
 
@@ -117,6 +118,8 @@ pub struct SproutClient {
     keys: Arc<dyn ApiKeySource>,
     limiter: Arc<RateLimiter>,
     requests: Arc<AtomicU64>,
+    /// Keeps every answer read, when set (see [`SproutClient::recording`]).
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl std::fmt::Debug for SproutClient {
@@ -134,7 +137,19 @@ impl SproutClient {
             .build()
             .map_err(|e| SproutError::Transport(e.to_string()))?;
         let limiter = Arc::new(RateLimiter::new(settings.per_minute.max(1), Duration::from_secs(60), 1.0));
-        Ok(Self { http, settings: Arc::new(settings), keys, limiter, requests: Arc::new(AtomicU64::new(0)) })
+        Ok(Self {
+            http,
+            settings: Arc::new(settings),
+            keys,
+            limiter,
+            requests: Arc::new(AtomicU64::new(0)),
+            recorder: None,
+        })
+    }
+
+    /// The same client, also keeping every JSON answer it reads, as received, in `recorder`.
+    pub fn recording(&self, recorder: Arc<Recorder>) -> Self {
+        Self { recorder: Some(recorder), ..self.clone() }
     }
 
     /// Requests sent so far (every attempt counts).
@@ -172,8 +187,10 @@ impl SproutClient {
         self.call(Method::POST, &["logins"], &[], Some(&body)).await
     }
 
-    pub async fn update_login(&self, id: &str, fields: &Value) -> Result<Login, SproutError> {
-        self.call(Method::PUT, &["logins", id], &[], Some(fields)).await
+    /// `PUT /logins/{id}` with a new password: the one change of a login SproutVideo documents.
+    pub async fn set_login_password(&self, id: &str, password: &SecretString) -> Result<Login, SproutError> {
+        let body = serde_json::json!({ "password": password.expose_secret() });
+        self.call(Method::PUT, &["logins", id], &[], Some(&body)).await
     }
 
     pub async fn list_access_grants(&self) -> Result<Vec<AccessGrant>, SproutError> {
@@ -370,6 +387,9 @@ impl SproutClient {
             }
         };
         if status.is_success() {
+            if let Some(r) = &self.recorder {
+                r.keep(method.as_str(), &self.settings.base_url, url, &bytes);
+            }
             return serde_json::from_slice(&bytes).map_err(|e| Failure::Final(SproutError::Decode(e.to_string())));
         }
         let message = error_message(&bytes, status);

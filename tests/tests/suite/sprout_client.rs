@@ -150,8 +150,12 @@ async fn logins_and_access_grants_can_be_written() {
     assert_eq!(login.email.as_deref(), Some("new@example.com"));
     let got = c.get_login(&login.id).await.unwrap();
     assert_eq!(got.id, login.id);
-    let updated = c.update_login(&login.id, &serde_json::json!({"email": "changed@example.com"})).await.unwrap();
-    assert_eq!(updated.email.as_deref(), Some("changed@example.com"));
+    let updated = c.set_login_password(&login.id, &SecretString::from("new-pw")).await.unwrap();
+    assert_eq!(updated.email.as_deref(), Some("new@example.com"));
+    assert!(
+        !serde_json::to_string(&updated).unwrap().contains("new-pw"),
+        "a login's answer never carries its password"
+    );
     let grant = c.create_access_grant("vid1", &login.id).await.unwrap();
     assert_eq!(grant.login_id.as_deref(), Some(login.id.as_str()));
     assert_eq!(c.list_access_grants().await.unwrap().len(), 1);
@@ -315,4 +319,111 @@ async fn paging_goes_on_while_total_says_there_is_more_even_without_next_page() 
     assert_eq!(last.items.len(), 1);
     assert!(!last.has_next, "7 of 7 seen");
     assert_eq!(c.list_logins().await.unwrap().len(), 7);
+}
+
+// ---- what the local SproutVideo does as the documents describe it ------------------------
+
+#[tokio::test]
+async fn lists_come_oldest_first_and_page_links_keep_per_page() {
+    let (sv, url) = start(SproutBehaviour::default()).await;
+    let emails: Vec<String> = (0..5).map(|i| format!("l{i}@example.com")).collect();
+    for e in &emails {
+        sv.add_login(e).await;
+    }
+    let c = client(&url, "key", 1000);
+    let listed: Vec<String> = c.list_logins().await.unwrap().into_iter().filter_map(|l| l.email).collect();
+    assert_eq!(listed, emails, "logins by created_at, oldest first, whatever their ids");
+
+    // The documented page link: a full URL with page and per_page.
+    let raw = |q: &'static str| {
+        let url = url.clone();
+        async move {
+            let v: serde_json::Value = reqwest::Client::new()
+                .get(format!("{url}/logins?{q}"))
+                .header("SproutVideo-Api-Key", "key")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let first = raw("per_page=2").await;
+    let next = Url::parse(first["next_page"].as_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = next.query_pairs().into_owned().collect();
+    assert_eq!((q.get("page").map(String::as_str), q.get("per_page").map(String::as_str)), (Some("2"), Some("2")));
+    assert!(first["previous_page"].is_null(), "null on the first page, not left out");
+    let last = raw("per_page=2&page=3").await;
+    assert!(last["next_page"].is_null());
+    assert_eq!(last["logins"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn page_links_drop_filters_but_not_per_page_while_the_trap_is_on() {
+    let (sv, url) = start(SproutBehaviour::default()).await;
+    let video = sv.add_video(VideoSeed { title: "V".into(), duration: Some(60.0), ..Default::default() }).await;
+    for _ in 0..3 {
+        sv.add_session(SessionSeed {
+            video_id: video.clone(),
+            vemail: Some("a@example.com".into()),
+            seconds_watched: Some(5.0),
+            ..Default::default()
+        })
+        .await;
+    }
+    let next_of = || {
+        let url = url.clone();
+        let video = video.clone();
+        async move {
+            let v: serde_json::Value = reqwest::Client::new()
+                .get(format!("{url}/stats/engagement/{video}/sessions?vemail=a%40example.com&per_page=1"))
+                .header("SproutVideo-Api-Key", "key")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let next = Url::parse(v["next_page"].as_str().unwrap()).unwrap();
+            next.query_pairs().into_owned().collect::<std::collections::HashMap<_, _>>()
+        }
+    };
+    let dropped = next_of().await;
+    assert_eq!(dropped.get("per_page").map(String::as_str), Some("1"));
+    assert!(!dropped.contains_key("vemail"), "the reported trap: filters left out");
+    sv.update_behaviour(|b| b.next_page_drops_filters = false).await;
+    let kept = next_of().await;
+    assert_eq!(kept.get("vemail").map(String::as_str), Some("a@example.com"));
+    assert_eq!(kept.get("per_page").map(String::as_str), Some("1"));
+}
+
+#[tokio::test]
+async fn a_login_change_other_than_its_password_is_refused() {
+    let (sv, url) = start(SproutBehaviour::default()).await;
+    let id = sv.add_login("kept@example.com").await;
+    let put = |body: serde_json::Value| {
+        let url = url.clone();
+        let id = id.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .put(format!("{url}/logins/{id}"))
+                .header("SproutVideo-Api-Key", "key")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, body) = put(serde_json::json!({"email": "changed@example.com"})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].to_string().contains("email"), "{body}");
+    let (status, body) = put(serde_json::json!({"password": "new-secret"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["email"], "kept@example.com");
+    assert!(!body.to_string().contains("new-secret"));
+    let login = client(&url, "key", 1000).get_login(&id).await.unwrap();
+    assert_eq!(login.email.as_deref(), Some("kept@example.com"));
 }
