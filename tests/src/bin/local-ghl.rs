@@ -1,7 +1,8 @@
 //! `local-ghl`: the local HighLevel as a standalone server.
 //!
-//! `local-ghl [--listen 127.0.0.1:4010] [--tokens a,b] [--burst 100/10000]`
-//! (env `LOCAL_GHL_ADDR`, `LOCAL_GHL_TOKENS`, `LOCAL_GHL_BURST`).
+//! `local-ghl [--listen 127.0.0.1:4010] [--tokens a,b] [--burst 100/10000] [--search-lag-ms 0]`
+//! (env `LOCAL_GHL_ADDR`, `LOCAL_GHL_TOKENS`, `LOCAL_GHL_BURST`, `LOCAL_GHL_SEARCH_LAG_MS`).
+//! `--search-lag-ms`: how long a contact write takes to show in search (off by default).
 
 use sync_tests::local_ghl::{GhlBehaviour, LocalGhl};
 
@@ -10,14 +11,16 @@ async fn main() -> anyhow::Result<()> {
     let mut addr = std::env::var("LOCAL_GHL_ADDR").unwrap_or_else(|_| "127.0.0.1:4010".into());
     let mut tokens = std::env::var("LOCAL_GHL_TOKENS").unwrap_or_default();
     let mut burst = std::env::var("LOCAL_GHL_BURST").unwrap_or_default();
+    let mut search_lag = std::env::var("LOCAL_GHL_SEARCH_LAG_MS").unwrap_or_default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => addr = args.next().unwrap_or(addr),
             "--tokens" => tokens = args.next().unwrap_or_default(),
             "--burst" => burst = args.next().unwrap_or_default(),
+            "--search-lag-ms" => search_lag = args.next().unwrap_or_default(),
             "-h" | "--help" => {
-                println!("local-ghl [--listen ADDR] [--tokens T1,T2] [--burst MAX/INTERVAL_MS]");
+                println!("local-ghl [--listen ADDR] [--tokens T1,T2] [--burst MAX/INTERVAL_MS] [--search-lag-ms MS]");
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other}; see --help"),
@@ -30,6 +33,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some((max, ms)) = burst.split_once('/') {
         b.burst_max = max.parse()?;
         b.burst_interval_ms = ms.parse()?;
+    }
+    if !search_lag.is_empty() {
+        b.search_lag_ms = search_lag
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--search-lag-ms takes milliseconds ({search_lag}): {e}"))?;
     }
     let ghl = LocalGhl::new(b);
     let listener = tokio::net::TcpListener::bind(&addr).await?;

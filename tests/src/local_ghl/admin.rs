@@ -1,4 +1,5 @@
-//! The admin paths: state, request log, faults, behaviour, custom fields, appointments, reset.
+//! The admin paths: state, request log, faults, behaviour, search lag, custom fields,
+//! appointments, reset.
 
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,10 +11,49 @@ pub(super) fn add_custom_field(s: &mut Store, location: &str, name: &str, field_
     let id = new_id();
     s.locations.entry(location.to_string()).or_default().custom_fields.push(json!({
         "id": id, "name": name, "fieldKey": field_key, "dataType": data_type,
-        "placeholder": "", "position": 0, "picklistOptions": [], "isAllowedCustomOption": false,
+        "placeholder": "", "position": 0, "picklistOptions": [], "picklistImageOptions": [], "isAllowedCustomOption": false,
         "isMultiFileAllowed": false, "maxFileLimit": 0, "locationId": location, "model": "contact",
     }));
     id
+}
+
+/// Adds an appointment to a contact of `location`; returns its id.
+pub(super) fn add_appointment(s: &mut Store, location: &str, v: &Value) -> Result<String, String> {
+    let Some(cid) = v["contactId"].as_str() else {
+        return Err("contactId is required".into());
+    };
+    let Some(c) = s.locations.get_mut(location).and_then(|l| l.contacts.get_mut(cid)) else {
+        return Err("no such contact".into());
+    };
+    let id = new_id();
+    let text = |k: &str, default: &str| json!(v[k].as_str().unwrap_or(default));
+    let ids = |k: &str| json!(v[k].as_array().cloned().unwrap_or_default());
+    let added = now_iso();
+    let mut a = Map::new();
+    // Every property of the OpenAPI's `GetEventSchema`.
+    for (k, val) in [
+        ("id", json!(id)),
+        ("calendarId", text("calendarId", "cal1")),
+        ("status", text("status", "booked")),
+        ("title", text("title", "Appointment")),
+        ("assignedUserId", text("assignedUserId", "")),
+        ("notes", text("notes", "")),
+        ("startTime", text("startTime", "2026-12-01 10:00:00")),
+        ("endTime", text("endTime", "2026-12-01 10:30:00")),
+        ("address", text("address", "")),
+        ("locationId", json!(location)),
+        ("contactId", json!(cid)),
+        ("groupId", text("groupId", "")),
+        ("appointmentStatus", text("appointmentStatus", "confirmed")),
+        ("users", ids("users")),
+        ("dateAdded", json!(added)),
+        ("dateUpdated", json!(added)),
+        ("assignedResources", ids("assignedResources")),
+    ] {
+        a.insert(k.into(), val);
+    }
+    c.appointments.push(a);
+    Ok(id)
 }
 
 pub(super) fn state_json(s: &Store) -> Value {
@@ -63,6 +103,16 @@ pub(super) async fn admin(ghl: &LocalGhl, method: &Method, rest: &str, body: &[u
             }
             Err(e) => bad(format!("bad config: {e}")),
         },
+        ("PUT", ["search-lag"]) => {
+            let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            match v["ms"].as_u64() {
+                Some(ms) => {
+                    s.behaviour.search_lag_ms = ms;
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                None => bad("ms (milliseconds, 0 or more) is required".into()),
+            }
+        }
         ("POST", ["reset"]) => {
             let behaviour = s.behaviour.clone();
             *s = Store { behaviour, ..Default::default() };
@@ -79,26 +129,10 @@ pub(super) async fn admin(ghl: &LocalGhl, method: &Method, rest: &str, body: &[u
         }
         ("POST", ["locations", loc, "appointments"]) => {
             let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-            let Some(cid) = v["contactId"].as_str() else {
-                return bad("contactId is required".into());
-            };
-            let Some(c) = s.locations.get_mut(*loc).and_then(|l| l.contacts.get_mut(cid)) else {
-                return bad("no such contact".into());
-            };
-            let id = new_id();
-            let mut a = Map::new();
-            a.insert("id".into(), json!(id));
-            a.insert("calendarId".into(), json!(v["calendarId"].as_str().unwrap_or("cal1")));
-            a.insert("title".into(), json!(v["title"].as_str().unwrap_or("Appointment")));
-            a.insert("status".into(), json!("booked"));
-            a.insert("appointmentStatus".into(), json!("confirmed"));
-            a.insert("startTime".into(), json!(v["startTime"].as_str().unwrap_or("2026-12-01 10:00:00")));
-            a.insert("endTime".into(), json!(v["endTime"].as_str().unwrap_or("2026-12-01 10:30:00")));
-            a.insert("locationId".into(), json!(loc));
-            a.insert("contactId".into(), json!(cid));
-            a.insert("dateAdded".into(), json!(now_iso()));
-            c.appointments.push(a);
-            (StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response()
+            match add_appointment(&mut s, loc, &v) {
+                Ok(id) => (StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response(),
+                Err(e) => bad(e),
+            }
         }
         _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": "no such admin path"}))).into_response(),
     }

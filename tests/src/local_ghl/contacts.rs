@@ -4,6 +4,7 @@
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 
+use super::search::{after_write, before_write, deleted, new_view};
 use super::{Location, MatchField, Reply, Store, StoredContact, new_id, now_iso};
 
 // ---- the API ------------------------------------------------------------------------------
@@ -249,6 +250,7 @@ pub(super) fn insert_new(s: &mut Store, loc_id: &str, body: &Value) -> Result<Ma
     let defs = s.locations.get(loc_id).map(|l| l.custom_fields.clone()).unwrap_or_default();
     apply_fields(&mut fields, body, &defs)?;
     let stored = StoredContact {
+        search: new_view(&fields, s.search_lag()),
         fields: fields.clone(),
         tasks: vec![],
         notes: vec![],
@@ -284,9 +286,34 @@ pub(super) fn create_contact(s: &mut Store, body: &Value) -> Reply {
         }
     }
     match insert_new(s, &loc_id, body) {
-        Ok(fields) => Reply::ok(201, json!({"contact": fields})),
+        Ok(fields) => Reply::ok(201, json!({"contact": created_answer(fields)})),
         Err(r) => r,
     }
+}
+
+/// The contact as the create answer carries it: the OpenAPI's `CreateContactSchema` adds the
+/// new contact's flags and empty lists, and the birthday split up (month counted from 0, as in
+/// its example).
+fn created_answer(mut fields: Map<String, Value>) -> Map<String, Value> {
+    for (k, v) in [
+        ("deleted", json!(false)),
+        ("bounceEmail", json!(false)),
+        ("unsubscribeEmail", json!(false)),
+        ("offers", json!([])),
+        ("products", json!([])),
+    ] {
+        fields.insert(k.into(), v);
+    }
+    let birthday = fields
+        .get("dateOfBirth")
+        .and_then(Value::as_str)
+        .and_then(|d| chrono::NaiveDate::parse_from_str(d.get(..10)?, "%Y-%m-%d").ok());
+    if let Some(d) = birthday {
+        use chrono::Datelike;
+        fields.insert("birthMonth".into(), json!(d.month0()));
+        fields.insert("birthDay".into(), json!(d.day()));
+    }
+    fields
 }
 
 pub(super) fn upsert_contact(s: &mut Store, body: &Value) -> Reply {
@@ -301,6 +328,7 @@ pub(super) fn upsert_contact(s: &mut Store, body: &Value) -> Reply {
         Err(r) => return r,
     };
     let b = s.behaviour.clone();
+    let lag = s.search_lag();
     let always_new = b.allow_duplicates && body["createNewIfDuplicateAllowed"] == json!(true);
     let loc = s.locations.entry(loc_id.clone()).or_default();
     let existing = if always_new { None } else { find_match(loc, &b.match_order, body) };
@@ -334,7 +362,10 @@ pub(super) fn upsert_contact(s: &mut Store, body: &Value) -> Reply {
     }
     let defs = loc.custom_fields.clone();
     let c = loc.contacts.get_mut(&id).expect("matched contact");
-    if let Err(r) = apply_fields(&mut c.fields, &body, &defs) {
+    before_write(c, lag);
+    let applied = apply_fields(&mut c.fields, &body, &defs);
+    after_write(c, lag);
+    if let Err(r) = applied {
         return r;
     }
     Reply::ok(200, json!({"new": false, "contact": c.fields}))
@@ -353,10 +384,14 @@ pub(super) fn update_contact(s: &mut Store, id: &str, body: &Value) -> Reply {
     let Some(loc) = s.owner.get(id).cloned() else {
         return not_found(s, "Contact", id);
     };
+    let lag = s.search_lag();
     let l = s.locations.get_mut(&loc).expect("location");
     let defs = l.custom_fields.clone();
     let c = l.contacts.get_mut(id).expect("contact");
-    if let Err(r) = apply_fields(&mut c.fields, body, &defs) {
+    before_write(c, lag);
+    let applied = apply_fields(&mut c.fields, body, &defs);
+    after_write(c, lag);
+    if let Err(r) = applied {
         return r;
     }
     Reply::ok(200, json!({"succeded": true, "contact": c.fields}))
@@ -366,7 +401,9 @@ pub(super) fn delete_contact(s: &mut Store, id: &str) -> Reply {
     let Some(loc) = s.owner.remove(id) else {
         return not_found(s, "Contact", id);
     };
-    s.locations.get_mut(&loc).expect("location").contacts.remove(id);
+    if let Some(c) = s.locations.get_mut(&loc).expect("location").contacts.remove(id) {
+        deleted(s, &loc, c);
+    }
     Reply::ok(200, json!({"succeded": true}))
 }
 
@@ -378,7 +415,9 @@ pub(super) fn tags(s: &mut Store, id: &str, body: &Value, add: bool) -> Reply {
         return Reply::unprocessable(vec!["tags must be an array".into()]);
     };
     let incoming: Vec<String> = list.iter().filter_map(Value::as_str).map(|t| t.trim().to_lowercase()).collect();
+    let lag = s.search_lag();
     with_contact(s, id, |c, _| {
+        before_write(c, lag);
         let mut current: Vec<String> = c
             .fields
             .get("tags")
@@ -399,6 +438,7 @@ pub(super) fn tags(s: &mut Store, id: &str, body: &Value, add: bool) -> Reply {
         }
         c.fields.insert("tags".into(), json!(current));
         c.fields.insert("dateUpdated".into(), json!(now_iso()));
+        after_write(c, lag);
         Reply::ok(if add { 201 } else { 200 }, json!({"tags": current}))
     })
 }

@@ -115,10 +115,11 @@ pub(super) async fn oauth_token(ghl: &LocalGhl, body: &[u8]) -> Response {
     if !s.behaviour.valid_tokens.is_empty() {
         s.behaviour.valid_tokens.push(access.clone());
     }
+    // A Location token's answer, with the fields HighLevel's OAuth documents list for it.
     axum::Json(json!({
         "access_token": access, "token_type": "Bearer", "expires_in": 86399, "refresh_token": refresh,
         "scope": "contacts.readonly contacts.write", "userType": "Location", "locationId": "loc",
-        "userId": "u1"
+        "companyId": "company1", "userId": "u1", "planId": "plan1", "isBulkInstallation": false
     }))
     .into_response()
 }

@@ -7,9 +7,11 @@
 //! - `GET /_admin/requests` (`DELETE` clears): method, path, query, status and body of every call;
 //! - `PUT /_admin/faults`: replace the fault settings ([`Faults`]);
 //! - `PUT /_admin/config`: replace [`GhlBehaviour`] (window, duplicates and matching order,
-//!   not-found status, custom-field strictness);
+//!   not-found status, custom-field strictness, search lag);
+//! - `PUT /_admin/search-lag` `{"ms": 2000}`: how long a write takes to show in search (0: at once);
 //! - `POST /_admin/locations/{id}/custom-fields`: define a custom field `{name, fieldKey, dataType}`;
-//! - `POST /_admin/locations/{id}/appointments`: add an appointment `{contactId, title, startTime}`;
+//! - `POST /_admin/locations/{id}/appointments`: add an appointment `{contactId, title, startTime,
+//!   ...}` (any property of the OpenAPI's `GetEventSchema`);
 //! - `POST /_admin/reset`: forget everything.
 //!
 //! The server is split by concern: `routing` (the entry point and the path table), `gate` (auth,
@@ -36,9 +38,10 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use admin::{add_custom_field, state_json};
+use admin::{add_appointment, add_custom_field, state_json};
 use contacts::{insert_new, refresh_derived};
 use routing::handle;
+use search::{after_write, before_write};
 
 /// How the local GHL behaves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +84,13 @@ pub struct GhlBehaviour {
     pub require_version: bool,
     /// Reject fractional seconds in task `dueDate`.
     pub strict_due_dates: bool,
+    /// How long a contact write takes to show in `POST /contacts/search`, in milliseconds (0, the
+    /// default: at once; a change applies to writes already made). HighLevel's search index is eventually consistent: a write can take a
+    /// few seconds to show there, and only there (read a write back by id). Until then search
+    /// answers the contact as it was before (a new contact not at all; a deleted one still).
+    /// Reads by id, the duplicate lookup, contacts by business and the deprecated list, which no
+    /// document describes as lagging, read the contact as written.
+    pub search_lag_ms: u64,
     /// What a token may do: the one location it belongs to and its scopes. A token without an
     /// entry may do anything. A request naming another location answers 403 "The token does
     /// not have access to this location."; one needing a scope the token lacks answers 401 "The
@@ -112,6 +122,7 @@ impl Default for GhlBehaviour {
             not_found_status: 400,
             require_version: true,
             strict_due_dates: false,
+            search_lag_ms: 0,
             token_grants: BTreeMap::new(),
         }
     }
@@ -212,6 +223,8 @@ pub struct LoggedRequest {
 struct Location {
     contacts: BTreeMap<String, StoredContact>,
     custom_fields: Vec<Value>,
+    /// Deleted contacts, with when they were deleted: search shows them until the lag has passed.
+    deleted_in_search: Vec<(Instant, StoredContact)>,
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +234,19 @@ struct StoredContact {
     notes: Vec<Map<String, Value>>,
     appointments: Vec<Map<String, Value>>,
     added_ms: i64,
+    search: SearchView,
+}
+
+/// What search shows of a contact.
+#[derive(Debug, Clone, Default)]
+enum SearchView {
+    /// The contact as written (no lag).
+    #[default]
+    Current,
+    /// Versions written while search lagged: `shown` (none before the first version shows), and
+    /// later versions with when each was written; each shows once the lag (as it is when search
+    /// is asked) has passed since.
+    Lagging { shown: Option<Map<String, Value>>, due: VecDeque<(Instant, Map<String, Value>)> },
 }
 
 #[derive(Debug, Default)]
@@ -235,6 +261,12 @@ struct Store {
     /// Refresh tokens that are spent (GHL rotates them on every refresh).
     spent_refresh_tokens: Vec<String>,
     oauth_refreshes: u64,
+}
+
+impl Store {
+    fn search_lag(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.behaviour.search_lag_ms)
+    }
 }
 
 /// A handle on a running local GHL.
@@ -293,6 +325,13 @@ impl LocalGhl {
         add_custom_field(&mut s, location, name, field_key, data_type)
     }
 
+    /// Adds an appointment `{contactId, title, startTime, ...}` (any property of the OpenAPI's
+    /// `GetEventSchema`) to a contact of `location`; returns its id.
+    pub async fn add_appointment(&self, location: &str, fields: Value) -> Result<String, String> {
+        let mut s = self.store.lock().await;
+        add_appointment(&mut s, location, &fields)
+    }
+
     /// Stores a contact directly (for seeding large states quickly); returns its id.
     pub async fn insert_contact(&self, location: &str, fields: Value) -> String {
         let mut s = self.store.lock().await;
@@ -313,14 +352,23 @@ impl LocalGhl {
         let Some(loc) = s.owner.get(id).cloned() else {
             return false;
         };
+        let lag = s.search_lag();
         let c = s.locations.get_mut(&loc).and_then(|l| l.contacts.get_mut(id)).expect("owner index");
         if let Value::Object(m) = fields {
+            before_write(c, lag);
             for (k, v) in m {
                 c.fields.insert(k, v);
             }
             refresh_derived(&mut c.fields);
+            after_write(c, lag);
         }
         true
+    }
+
+    /// Sets how long a contact write takes to show in search (see
+    /// [`GhlBehaviour::search_lag_ms`]).
+    pub async fn set_search_lag(&self, lag: std::time::Duration) {
+        self.store.lock().await.behaviour.search_lag_ms = lag.as_millis().min(u64::MAX as u128) as u64;
     }
 }
 

@@ -38,7 +38,6 @@ pub(super) fn create_task(s: &mut Store, id: &str, body: &Value) -> Reply {
             }
         }
         t.insert("contactId".into(), json!(id));
-        t.insert("dateAdded".into(), json!(now_iso()));
         c.tasks.push(t.clone());
         Reply::ok(201, json!({"task": t}))
     })

@@ -80,7 +80,10 @@ pub(super) async fn handle(
             }
             let mut s = ghl.store.lock().await;
             let mut reply = match authorize(&s, token.as_deref(), &method, &path, &query, &parsed_body) {
-                Ok(()) => route(&mut s, &method, &path, &query, &parsed_body, &body),
+                Ok(()) => {
+                    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+                    route(&mut s, &method, &path, &query, &parsed_body, &body, host)
+                }
                 Err(refused) => refused,
             };
             let wrote = method != Method::GET && reply.status.is_success();
@@ -135,7 +138,7 @@ pub(super) async fn handle(
     resp
 }
 
-fn route(s: &mut Store, method: &Method, path: &str, query: &str, body: &Value, raw: &[u8]) -> Reply {
+fn route(s: &mut Store, method: &Method, path: &str, query: &str, body: &Value, raw: &[u8], host: &str) -> Reply {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let q: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     if matches!(*method, Method::POST | Method::PUT) && !raw.is_empty() && !body.is_object() {
@@ -143,7 +146,7 @@ fn route(s: &mut Store, method: &Method, path: &str, query: &str, body: &Value, 
     }
     match (method.as_str(), segs.as_slice()) {
         ("POST", ["contacts", ""]) | ("POST", ["contacts"]) => create_contact(s, body),
-        ("GET", ["contacts", ""]) | ("GET", ["contacts"]) => list_contacts(s, &q),
+        ("GET", ["contacts", ""]) | ("GET", ["contacts"]) => list_contacts(s, &q, host),
         ("POST", ["contacts", "upsert"]) => upsert_contact(s, body),
         ("POST", ["contacts", "search"]) => search(s, body),
         ("GET", ["contacts", "search", "duplicate"]) => duplicate(s, &q),

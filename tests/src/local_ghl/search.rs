@@ -1,12 +1,89 @@
 //! Reads over many contacts: the duplicate lookup, contacts by business, the legacy list and
-//! `POST /contacts/search`.
+//! `POST /contacts/search`, with the search index's lag.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
+use tokio::time::Instant;
 
 use super::contacts::{find_match, id_of, location_of, reject_unknown};
-use super::{DuplicateMiss, MatchField, Reply, Store, StoredContact};
+use super::{DuplicateMiss, MatchField, Reply, SearchView, Store, StoredContact};
+
+// ---- the search index's lag ---------------------------------------------------------------
+
+/// What search shows of a contact created now.
+pub(super) fn new_view(fields: &Map<String, Value>, lag: Duration) -> SearchView {
+    if lag.is_zero() {
+        SearchView::Current
+    } else {
+        SearchView::Lagging { shown: None, due: VecDeque::from([(Instant::now(), fields.clone())]) }
+    }
+}
+
+/// Before a contact is written while search lags: search keeps showing it as it is now.
+pub(super) fn before_write(c: &mut StoredContact, lag: Duration) {
+    if !lag.is_zero() && matches!(c.search, SearchView::Current) {
+        c.search = SearchView::Lagging { shown: Some(c.fields.clone()), due: VecDeque::new() };
+    }
+}
+
+/// After a contact was written: search shows this version once the lag has passed.
+pub(super) fn after_write(c: &mut StoredContact, lag: Duration) {
+    match &mut c.search {
+        SearchView::Lagging { due, .. } if !lag.is_zero() => due.push_back((Instant::now(), c.fields.clone())),
+        view => *view = SearchView::Current,
+    }
+}
+
+/// A contact deleted now: search still shows it until the lag has passed.
+pub(super) fn deleted(s: &mut Store, location: &str, c: StoredContact) {
+    let lag = s.search_lag();
+    if !lag.is_zero()
+        && let Some(l) = s.locations.get_mut(location)
+    {
+        l.deleted_in_search.push((Instant::now(), c));
+    }
+}
+
+/// The contacts of a location as search sees them now.
+fn searchable<'a>(s: &'a mut Store, location: &str) -> Vec<Cow<'a, StoredContact>> {
+    let lag = s.search_lag();
+    let Some(l) = s.locations.get_mut(location) else {
+        return Vec::new();
+    };
+    if lag.is_zero() {
+        l.deleted_in_search.clear();
+        return l.contacts.values().map(Cow::Borrowed).collect();
+    }
+    let now = Instant::now();
+    l.deleted_in_search.retain(|(at, _)| *at + lag > now);
+    for c in l.contacts.values_mut().chain(l.deleted_in_search.iter_mut().map(|(_, c)| c)) {
+        if let SearchView::Lagging { shown, due } = &mut c.search {
+            while due.front().is_some_and(|(at, _)| *at + lag <= now) {
+                *shown = due.pop_front().map(|(_, f)| f);
+            }
+        }
+    }
+    let l = &*l;
+    l.contacts
+        .values()
+        .chain(l.deleted_in_search.iter().map(|(_, c)| c))
+        .filter_map(|c| match &c.search {
+            SearchView::Current => Some(Cow::Borrowed(c)),
+            SearchView::Lagging { shown: Some(fields), .. } => Some(Cow::Owned(StoredContact {
+                fields: fields.clone(),
+                tasks: Vec::new(),
+                notes: Vec::new(),
+                appointments: Vec::new(),
+                added_ms: c.added_ms,
+                search: SearchView::Current,
+            })),
+            SearchView::Lagging { shown: None, .. } => None,
+        })
+        .collect()
+}
 
 /// `GET /contacts/search/duplicate?locationId&email&number`: `{"contact": {...}}` for the
 /// contact the first identifier matches. With "Allow Duplicate Contact" on, email is tried
@@ -42,14 +119,17 @@ pub(super) fn by_business(s: &mut Store, bid: &str, q: &HashMap<String, String>)
         .into_iter()
         .flat_map(|l| l.contacts.values())
         .filter(|c| c.fields.get("businessId").and_then(Value::as_str) == Some(bid))
-        .map(|c| Value::Object(c.fields.clone()))
+        .map(list_item)
         .collect();
     let count = all.len();
     let page: Vec<Value> = all.into_iter().skip(skip).take(limit).collect();
     Reply::ok(200, json!({"contacts": page, "count": count}))
 }
 
-pub(super) fn list_contacts(s: &mut Store, q: &HashMap<String, String>) -> Reply {
+/// `GET /contacts/` (deprecated): pages in `dateAdded` order with the `startAfter`/`startAfterId`
+/// cursor, and `meta` as the OpenAPI's `ContactsMetaSchema` (its `nextPageUrl` in the form of
+/// the documented example, on `host`).
+pub(super) fn list_contacts(s: &mut Store, q: &HashMap<String, String>, host: &str) -> Reply {
     let Some(loc_id) = q.get("locationId").filter(|l| !l.is_empty()) else {
         // What GHL answers when a page request loses its location scope.
         return Reply::err(403, "The token does not have access to this location.");
@@ -67,15 +147,30 @@ pub(super) fn list_contacts(s: &mut Store, q: &HashMap<String, String>) -> Reply
         (Some(aid), Some(ams)) => all.into_iter().filter(|c| (c.added_ms, id_of(c)) > (ams, aid.as_str())).collect(),
         _ => all,
     };
+    let before = total - rest.len();
+    let more = rest.len() > limit;
     let page: Vec<&StoredContact> = rest.into_iter().take(limit).collect();
-    let meta = match page.last() {
-        Some(last) => {
-            json!({"total": total, "startAfterId": id_of(last), "startAfter": last.added_ms,
-                             "currentPage": null, "nextPage": null, "prevPage": null, "nextPageUrl": null})
-        }
-        None => json!({"total": total}),
+    let current = before / limit + 1;
+    let last = page.last();
+    let next_url = match last {
+        Some(c) if more => json!(format!(
+            "http://{host}/contacts/?locationId={}&startAfter={}&startAfterId={}",
+            urlencoding::encode(loc_id),
+            c.added_ms,
+            urlencoding::encode(id_of(c))
+        )),
+        _ => Value::Null,
     };
-    let contacts: Vec<Value> = page.iter().map(|c| Value::Object(c.fields.clone())).collect();
+    let meta = json!({
+        "total": total,
+        "nextPageUrl": next_url,
+        "startAfterId": last.map(|c| id_of(c)),
+        "startAfter": last.map(|c| c.added_ms),
+        "currentPage": current,
+        "nextPage": if more { json!(current + 1) } else { Value::Null },
+        "prevPage": if current > 1 { json!(current - 1) } else { Value::Null },
+    });
+    let contacts: Vec<Value> = page.into_iter().map(list_item).collect();
     Reply::ok(200, json!({"contacts": contacts, "count": total, "meta": meta}))
 }
 
@@ -104,8 +199,9 @@ pub(super) fn search(s: &mut Store, body: &Value) -> Reply {
     }
     let filters = body["filters"].as_array().cloned().unwrap_or_default();
     let query = body["query"].as_str().map(str::to_lowercase).filter(|q| !q.is_empty());
+    let visible = searchable(s, &loc_id);
     let mut hits: Vec<&StoredContact> = Vec::new();
-    for c in s.locations.get(&loc_id).into_iter().flat_map(|l| l.contacts.values()) {
+    for c in visible.iter().map(|c| c.as_ref()) {
         let mut ok = true;
         for f in &filters {
             match matches(&c.fields, f) {
@@ -158,40 +254,79 @@ pub(super) fn search(s: &mut Store, body: &Value) -> Reply {
         }
         hits.into_iter().skip(start).take(limit.min(MAX_PAGE_RESULTS - start)).collect()
     };
-    let contacts: Vec<Value> = page_hits
-        .iter()
-        .map(|c| {
-            let mut m = Map::new();
-            for k in [
-                "id",
-                "locationId",
-                "firstNameLowerCase",
-                "lastNameLowerCase",
-                "email",
-                "phone",
-                "companyName",
-                "source",
-                "tags",
-                "customFields",
-                "dateAdded",
-                "dateUpdated",
-                "type",
-                "dnd",
-                "assignedTo",
-                "timezone",
-                "country",
-                "businessId",
-            ] {
-                if let Some(v) = c.fields.get(k) {
-                    m.insert(k.into(), v.clone());
-                }
-            }
-            m.insert("followers".into(), json!([]));
-            m.insert("searchAfter".into(), json!([c.added_ms, id_of(c)]));
-            Value::Object(m)
-        })
-        .collect();
+    let contacts: Vec<Value> = page_hits.iter().map(|c| search_hit(c)).collect();
     Reply::ok(200, json!({"contacts": contacts, "total": total}))
+}
+
+/// A search hit: the properties HighLevel's search document lists for one (first and last name
+/// only lower-cased, the street as `address`), those the contact has; the lists it cannot hold
+/// through the API empty; and its `searchAfter` cursor.
+pub(super) fn search_hit(c: &StoredContact) -> Value {
+    let mut m = Map::new();
+    for (k, from) in [
+        ("id", "id"),
+        ("locationId", "locationId"),
+        ("firstNameLowerCase", "firstNameLowerCase"),
+        ("lastNameLowerCase", "lastNameLowerCase"),
+        ("email", "email"),
+        ("phone", "phone"),
+        ("address", "address1"),
+        ("city", "city"),
+        ("state", "state"),
+        ("country", "country"),
+        ("postalCode", "postalCode"),
+        ("companyName", "companyName"),
+        ("businessId", "businessId"),
+        ("assignedTo", "assignedTo"),
+        ("tags", "tags"),
+        ("type", "type"),
+        ("source", "source"),
+        ("website", "website"),
+        ("dnd", "dnd"),
+        ("dateOfBirth", "dateOfBirth"),
+        ("dateAdded", "dateAdded"),
+        ("dateUpdated", "dateUpdated"),
+        ("customFields", "customFields"),
+    ] {
+        if let Some(v) = c.fields.get(from) {
+            m.insert(k.into(), v.clone());
+        }
+    }
+    for k in ["followers", "additionalEmails", "additionalPhones"] {
+        m.insert(k.into(), json!([]));
+    }
+    m.insert("searchAfter".into(), json!([c.added_ms, id_of(c)]));
+    Value::Object(m)
+}
+
+/// An item of the legacy list and of contacts by business: the properties of the OpenAPI's
+/// `ContactsSearchSchema`, with `contactName`, `dnd` and `dateUpdated` that real answers carry;
+/// those the contact has, and its followers (none through the API).
+fn list_item(c: &StoredContact) -> Value {
+    let mut m = Map::new();
+    for k in [
+        "id",
+        "locationId",
+        "email",
+        "timezone",
+        "country",
+        "source",
+        "dateAdded",
+        "dateUpdated",
+        "customFields",
+        "tags",
+        "dnd",
+        "businessId",
+    ] {
+        if let Some(v) = c.fields.get(k) {
+            m.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(name) = c.fields.get("name") {
+        m.insert("contactName".into(), name.clone());
+    }
+    m.insert("followers".into(), json!([]));
+    Value::Object(m)
 }
 
 fn sort_key(c: &StoredContact, field: &str) -> String {
