@@ -9,20 +9,25 @@
 //! - AWS: the queue, the dead-letter queue, the table and the secret answer, and the secret has
 //!   every key.
 //!
-//! It never writes to GHL or SproutVideo. With a capture folder it saves the answers it read,
-//! redacted (emails, names, phones, ids and tokens replaced consistently), as contract fixtures.
+//! It never writes to GHL or SproutVideo. With a capture folder it also reads one contact (its
+//! tasks, notes and appointments, and the duplicate lookup of its email), one video, one login,
+//! the access grants and one video's sessions, and saves every answer as it arrived, redacted
+//! (emails, names, phones, ids and tokens replaced consistently), under the file names of the
+//! contract fixtures in `tests/fixtures/` ([`capture_name`]): a capture put in their place is
+//! checked against the clients and the local fakes by the fixture tests.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use chrono::Utc;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use shared::deps::Deps;
-use shared::ghl::{GhlError, SearchRequest};
+use shared::ghl::{GhlClient, GhlError, SearchRequest};
+use shared::http::{RecordedAnswer, Recorder};
 use shared::identity::Email;
 use shared::mapping::{WatchFacts, typed_value};
-use shared::sprout::{MAX_PER_PAGE, SessionQuery, SproutError};
+use shared::sprout::{MAX_PER_PAGE, SessionQuery, SproutClient, SproutError};
 use shared::state::StateStore;
 
 /// One line of the table.
@@ -79,17 +84,188 @@ impl DoctorReport {
 /// Runs every check. `capture`: a folder to save the redacted answers in.
 pub async fn run(deps: &Deps, capture: Option<&Path>) -> DoctorReport {
     let mut r = DoctorReport::default();
-    let mut captured: Vec<(String, Value)> = Vec::new();
+    let (ghl_answers, sprout_answers) = (Recorder::new(), Recorder::new());
+    let (ghl_client, sprout_client) = match capture {
+        Some(_) => (deps.ghl.recording(ghl_answers.clone()), deps.sprout.recording(sprout_answers.clone())),
+        None => (deps.ghl.clone(), deps.sprout.clone()),
+    };
     aws(deps, &mut r).await;
-    ghl(deps, &mut r, &mut captured).await;
-    sprout(deps, &mut r, &mut captured).await;
+    let first_contact = ghl(deps, &ghl_client, &mut r).await;
+    let first_records = sprout(&sprout_client, &mut r).await;
     if let Some(dir) = capture {
-        match save(dir, &captured) {
-            Ok(n) => r.pass("capture", format!("answers saved to {}", dir.display()), format!("{n} files, redacted")),
+        let mut gaps = Gaps::default();
+        capture_ghl(&ghl_client, first_contact.as_ref(), &mut gaps).await;
+        capture_sprout(&sprout_client, &first_records, &mut gaps).await;
+        let answers: Vec<(Service, RecordedAnswer)> = ghl_answers
+            .answers()
+            .into_iter()
+            .map(|a| (Service::Ghl, a))
+            .chain(sprout_answers.answers().into_iter().map(|a| (Service::SproutVideo, a)))
+            .collect();
+        let what = format!("answers saved to {}", dir.display());
+        match save(dir, &answers) {
+            Ok(n) => {
+                let mut detail = format!("{n} files, redacted");
+                if !gaps.none.is_empty() {
+                    detail.push_str(&format!("; none to read: {}", gaps.none.join(", ")));
+                }
+                if gaps.failed.is_empty() {
+                    r.pass("capture", what, detail);
+                } else {
+                    detail.push_str(&format!("; not read: {}", gaps.failed.join("; ")));
+                    r.fail("capture", what, detail, "see the message; the other answers are saved");
+                }
+            }
             Err(e) => r.fail("capture", "answers saved", e.to_string(), "check the folder can be written"),
         }
     }
     r
+}
+
+/// The API an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Ghl,
+    SproutVideo,
+}
+
+/// The file an answer is saved under (below the capture folder), by the API, the request's
+/// method and its path below the API's base URL. These are the names of the contract fixtures
+/// in `tests/fixtures/`. The answers to creating, reading and changing a login are all a login
+/// (`sproutvideo/login.json`), and so are those of creating and reading an access grant.
+pub fn capture_name(service: Service, method: &str, path: &str) -> Option<&'static str> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = method.to_ascii_uppercase();
+    Some(match service {
+        Service::Ghl => match (method.as_str(), segs.as_slice()) {
+            ("GET", ["contacts", ""] | ["contacts"]) => "ghl/list_contacts.json",
+            ("POST", ["contacts", ""] | ["contacts"]) => "ghl/create_contact.json",
+            ("POST", ["contacts", "upsert"]) => "ghl/upsert_contact.json",
+            ("POST", ["contacts", "search"]) => "ghl/search.json",
+            ("GET", ["contacts", "search", "duplicate"]) => "ghl/duplicate.json",
+            ("GET", ["contacts", "business", _]) => "ghl/contacts_by_business.json",
+            ("GET", ["contacts", _]) => "ghl/get_contact.json",
+            ("PUT", ["contacts", _]) => "ghl/update_contact.json",
+            ("DELETE", ["contacts", _]) => "ghl/delete_contact.json",
+            ("POST", ["contacts", _, "tags"]) => "ghl/add_tags.json",
+            ("DELETE", ["contacts", _, "tags"]) => "ghl/remove_tags.json",
+            ("GET", ["contacts", _, "tasks"]) => "ghl/tasks.json",
+            ("POST", ["contacts", _, "tasks"]) => "ghl/create_task.json",
+            ("GET", ["contacts", _, "tasks", _]) => "ghl/task.json",
+            ("PUT", ["contacts", _, "tasks", _]) => "ghl/update_task.json",
+            ("DELETE", ["contacts", _, "tasks", _]) => "ghl/delete_task.json",
+            ("PUT", ["contacts", _, "tasks", _, "completed"]) => "ghl/complete_task.json",
+            ("GET", ["contacts", _, "notes"]) => "ghl/notes.json",
+            ("POST", ["contacts", _, "notes"]) => "ghl/create_note.json",
+            ("GET", ["contacts", _, "notes", _]) => "ghl/note.json",
+            ("PUT", ["contacts", _, "notes", _]) => "ghl/update_note.json",
+            ("DELETE", ["contacts", _, "notes", _]) => "ghl/delete_note.json",
+            ("GET", ["contacts", _, "appointments"]) => "ghl/appointments.json",
+            ("GET", ["locations", _, "customFields"]) => "ghl/custom_fields.json",
+            ("POST", ["oauth", "token"]) => "ghl/oauth_token.json",
+            _ => return None,
+        },
+        Service::SproutVideo => match (method.as_str(), segs.as_slice()) {
+            ("GET", ["account"]) => "sproutvideo/account.json",
+            ("GET", ["videos"]) => "sproutvideo/videos.json",
+            ("GET", ["videos", _]) => "sproutvideo/video.json",
+            ("GET", ["logins"]) => "sproutvideo/logins.json",
+            ("GET" | "PUT", ["logins", _]) | ("POST", ["logins"]) => "sproutvideo/login.json",
+            ("GET", ["access_grants"]) => "sproutvideo/access_grants.json",
+            ("GET", ["access_grants", _]) | ("POST", ["access_grants"]) => "sproutvideo/access_grant.json",
+            ("GET", ["stats", "engagement", "sessions"]) => "sproutvideo/sessions.json",
+            ("GET", ["stats", "engagement", _, "sessions"]) => "sproutvideo/video_sessions.json",
+            _ => return None,
+        },
+    })
+}
+
+/// What a capture's further reads left out: answers that failed, and records there were none of.
+#[derive(Debug, Default)]
+struct Gaps {
+    failed: Vec<String>,
+    none: Vec<String>,
+}
+
+/// For a capture, the reads of one contact beyond the checks.
+async fn capture_ghl(ghl: &GhlClient, contact: Option<&shared::ghl::Contact>, gaps: &mut Gaps) {
+    let Some(c) = contact else {
+        gaps.none.push("a GHL contact (and its tasks, notes and appointments)".into());
+        return;
+    };
+    let failed = |what: &str, e: GhlError| format!("GHL {what} ({e})");
+    let unread = &mut gaps.failed;
+    if let Err(e) = ghl.get_contact(&c.id).await {
+        unread.push(failed("contact", e));
+    }
+    match ghl.list_tasks(&c.id).await {
+        Ok(tasks) => match tasks.first() {
+            Some(t) => {
+                if let Err(e) = ghl.get_task(&c.id, &t.id).await {
+                    unread.push(failed("task", e));
+                }
+            }
+            None => gaps.none.push("a GHL task".into()),
+        },
+        Err(e) => unread.push(failed("tasks", e)),
+    }
+    match ghl.list_notes(&c.id).await {
+        Ok(notes) => match notes.first() {
+            Some(n) => {
+                if let Err(e) = ghl.get_note(&c.id, &n.id).await {
+                    unread.push(failed("note", e));
+                }
+            }
+            None => gaps.none.push("a GHL note".into()),
+        },
+        Err(e) => unread.push(failed("notes", e)),
+    }
+    if let Err(e) = ghl.list_appointments(&c.id).await {
+        unread.push(failed("appointments", e));
+    }
+    match c.email.as_deref() {
+        Some(email) => {
+            if let Err(e) = ghl.find_duplicate(Some(email), None).await {
+                unread.push(failed("duplicate lookup", e));
+            }
+        }
+        None => gaps.none.push("the GHL duplicate lookup (the contact has no email)".into()),
+    }
+}
+
+/// The first video and login the checks read, for a capture's further reads.
+#[derive(Debug, Default)]
+struct FirstRecords {
+    video: Option<String>,
+    login: Option<String>,
+}
+
+/// For a capture, the reads of one video, one login, the access grants and one video's sessions.
+async fn capture_sprout(sv: &SproutClient, first: &FirstRecords, gaps: &mut Gaps) {
+    let unread = &mut gaps.failed;
+    match &first.video {
+        Some(v) => {
+            if let Err(e) = sv.get_video(v).await {
+                unread.push(format!("SproutVideo video ({e})"));
+            }
+            let q = SessionQuery::default();
+            if let Err(e) = sv.sessions_page(Some(v), &q, 1, 5).await {
+                unread.push(format!("SproutVideo sessions of a video ({e})"));
+            }
+        }
+        None => gaps.none.push("a SproutVideo video (and its sessions)".into()),
+    }
+    match &first.login {
+        Some(l) => {
+            if let Err(e) = sv.get_login(l).await {
+                unread.push(format!("SproutVideo login ({e})"));
+            }
+        }
+        None => gaps.none.push("a SproutVideo login".into()),
+    }
+    if let Err(e) = sv.page::<Value>(&["access_grants"], "access_grants", &[], 1, 5).await {
+        unread.push(format!("SproutVideo access grants ({e})"));
+    }
 }
 
 async fn aws(deps: &Deps, r: &mut DoctorReport) {
@@ -165,14 +341,13 @@ fn ghl_fix(e: &GhlError, scope: &str) -> String {
     }
 }
 
-async fn ghl(deps: &Deps, r: &mut DoctorReport, captured: &mut Vec<(String, Value)>) {
-    let ghl = &deps.ghl;
+/// The GHL checks; returns the first contact of the location, when there is one.
+async fn ghl(deps: &Deps, ghl: &GhlClient, r: &mut DoctorReport) -> Option<shared::ghl::Contact> {
     let location = ghl.location_id().to_string();
     let defs = match ghl.custom_fields().await {
         Ok(defs) => {
             r.pass("ghl", "token works for the location", format!("location {location}"));
             r.pass("ghl", "scope locations/customFields.readonly", format!("{} custom fields", defs.len()));
-            captured.push(("ghl/custom_fields.json".into(), serde_json::to_value(&defs).unwrap_or_default()));
             Some(defs)
         }
         Err(e) => {
@@ -190,16 +365,17 @@ async fn ghl(deps: &Deps, r: &mut DoctorReport, captured: &mut Vec<(String, Valu
         filters: vec![],
         sort: vec![],
     };
-    match ghl.search_page(&search).await {
+    let first = match ghl.search_page(&search).await {
         Ok(page) => {
             r.pass("ghl", "scope contacts.readonly", format!("{} contacts in the location", page.total.unwrap_or(0)));
-            captured.push(("ghl/search.json".into(), serde_json::to_value(&page).unwrap_or_default()));
+            page.contacts.into_iter().next()
         }
         Err(e) => {
             let fix = ghl_fix(&e, "contacts.readonly");
             r.fail("ghl", "scope contacts.readonly", e.to_string(), fix);
+            None
         }
-    }
+    };
     if let Some(defs) = defs {
         let mapping = &deps.config.mapping;
         let sample = WatchFacts {
@@ -249,6 +425,7 @@ async fn ghl(deps: &Deps, r: &mut DoctorReport, captured: &mut Vec<(String, Valu
             "the pacing falls back to the configured budget (GHL_BURST_MAX); check GHL_BASE_URL points at the API",
         ),
     }
+    first
 }
 
 /// A SproutVideo failure: what to do about it.
@@ -278,15 +455,15 @@ fn missing_keys(item: &Value, needed: &[&[&str]]) -> Vec<String> {
         .collect()
 }
 
-async fn sprout(deps: &Deps, r: &mut DoctorReport, captured: &mut Vec<(String, Value)>) {
-    use shared::sprout::session_fields as f;
-    let sv = &deps.sprout;
+/// The SproutVideo checks; returns the first video and login they read.
+async fn sprout(sv: &SproutClient, r: &mut DoctorReport) -> FirstRecords {
+    let mut first = FirstRecords::default();
     match sv.account().await {
         Ok(_) => r.pass("sproutvideo", "API key works", "account answered"),
         Err(e) => {
             let fix = sprout_fix(&e);
             r.fail("sproutvideo", "API key works", e.to_string(), fix);
-            return;
+            return first;
         }
     }
     let lists: [ListCheck; 2] = [
@@ -296,7 +473,12 @@ async fn sprout(deps: &Deps, r: &mut DoctorReport, captured: &mut Vec<(String, V
     for (name, path, key, needed) in lists {
         match sv.page::<Value>(path, key, &[], 1, 5).await {
             Ok(page) => {
-                captured.push((format!("sproutvideo/{name}.json"), page_json(key, &page.items, page.total)));
+                let id = page.items.first().and_then(|i| i["id"].as_str()).map(str::to_string);
+                if name == "videos" {
+                    first.video = id;
+                } else {
+                    first.login = id;
+                }
                 let missing: Vec<String> = page.items.iter().flat_map(|i| missing_keys(i, needed)).collect();
                 if !missing.is_empty() {
                     r.fail(
@@ -325,26 +507,6 @@ async fn sprout(deps: &Deps, r: &mut DoctorReport, captured: &mut Vec<(String, V
     let q = SessionQuery { start_date: None, end_date: None, vemail: None };
     match sv.sessions_page(None, &q, 1, MAX_PER_PAGE.min(20)).await {
         Ok(page) => {
-            let raw: Vec<Value> = page
-                .items
-                .iter()
-                .map(|s| {
-                    let mut m = s.extra.clone();
-                    for (k, v) in [
-                        (f::ID[0], s.id.clone().map(Value::from)),
-                        (f::VIDEO_ID[0], s.video_id.clone().map(Value::from)),
-                        (f::EMAIL[0], s.vemail.clone().map(Value::from)),
-                        (f::SECONDS[0], s.seconds_watched.map(Value::from)),
-                        (f::PERCENT[0], s.percent_watched.map(Value::from)),
-                    ] {
-                        if let Some(v) = v {
-                            m.insert(k.to_string(), v);
-                        }
-                    }
-                    Value::Object(m)
-                })
-                .collect();
-            captured.push(("sproutvideo/sessions.json".into(), page_json("sessions", &raw, page.total)));
             let with_email = page.items.iter().filter(|s| s.vemail.is_some()).count();
             r.pass(
                 "sproutvideo",
@@ -361,6 +523,7 @@ async fn sprout(deps: &Deps, r: &mut DoctorReport, captured: &mut Vec<(String, V
             r.fail("sproutvideo", "engagement sessions: shape", e.to_string(), fix);
         }
     }
+    first
 }
 
 fn dedup(mut v: Vec<String>) -> Vec<String> {
@@ -369,24 +532,26 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-fn page_json(key: &str, items: &[Value], total: Option<u64>) -> Value {
-    let mut m = Map::new();
-    m.insert(key.into(), Value::Array(items.to_vec()));
-    m.insert("total".into(), total.map(Value::from).unwrap_or(Value::Null));
-    Value::Object(m)
-}
-
-fn save(dir: &Path, captured: &[(String, Value)]) -> std::io::Result<usize> {
+/// Saves each answer, redacted, under its [`capture_name`] (the first answer of a name wins);
+/// returns how many files were written.
+fn save(dir: &Path, answers: &[(Service, RecordedAnswer)]) -> std::io::Result<usize> {
     let mut redactor = Redactor::default();
-    for (name, value) in captured {
+    let mut written = BTreeSet::new();
+    for (service, a) in answers {
+        let Some(name) = capture_name(*service, &a.method, &a.path) else {
+            continue;
+        };
+        if !written.insert(name) {
+            continue;
+        }
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let clean = redactor.redact(value, "");
+        let clean = redactor.redact(&a.body, "");
         std::fs::write(&path, serde_json::to_string_pretty(&clean).expect("JSON") + "\n")?;
     }
-    Ok(captured.len())
+    Ok(written.len())
 }
 
 /// Replaces personal data and identifiers, the same value always by the same stand-in, so the
@@ -426,7 +591,7 @@ impl Redactor {
             "phone"
         } else if k.contains("name") {
             "name"
-        } else if k == "id" || k.ends_with("_id") || k.ends_with("id") && k.len() > 2 {
+        } else if k == "id" || k.ends_with("_id") || k.ends_with("id") && k.len() > 2 || k == "searchafter" {
             "id"
         } else if s.contains('@') {
             "email"
