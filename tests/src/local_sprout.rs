@@ -461,7 +461,7 @@ fn respond(
     match (method.as_str(), segs.as_slice()) {
         ("GET", ["account"]) => (
             200,
-            json!({"id": "acc1", "company": "Local SproutVideo", "first_name": null, "last_name": null,
+            json!({"id": "acc1", "company": "Local SproutVideo", "first_name": "Local", "last_name": "Owner",
                    "download_sd": false, "download_hd": false}),
             None,
         ),

@@ -8,6 +8,7 @@
 
 mod contracts;
 mod doctor;
+mod fixtures;
 mod ghl_client;
 mod iam;
 mod intake;
