@@ -1,8 +1,13 @@
 //! `doctor` against moto and the local GHL and SproutVideo: all ✓ on a good setup, and the
 //! matching ✗ with its fix for a token of another location, a missing scope, a missing custom
-//! field and sessions answered under another key.
+//! field and sessions answered under another key; and a capture that can stand in for the
+//! contract fixtures.
 
+use std::path::PathBuf;
+
+use serde_json::json;
 use sync_tests::aws::{Stack, StackNames, StackSettings, require_emulator, secret_json};
+use sync_tests::fixtures::{self, cases, client_reads};
 use sync_tests::local_ghl::{GhlBehaviour, LocalGhl, TokenGrant};
 use sync_tests::local_sprout::{Generate, LocalSprout, SproutBehaviour};
 
@@ -24,12 +29,36 @@ struct Setup {
     grant: Option<TokenGrant>,
     define_field: bool,
     sessions_key: Option<&'static str>,
+    /// A GHL contact with a task, a note and an appointment, and a SproutVideo access grant.
+    records: bool,
+    capture: Option<PathBuf>,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Self { grant: None, define_field: true, sessions_key: None }
+        Self { grant: None, define_field: true, sessions_key: None, records: false, capture: None }
     }
+}
+
+/// A contact with a task, a note and an appointment in the local GHL at `base`.
+async fn seed_contact(ghl: &LocalGhl, base: &str) {
+    let id = ghl.insert_contact(LOC, json!({"email": "ada.capture@example.com", "firstName": "Ada"})).await;
+    let http = reqwest::Client::new();
+    for (kind, body) in [
+        ("tasks", json!({"title": "Call", "dueDate": "2030-01-01T10:00:00Z", "completed": false})),
+        ("notes", json!({"body": "Watched it"})),
+    ] {
+        let r = http
+            .post(format!("{base}contacts/{id}/{kind}"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Version", "2021-07-28")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    ghl.add_appointment(LOC, json!({"contactId": id, "title": "Call"})).await.unwrap();
 }
 
 async fn doctor(tag: &str, setup: Setup) -> reconciler::doctor::DoctorReport {
@@ -43,13 +72,16 @@ async fn doctor(tag: &str, setup: Setup) -> reconciler::doctor::DoctorReport {
     if setup.define_field {
         ghl.define_custom_field(LOC, "Last video", "contact.sv_last_video", "TEXT").await;
     }
+    if setup.records {
+        seed_contact(&ghl, &ghl_url).await;
+    }
     let mut sb = SproutBehaviour::default();
     if let Some(k) = setup.sessions_key {
         sb.renamed_list_keys.insert("sessions".into(), k.into());
     }
     let sprout = LocalSprout::new(sb);
     let sprout_url = format!("http://{}/v1", sprout.spawn("127.0.0.1:0").await.unwrap());
-    sprout
+    let generated = sprout
         .generate(Generate {
             viewers: 4,
             videos: 2,
@@ -59,6 +91,17 @@ async fn doctor(tag: &str, setup: Setup) -> reconciler::doctor::DoctorReport {
             ..Default::default()
         })
         .await;
+    if setup.records {
+        let login = sprout.add_login("grant.capture@example.com").await;
+        let r = reqwest::Client::new()
+            .post(format!("{sprout_url}/access_grants"))
+            .header("SproutVideo-Api-Key", "sv-key")
+            .json(&json!({"video_id": generated["videos"][0], "login_id": login}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
     let stack = Stack::create(
         StackNames::unique(tag),
         StackSettings::default(),
@@ -71,11 +114,13 @@ async fn doctor(tag: &str, setup: Setup) -> reconciler::doctor::DoctorReport {
     let config = stack.config(&ghl_url, &sprout_url, LOC, &[("SYNC_MAPPING_FILE", mapping.to_str().unwrap())]);
     let (_, deps) = reconciler::build(config).await.unwrap();
     ghl.clear_requests().await;
-    let report = reconciler::doctor::run(&deps, None).await;
+    let sprout_before = sprout.requests().await.len();
+    let report = reconciler::doctor::run(&deps, setup.capture.as_deref()).await;
     let writes: Vec<_> =
         ghl.requests().await.into_iter().filter(|r| r.method != "GET" && r.path != "/contacts/search").collect();
     assert!(writes.is_empty(), "doctor never writes to GHL: {writes:?}");
-    let sprout_writes: Vec<_> = sprout.requests().await.into_iter().filter(|r| r.method != "GET").collect();
+    let sprout_writes: Vec<_> =
+        sprout.requests().await.into_iter().skip(sprout_before).filter(|r| r.method != "GET").collect();
     assert!(sprout_writes.is_empty(), "doctor never writes to SproutVideo");
     println!("{}", report.table());
     report
@@ -138,4 +183,46 @@ async fn sessions_under_another_key_are_named_with_both_keys() {
     let r = doctor("doc-sessions", Setup { sessions_key: Some("engagement_sessions"), ..Default::default() }).await;
     let c = failed(&r, "engagement sessions: shape");
     assert!(c.detail.contains("\"sessions\"") && c.detail.contains("engagement_sessions"), "{c:?}");
+}
+
+#[tokio::test]
+async fn a_capture_saves_each_answer_under_its_fixture_name_and_the_clients_read_it() {
+    let dir = std::env::temp_dir().join(format!("sv-capture-{}", fastrand::u64(..)));
+    let r = doctor("doc-capture", Setup { records: true, capture: Some(dir.clone()), ..Default::default() }).await;
+    assert!(r.all_ok(), "{}", r.table());
+    let saved = fixtures::files(&dir);
+    let want = [
+        "ghl/appointments.json",
+        "ghl/custom_fields.json",
+        "ghl/duplicate.json",
+        "ghl/get_contact.json",
+        "ghl/note.json",
+        "ghl/notes.json",
+        "ghl/search.json",
+        "ghl/task.json",
+        "ghl/tasks.json",
+        "sproutvideo/access_grants.json",
+        "sproutvideo/account.json",
+        "sproutvideo/login.json",
+        "sproutvideo/logins.json",
+        "sproutvideo/sessions.json",
+        "sproutvideo/video.json",
+        "sproutvideo/video_sessions.json",
+        "sproutvideo/videos.json",
+    ];
+    assert_eq!(saved.iter().map(String::as_str).collect::<Vec<_>>(), want);
+    let text: String = saved.iter().map(|f| std::fs::read_to_string(dir.join(f)).unwrap()).collect();
+    for personal in ["ada.capture@example.com", "viewer0@example.com", "grant.capture@example.com", TOKEN, "sv-key"] {
+        assert!(!text.contains(personal), "{personal} left in the capture");
+    }
+
+    // Put in the fixtures' place, the capture is read by the same client calls.
+    let mut failures = Vec::new();
+    for case in cases().iter().filter(|c| saved.contains(c.file)) {
+        if let Err(e) = client_reads(&dir, case).await {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    std::fs::remove_dir_all(&dir).ok();
 }
