@@ -29,12 +29,9 @@ use url::Url;
 /// The location the fixtures and the calls use (the OpenAPI examples' location id).
 pub const LOCATION: &str = "ve9EPM428h8vShlRW1KT";
 
-/// The fixtures folder: `SYNC_FIXTURES_DIR`, else `tests/fixtures`.
+/// The fixtures folder, `tests/fixtures`.
 pub fn dir() -> PathBuf {
-    match std::env::var("SYNC_FIXTURES_DIR") {
-        Ok(d) => PathBuf::from(d),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
-    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
 /// A fixture (`ghl/get_contact.json`) of `dir`.
