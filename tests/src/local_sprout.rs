@@ -236,15 +236,13 @@ fn hex_id(s: &mut Store, len: usize) -> String {
 /// A list's records as SproutVideo lists them: by `created_at`, oldest first (the documented
 /// default order of videos, logins and access grants).
 fn by_created_at(s: &Store, records: &BTreeMap<String, Map<String, Value>>) -> Vec<Value> {
-    let mut items: Vec<(Option<DateTime<Utc>>, u64, &Map<String, Value>)> = records
-        .iter()
-        .map(|(id, m)| {
-            let at = m.get("created_at").and_then(Value::as_str).and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-            (at.map(|t| t.with_timezone(&Utc)), s.created.get(id).copied().unwrap_or(u64::MAX), m)
-        })
-        .collect();
-    items.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    items.into_iter().map(|(_, _, m)| Value::Object(m.clone())).collect()
+    let created = |id: &str, m: &Map<String, Value>| {
+        let at = m.get("created_at").and_then(Value::as_str).and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+        (at.map(|t| t.with_timezone(&Utc)), s.created.get(id).copied().unwrap_or(u64::MAX))
+    };
+    let mut items: Vec<(&String, &Map<String, Value>)> = records.iter().collect();
+    items.sort_by_key(|(id, m)| created(id, m));
+    items.into_iter().map(|(_, m)| Value::Object(m.clone())).collect()
 }
 
 fn ts(s: &Store, at: DateTime<Utc>) -> Value {
@@ -501,7 +499,7 @@ fn respond(
             if !others.is_empty() {
                 return (422, json!({ "error": others }), None);
             }
-            if !body["password"].as_str().is_some_and(|p| !p.is_empty()) {
+            if body["password"].as_str().is_none_or(str::is_empty) {
                 return (422, json!({"error": ["password is required"]}), None);
             }
             let stamp = ts(s, Utc::now());

@@ -11,8 +11,9 @@ pub(super) fn add_custom_field(s: &mut Store, location: &str, name: &str, field_
     let id = new_id();
     s.locations.entry(location.to_string()).or_default().custom_fields.push(json!({
         "id": id, "name": name, "fieldKey": field_key, "dataType": data_type,
-        "placeholder": "", "position": 0, "picklistOptions": [], "picklistImageOptions": [], "isAllowedCustomOption": false,
-        "isMultiFileAllowed": false, "maxFileLimit": 0, "locationId": location, "model": "contact",
+        "placeholder": "", "position": 0, "picklistOptions": [], "picklistImageOptions": [],
+        "isAllowedCustomOption": false, "isMultiFileAllowed": false, "maxFileLimit": 0, "locationId": location,
+        "model": "contact",
     }));
     id
 }

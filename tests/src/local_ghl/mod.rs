@@ -85,9 +85,10 @@ pub struct GhlBehaviour {
     /// Reject fractional seconds in task `dueDate`.
     pub strict_due_dates: bool,
     /// How long a contact write takes to show in `POST /contacts/search`, in milliseconds (0, the
-    /// default: at once; a change applies to writes already made). HighLevel's search index is eventually consistent: a write can take a
-    /// few seconds to show there, and only there (read a write back by id). Until then search
-    /// answers the contact as it was before (a new contact not at all; a deleted one still).
+    /// default: at once; a change applies to writes already made). HighLevel's search index is
+    /// eventually consistent: a write can take a few seconds to show there, and only there (read
+    /// a write back by id). Until then search answers the contact as it was before (a new contact
+    /// not at all; a deleted one still).
     /// Reads by id, the duplicate lookup, contacts by business and the deprecated list, which no
     /// document describes as lagging, read the contact as written.
     pub search_lag_ms: u64,

@@ -61,7 +61,10 @@ fn the_shape_rule_names_each_difference_by_its_path() {
         "next_page": null
     });
     let same = json!({
-        "contacts": [{"id": "b", "tags": [], "dnd": true, "phone": "+1666"}, {"id": "c", "tags": ["y", "z"], "dnd": false, "assignedTo": null, "phone": "+1777"}],
+        "contacts": [
+            {"id": "b", "tags": [], "dnd": true, "phone": "+1666"},
+            {"id": "c", "tags": ["y", "z"], "dnd": false, "assignedTo": null, "phone": "+1777"}
+        ],
         "total": 7.0,
         "next_page": "https://example.com/next"
     });
