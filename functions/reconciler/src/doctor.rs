@@ -628,6 +628,7 @@ mod tests {
                        {"id": "def", "email": "ada@example.com"}],
             "sessions": [{"video_id": "abc", "vemail": "ada@example.com", "seconds_watched": 12}],
             "contact": {"firstName": "Ada", "phone": "+14155552671", "fieldKey": "contact.plan"},
+            "searchAfter": [1764605190468_u64, "abc"],
             "access_token": "pit-123",
             "password": "video-pw",
             "embed_code": "<iframe src='https://videos.sproutvideo.com/embed/x/y?security_token=s'></iframe>",
@@ -649,6 +650,11 @@ mod tests {
         }
         assert_eq!(out["logins"][0]["email"], out["logins"][1]["email"], "the same person stays the same");
         assert_eq!(out["logins"][0]["id"], out["sessions"][0]["video_id"], "cross references survive");
+        assert_eq!(
+            out["searchAfter"],
+            json!([1764605190468_u64, out["logins"][0]["id"].clone()]),
+            "the cursor's id too"
+        );
         assert_eq!(out["logins"][0]["created_at"], "2026-11-01T00:00:00Z");
         assert_eq!(out["sessions"][0]["seconds_watched"], 12);
         assert_eq!(out["contact"]["fieldKey"], "contact.plan", "field keys are not personal");
