@@ -95,13 +95,28 @@ async fn requests_are_paced_to_the_per_minute_budget_and_429s_are_retried() {
 #[tokio::test]
 async fn the_client_limiter_holds_calls_past_its_budget() {
     let (sv, url) = start(SproutBehaviour::default()).await;
-    let c = client(&url, "k", 3);
+    // A deadline past the minute: a fourth call inside the minute waits for room.
+    let mut patient = settings(&url, 3);
+    patient.retry.deadline = Some(Duration::from_secs(120));
+    let c = SproutClient::new(patient, Arc::new(StaticKey(SecretString::from("k")))).unwrap();
     for _ in 0..3 {
         c.account().await.unwrap();
     }
     let blocked = tokio::time::timeout(Duration::from_millis(300), c.account()).await;
     assert!(blocked.is_err(), "a fourth call inside the minute waits");
     assert_eq!(sv.requests().await.len(), 3);
+
+    // A deadline inside the minute: the call ends at once, rate limited, and nothing is sent.
+    let c = client(&url, "k", 3);
+    for _ in 0..3 {
+        c.account().await.unwrap();
+    }
+    let err = tokio::time::timeout(Duration::from_secs(10), c.account())
+        .await
+        .expect("no wait past the deadline")
+        .unwrap_err();
+    assert!(matches!(err, SproutError::RateLimited { retry_after: Some(_) }), "{err:?}");
+    assert_eq!(sv.requests().await.len(), 6);
 }
 
 #[tokio::test]
