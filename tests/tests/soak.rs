@@ -41,6 +41,9 @@ async fn chaos_soak_loses_and_doubles_nothing() {
                         "write_then_fail_rate": 0.05, "slow_rate": 0.03, "slow_ms": 1200});
     let r = p.http.put(format!("{ghl_admin}/_admin/faults")).json(&faults).send().await.unwrap();
     assert_eq!(r.status(), 204);
+    // GHL's search sees writes two seconds late (the scheduled reconciliation reads through it).
+    let r = p.http.put(format!("{ghl_admin}/_admin/search-lag")).json(&json!({"ms": 2000})).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
 
     // Bob is in GHL already, with a phone some senders will also give other people.
     let (status, bob) = p

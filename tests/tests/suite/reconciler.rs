@@ -596,3 +596,17 @@ async fn an_unfinished_run_older_than_two_days_starts_over() {
     assert_eq!(later.people_seen as usize, e.people.len());
     assert!(lines.lock().unwrap().iter().any(|l| l.contains("starting over")), "{:?}", lines.lock().unwrap());
 }
+
+#[tokio::test]
+async fn contacts_written_moments_ago_are_not_missing_while_search_lags() {
+    let e = env("lag", 30).await;
+    // GHL's search sees writes only after a while; a minute here, so the whole test runs inside it.
+    e.ghl.set_search_lag(std::time::Duration::from_secs(60)).await;
+    let first = e.run(ReconcileInput::default()).await;
+    assert_eq!(first.to_create as usize, e.people.len());
+    e.drain().await;
+    // Right after: the search returns none of them yet; each is read by the id the sync recorded.
+    let again = e.run(ReconcileInput::default()).await;
+    assert_eq!((again.to_create, again.to_update, again.commands_queued), (0, 0, 0), "{again:?}");
+    assert_eq!(again.in_sync as usize, e.people.len());
+}
