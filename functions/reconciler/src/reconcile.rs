@@ -107,6 +107,11 @@ pub enum ReconcileError {
          without writing its checkpoint"
     )]
     LeaseLost,
+    #[error(
+        "this run's page data expired before it finished (it is kept three days); the run was dropped and \
+         the next invocation starts over"
+    )]
+    ScratchGone,
 }
 
 /// The lease that lets one run work at a time, renewed at every checkpoint.
@@ -523,7 +528,7 @@ impl Run<'_> {
                     let name = self.key(&format!("new#{}", self.cp.diff_index));
                     let emails: Vec<String> = match self.r.store.get_value(&name).await? {
                         Some(raw) => serde_json::from_str(&raw).unwrap_or_default(),
-                        None => Vec::new(),
+                        None => return Err(self.scratch_gone().await),
                     };
                     let queued = self.diff_people(&emails).await?;
                     progress(&format!(
@@ -541,6 +546,8 @@ impl Run<'_> {
                 }
                 Stage::Orphans => {
                     self.load_actual(progress).await?;
+                    // Untagging or deleting is done only by the run holding the lease.
+                    self.lease.renew(self.r.store.as_ref()).await?;
                     self.orphans().await?;
                     self.cp.stage = Stage::Done;
                     progress(&format!("orphans: {}", self.cp.report.orphans));
@@ -602,8 +609,15 @@ impl Run<'_> {
         }
         let n = new_people.len();
         if n > 0 {
-            new_people.sort();
+            // A list written by an attempt that failed before its checkpoint keeps its people
+            // (a page read again may have shifted).
             let name = self.key(&format!("new#{list}"));
+            if let Some(raw) = self.r.store.get_value(&name).await? {
+                let earlier: Vec<String> = serde_json::from_str(&raw).unwrap_or_default();
+                new_people.extend(earlier);
+            }
+            new_people.sort();
+            new_people.dedup();
             self.r
                 .store
                 .put_value(&name, &serde_json::to_string(&new_people).expect("list"), Some(SCRATCH_TTL))
@@ -612,7 +626,7 @@ impl Run<'_> {
         self.r.store.put_values(&writes, Some(SCRATCH_TTL)).await?;
         if n > 0 {
             self.cp.people_pages += 1;
-            self.cp.report.people_seen += n as u64;
+            self.cp.report.people_seen += new_people.len() as u64;
         }
         Ok(n)
     }
@@ -667,9 +681,10 @@ impl Run<'_> {
         let mut commands = Vec::new();
         let now = Utc::now();
         for email in emails {
-            let Some(agg) =
-                aggs.get(&self.key(&format!("p#{email}"))).and_then(|r| serde_json::from_str::<Aggregate>(r).ok())
-            else {
+            let Some(raw) = aggs.get(&self.key(&format!("p#{email}"))) else {
+                return Err(self.scratch_gone().await);
+            };
+            let Ok(agg) = serde_json::from_str::<Aggregate>(raw) else {
                 continue;
             };
             let origin = if agg.login { Origin::Login } else { Origin::Lead };
@@ -748,10 +763,21 @@ impl Run<'_> {
         }
         let n = commands.len();
         if !self.cp.input.dry_run && n > 0 {
+            // Nothing is queued by a run another one took over.
+            self.lease.renew(self.r.store.as_ref()).await?;
             self.r.queue.send(&commands).await?;
             self.cp.report.commands_queued += n as u64;
         }
         Ok(n)
+    }
+
+    /// The run's page data is gone (it expired): the run cannot finish correctly. Its checkpoint
+    /// is dropped, so the next invocation starts over.
+    async fn scratch_gone(&self) -> ReconcileError {
+        if let Err(e) = self.r.store.delete_value(checkpoint_name(self.cp.input.dry_run)).await {
+            return e.into();
+        }
+        ReconcileError::ScratchGone
     }
 
     /// The contact the sync recorded for a person the bulk search did not return, read by id:
@@ -761,8 +787,10 @@ impl Run<'_> {
         let Ok(e) = Email::parse(email) else { return Ok(None) };
         let Some(person) = self.r.store.person(&e).await? else { return Ok(None) };
         match self.r.ghl.get_contact(&person.contact_id).await {
-            Ok(c) => Ok(Some(c)),
-            Err(GhlError::NotFound { .. }) => Ok(None),
+            // Only while it still carries the person's email: a contact whose email was changed
+            // in GHL (or that was merged) is not theirs any more.
+            Ok(c) if c.email.as_deref().is_some_and(|m| m.trim().eq_ignore_ascii_case(email)) => Ok(Some(c)),
+            Ok(_) | Err(GhlError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }

@@ -538,10 +538,11 @@ async fn a_run_paused_past_its_lease_and_taken_over_stops_without_writing() {
         "reconcile_run",
     );
     let other = shared::state::Holder::new();
-    // The process stalls for two hours (a laptop asleep) after reading the first page, and
-    // another run takes the lapsed lease meanwhile.
+    // The process stalls for two hours (a laptop asleep) after its bulk read of GHL, just before
+    // it would queue the first people's commands, and another run takes the lapsed lease.
+    let stalled = std::sync::atomic::AtomicBool::new(false);
     let stall = |line: &str| {
-        if line.starts_with("videos") {
+        if line.starts_with("GHL: ") && !stalled.swap(true, std::sync::atomic::Ordering::SeqCst) {
             clock.advance(std::time::Duration::from_secs(2 * 3600));
             let took = futures::executor::block_on(store.claim(&lease_key, std::time::Duration::from_secs(60), &other));
             assert!(matches!(took.unwrap(), shared::state::Claim::Retake { .. }));
@@ -549,8 +550,10 @@ async fn a_run_paused_past_its_lease_and_taken_over_stops_without_writing() {
     };
     let err = e.reconciler.run(ReconcileInput::default(), None, &stall).await.unwrap_err();
     assert!(matches!(err, reconciler::reconcile::ReconcileError::LeaseLost), "{err}");
-    assert_eq!(store.get_value("reconcile#checkpoint").await.unwrap(), None, "no checkpoint written without the lease");
-    assert_eq!(e.stack.depth(&e.stack.queue_url).await.unwrap(), 0, "nothing queued");
+    assert!(stalled.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(e.stack.depth(&e.stack.queue_url).await.unwrap(), 0, "nothing queued after the lease was lost");
+    let cp: Value = serde_json::from_str(&store.get_value("reconcile#checkpoint").await.unwrap().unwrap()).unwrap();
+    assert_eq!(cp["diff_index"], 0, "the checkpoint was not advanced without the lease");
     // Its end did not release the other run's lease.
     assert!(matches!(e.reconciler.run(ReconcileInput::default(), None, &|_| {}).await, Err(ReconcileError::Busy)));
     store.release(&lease_key, &other).await.unwrap();
@@ -606,7 +609,10 @@ async fn contacts_written_moments_ago_are_not_missing_while_search_lags() {
     assert_eq!(first.to_create as usize, e.people.len());
     e.drain().await;
     // Right after: the search returns none of them yet; each is read by the id the sync recorded.
+    e.ghl.clear_requests().await;
     let again = e.run(ReconcileInput::default()).await;
+    let by_id = e.ghl.requests().await.iter().filter(|r| r.method == "GET" && r.path.starts_with("/contacts/")).count();
+    assert_eq!(by_id, e.people.len(), "every person was read by id: the search still lagged");
     assert_eq!((again.to_create, again.to_update, again.commands_queued), (0, 0, 0), "{again:?}");
     assert_eq!(again.in_sync as usize, e.people.len());
 }
