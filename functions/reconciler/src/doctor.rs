@@ -595,8 +595,12 @@ impl Redactor {
             "id"
         } else if s.contains('@') {
             "email"
-        } else {
+        } else if kept_as_is(&k) {
             return s.to_string();
+        } else {
+            // Anything else may be personal (a note's body, an address, a birthday, a custom
+            // field's value): only its type is kept.
+            "text"
         };
         if s.is_empty() {
             return String::new();
@@ -609,10 +613,33 @@ impl Redactor {
                 "email" => format!("person{n}@example.com"),
                 "phone" => format!("+1555010{:04}", n % 10_000),
                 "name" => format!("Name{n}"),
+                "text" => format!("text{n}"),
                 _ => format!("id{n:04}"),
             })
             .clone()
     }
+}
+
+/// The string fields a capture keeps as they are: times and the API's own enumerations, none
+/// of them about a person. Every other string is replaced.
+fn kept_as_is(key: &str) -> bool {
+    const ENUMS: &[&str] = &[
+        "type",
+        "datatype",
+        "status",
+        "state",
+        "appointmentstatus",
+        "privacy",
+        "timezone",
+        "token_type",
+        "usertype",
+        "scope",
+        "currency",
+        "model",
+        "position",
+    ];
+    let time = key.ends_with("_at") || key.ends_with("date") || key.ends_with("time") || key.starts_with("date");
+    (time && key != "dateofbirth") || ENUMS.contains(&key)
 }
 
 #[cfg(test)]
@@ -627,7 +654,15 @@ mod tests {
             "logins": [{"id": "abc", "email": "ada@example.com", "created_at": "2026-11-01T00:00:00Z"},
                        {"id": "def", "email": "ada@example.com"}],
             "sessions": [{"video_id": "abc", "vemail": "ada@example.com", "seconds_watched": 12}],
-            "contact": {"firstName": "Ada", "phone": "+14155552671", "fieldKey": "contact.plan"},
+            "contact": {"firstName": "Ada", "phone": "+14155552671", "fieldKey": "contact.plan",
+                        "address1": "1 Lovelace Row", "city": "Marylebone", "postalCode": "NW1 5LR",
+                        "dateOfBirth": "1815-12-10", "dateAdded": "2026-11-01T00:00:00Z",
+                        "customFields": [{"id": "cf1", "value": "Analytical Engine"}],
+                        "attributionSource": {"ip": "203.0.113.9", "userAgent": "Mozilla/5.0 Ada"}},
+            "notes": [{"id": "n1", "body": "Called Ada about the engine"}],
+            "tasks": [{"id": "t1", "title": "Call Ada back", "dueDate": "2026-12-01T00:00:00Z"}],
+            "appointments": [{"id": "a1", "title": "Demo", "notes": "bring the cards", "address": "Somerset House",
+                              "appointmentStatus": "confirmed"}],
             "searchAfter": [1764605190468_u64, "abc"],
             "access_token": "pit-123",
             "password": "video-pw",
@@ -645,6 +680,17 @@ mod tests {
             "video-pw",
             "security_token",
             "signature",
+            "Lovelace",
+            "Marylebone",
+            "NW1 5LR",
+            "1815-12-10",
+            "Analytical",
+            "203.0.113.9",
+            "Mozilla",
+            "Called Ada",
+            "Call Ada back",
+            "bring the cards",
+            "Somerset",
         ] {
             assert!(!text.contains(secret), "{secret} left in {text}");
         }
@@ -658,6 +704,10 @@ mod tests {
         assert_eq!(out["logins"][0]["created_at"], "2026-11-01T00:00:00Z");
         assert_eq!(out["sessions"][0]["seconds_watched"], 12);
         assert_eq!(out["contact"]["fieldKey"], "contact.plan", "field keys are not personal");
+        assert_eq!(out["contact"]["dateAdded"], "2026-11-01T00:00:00Z", "times are kept");
+        assert_eq!(out["tasks"][0]["dueDate"], "2026-12-01T00:00:00Z");
+        assert_eq!(out["appointments"][0]["appointmentStatus"], "confirmed", "the API's enumerations are kept");
+        assert!(out["notes"][0]["body"].is_string(), "a replaced value keeps its type");
     }
 
     #[test]

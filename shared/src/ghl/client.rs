@@ -554,14 +554,18 @@ impl GhlClient {
         if a.number > 1 {
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
         }
-        // A pause GHL asked for that outlasts the deadline ends the call rather than waiting.
-        let _slot = match self.limiter.acquire_within(a.time_left).await {
-            Ok(slot) => slot,
-            Err(left) => return Err(Failure::Final(GhlError::RateLimited { retry_after: Some(left) })),
-        };
+        // The credential first: the wait for a place in the window, taken last, is bounded by
+        // what is left of the deadline after it, so no request starts after the deadline.
+        let began = std::time::Instant::now();
         let token = self.tokens.token().await.map_err(|e| {
             if e.is_retryable() { Failure::NotApplied { error: e, wait: None } } else { Failure::Final(e) }
         })?;
+        // A pause GHL asked for, or a full window, that outlasts the deadline ends the call
+        // rather than waiting.
+        let _slot = match self.limiter.acquire_within(a.time_left.map(|t| t.saturating_sub(began.elapsed()))).await {
+            Ok(slot) => slot,
+            Err(left) => return Err(Failure::Final(GhlError::RateLimited { retry_after: Some(left) })),
+        };
         let mut rb = self
             .http
             .request(method.clone(), url.clone())

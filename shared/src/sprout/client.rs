@@ -341,14 +341,18 @@ impl SproutClient {
         a: Attempt,
         renewed: &AtomicBool,
     ) -> Result<T, Failure<SproutError>> {
-        // A pause SproutVideo asked for that outlasts the deadline ends the call rather than waiting.
-        let _slot = match self.limiter.acquire_within(a.time_left).await {
-            Ok(slot) => slot,
-            Err(left) => return Err(Failure::Final(SproutError::RateLimited { retry_after: Some(left) })),
-        };
+        // The key first: the wait for a place in the window, taken last, is bounded by what is
+        // left of the deadline after it.
+        let began = std::time::Instant::now();
         let key = self.keys.key().await.map_err(|e| {
             if e.is_retryable() { Failure::NotApplied { error: e, wait: None } } else { Failure::Final(e) }
         })?;
+        // A pause SproutVideo asked for, or a full window, that outlasts the deadline ends the
+        // call rather than waiting.
+        let _slot = match self.limiter.acquire_within(a.time_left.map(|t| t.saturating_sub(began.elapsed()))).await {
+            Ok(slot) => slot,
+            Err(left) => return Err(Failure::Final(SproutError::RateLimited { retry_after: Some(left) })),
+        };
         let mut rb = self
             .http
             .request(method.clone(), url.clone())
