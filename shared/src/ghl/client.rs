@@ -245,7 +245,8 @@ impl GhlClient {
     }
 
     /// Every contact matching `req`, paging on its own. With [`SearchPaging::SearchAfter`] the
-    /// cursor is the last hit's `searchAfter` value, so it goes past the 10,000-result cap.
+    /// cursor is the last hit's `searchAfter` (or `sort`) value, so it goes past the
+    /// 10,000-result cap; a full page without one is an error, never a short read.
     pub fn search(
         &self,
         req: SearchRequest,
@@ -285,18 +286,28 @@ impl GhlClient {
                 }
                 match st.paging {
                     SearchPaging::Pages => st.req.page = Some(st.req.page.unwrap_or(1) + 1),
-                    SearchPaging::SearchAfter => {
-                        let cursor = page
-                            .contacts
-                            .last()
-                            .and_then(|c| c.extra.get("searchAfter"))
+                    SearchPaging::SearchAfter if !st.done => {
+                        // The cursor's key is not settled in the documents: `searchAfter`, or
+                        // `sort` as in the search engine GHL's search is built on.
+                        let last = page.contacts.last();
+                        let cursor = last
+                            .and_then(|c| c.extra.get("searchAfter").or_else(|| c.extra.get("sort")))
                             .and_then(Value::as_array)
                             .cloned();
                         match cursor {
                             Some(c) => st.req.search_after = Some(c),
-                            None => st.done = true,
+                            // More may follow, and nothing says where: stop loudly, not short.
+                            None => {
+                                let found: Vec<&str> =
+                                    last.map(|c| c.extra.keys().map(String::as_str).collect()).unwrap_or_default();
+                                return Err(GhlError::Decode(format!(
+                                    "a full page of POST /contacts/search has no paging cursor on its last contact \
+                                     (expected `searchAfter` or `sort`; its other keys: {found:?})"
+                                )));
+                            }
                         }
                     }
+                    SearchPaging::SearchAfter => {}
                 }
                 st.buf.extend(page.contacts);
             }

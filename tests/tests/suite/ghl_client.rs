@@ -725,3 +725,52 @@ async fn a_malformed_secret_fails_calls_without_echoing_its_values() {
     assert!(!err.is_retryable(), "a person has to fix the secret");
     assert!(ghl.requests().await.is_empty());
 }
+
+/// A search page of two hits, each carrying `cursor_key` (or no cursor at all).
+fn search_page(cursor_key: Option<&str>, total: u64) -> Value {
+    let hit = |id: &str, at: u64| {
+        let mut c = json!({"id": id, "locationId": "loc", "email": format!("{id}@example.com"), "tags": []});
+        if let Some(k) = cursor_key {
+            c[k] = json!([at, id]);
+        }
+        c
+    };
+    json!({"contacts": [hit("c1", 1), hit("c2", 2)], "total": total})
+}
+
+fn search_request() -> SearchRequest {
+    SearchRequest {
+        location_id: String::new(),
+        page_limit: 2,
+        page: None,
+        search_after: None,
+        query: None,
+        filters: vec![],
+        sort: vec![],
+    }
+}
+
+#[tokio::test]
+async fn a_full_search_page_without_a_cursor_is_an_error_not_a_short_read() {
+    let server = sync_tests::fixtures::FixtureServer::start(vec![(
+        "POST".into(),
+        "/contacts/search".into(),
+        search_page(None, 10),
+    )])
+    .await;
+    let clients = sync_tests::fixtures::Clients::new(&server.ghl_base(), &server.sprout_base());
+    let read: Result<Vec<_>, _> = clients.ghl.search(search_request(), SearchPaging::SearchAfter).try_collect().await;
+    let err = read.expect_err("ten contacts, two read, and no way to the rest").to_string();
+    assert!(err.contains("searchAfter") && err.contains("sort"), "{err}");
+
+    // The cursor under `sort` pages as well as under `searchAfter`.
+    let server = sync_tests::fixtures::FixtureServer::start(vec![(
+        "POST".into(),
+        "/contacts/search".into(),
+        search_page(Some("sort"), 4),
+    )])
+    .await;
+    let clients = sync_tests::fixtures::Clients::new(&server.ghl_base(), &server.sprout_base());
+    let all: Vec<_> = clients.ghl.search(search_request(), SearchPaging::SearchAfter).try_collect().await.unwrap();
+    assert_eq!(all.len(), 4, "two pages read through the `sort` cursor");
+}
