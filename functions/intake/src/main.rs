@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
         queue: Arc::new(deps.queue.clone()),
         mapping: deps.config.mapping.clone(),
         ghl: deps.ghl.clone(),
-        store: deps.store.clone(),
+        conflicts: intake::view::ConflictReader::new(deps.store.clone()),
     });
     lambda_http::run(app).await.map_err(|e| anyhow::anyhow!(e))
 }

@@ -24,7 +24,6 @@ use shared::ghl::GhlClient;
 use shared::mapping::Mapping;
 use shared::queue::CommandQueue;
 use shared::secrets::SecretCache;
-use shared::state::StateStore;
 
 pub use self::extract::{ReadKey, Refusal, SignedEvent, WebhookBody};
 use crate::events::{self, InputError};
@@ -36,8 +35,8 @@ pub struct AppState {
     pub queue: Arc<dyn CommandQueue>,
     pub mapping: Arc<Mapping>,
     pub ghl: GhlClient,
-    /// Read by the one-view only (the sync's record of a person).
-    pub store: Arc<dyn StateStore>,
+    /// Read by the one-view only (a person's identity conflict).
+    pub conflicts: view::ConflictReader,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -139,7 +138,7 @@ async fn contact_view(State(state): State<AppState>, _: ReadKey, Path(email): Pa
         Ok(e) => e,
         Err(e) => return InputError::field("email", e.to_string()).into_response(),
     };
-    match view::contact_view(&state.ghl, state.store.as_ref(), &email).await {
+    match view::contact_view(&state.ghl, &state.conflicts, &email).await {
         Ok(Some(view)) => axum::Json(view).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("GHL has no contact with email {email}")),
         Err(e) => {

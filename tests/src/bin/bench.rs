@@ -495,7 +495,7 @@ fn intake_router() -> axum::Router {
         queue: Arc::new(CountingQueue(AtomicUsize::new(0))),
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl,
-        store: Arc::new(shared::state::MemoryStore::new()),
+        conflicts: intake::view::ConflictReader::new(Arc::new(shared::state::MemoryStore::new())),
     })
 }
 

@@ -44,7 +44,7 @@ async fn env(tag: &str) -> Env {
         queue: Arc::new(deps.queue.clone()),
         mapping: deps.config.mapping.clone(),
         ghl: deps.ghl.clone(),
-        store: deps.store.clone(),
+        conflicts: intake::view::ConflictReader::new(deps.store.clone()),
     });
     Env { stack, ghl, app, ghl_client: deps.ghl.clone() }
 }
@@ -217,7 +217,7 @@ async fn sqs_down_answers_503_so_the_sender_retries() {
         queue: Arc::new(deps_queue),
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl: e.ghl_client.clone(),
-        store: Arc::new(shared::state::MemoryStore::new()),
+        conflicts: intake::view::ConflictReader::new(Arc::new(shared::state::MemoryStore::new())),
     });
     let body = event("evt-400").to_string();
     let (status, v) = call(&app, signed(body.as_bytes(), CURRENT_KEY, now())).await;
@@ -351,7 +351,7 @@ fn offline_app(source: Arc<dyn SecretSource>, queue: Arc<CountingQueue>) -> axum
         queue,
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl,
-        store: Arc::new(shared::state::MemoryStore::new()),
+        conflicts: intake::view::ConflictReader::new(Arc::new(shared::state::MemoryStore::new())),
     })
 }
 

@@ -307,7 +307,7 @@ async fn one_view(env: &Env, w: &Worker, e: &str) -> Value {
         queue: Arc::new(deps.queue.clone()),
         mapping: deps.config.mapping.clone(),
         ghl: deps.ghl.clone(),
-        store: w.store.clone(),
+        conflicts: intake::view::ConflictReader::new(w.store.clone()),
     });
     let req = axum::http::Request::get(format!("/v1/contacts/{e}"))
         .header("authorization", "Bearer rk")
