@@ -23,7 +23,9 @@ use serde_json::{Value, json};
 use shared::ghl::*;
 use shared::retry::RetryPolicy;
 use shared::secrets::{MemorySecret, SecretCache};
-use shared::sprout::{AccessGrant, SessionQuery, SproutClient, SproutSettings, StaticKey, Video};
+use shared::sprout::{
+    AccessGrant, GrantLimits, NewAccessGrant, SessionQuery, SproutClient, SproutSettings, StaticKey, Video,
+};
 use url::Url;
 
 /// The location the fixtures and the calls use (the OpenAPI examples' location id).
@@ -71,6 +73,7 @@ pub struct Ids {
     pub business: String,
     pub video: String,
     pub login: String,
+    pub grant: String,
     pub custom_field: String,
 }
 
@@ -87,6 +90,7 @@ impl Ids {
             business: "641c094001436dbc2081e642".into(),
             video: "a098d2bbd33e1c328".into(),
             login: "4a9fdfb4191de6c4".into(),
+            grant: "2d9ac2b4de1c4b32".into(),
             custom_field: "MgobCB14YMVKuE4Ka8p1".into(),
         }
     }
@@ -205,6 +209,7 @@ const LIST_ITEM_OPTIONAL: &[&str] =
 /// Access grants: `allowed_plays` and `access_ends_at` are optional settings (null when unset).
 const GRANT_OPTIONAL: &[&str] = &["$.allowed_plays", "$.access_ends_at"];
 const GRANTS_OPTIONAL: &[&str] = &["$.access_grants[].allowed_plays", "$.access_grants[].access_ends_at"];
+const GRANTS_BULK_OPTIONAL: &[&str] = &["$[].allowed_plays", "$[].access_ends_at"];
 
 fn upsert_body(email: &str) -> UpsertContactDto {
     UpsertContactDto {
@@ -625,6 +630,45 @@ pub fn cases() -> Vec<Case> {
                 Ok(usize::from(grant.login_id.is_some() && grant.video_id.is_some()))
             }),
             optional: GRANT_OPTIONAL,
+        },
+        Case {
+            file: "sproutvideo/access_grant.json",
+            method: "GET",
+            path: |i| format!("/access_grants/{}", i.grant),
+            call: call!(|c, ids| {
+                let grant = c.sprout.get_access_grant(&ids.grant).await.map_err(text)?;
+                Ok(usize::from(grant.login_id.is_some() && grant.video_id.is_some()))
+            }),
+            optional: GRANT_OPTIONAL,
+        },
+        Case {
+            file: "sproutvideo/access_grant.json",
+            method: "PUT",
+            path: |i| format!("/access_grants/{}", i.grant),
+            call: call!(|c, ids| {
+                let limits = GrantLimits {
+                    allowed_plays: Some(Some(5)),
+                    access_ends_at: Some(Some("2030-04-15T00:00:00+00:00".into())),
+                };
+                let grant = c.sprout.update_access_grant(&ids.grant, &limits).await.map_err(text)?;
+                Ok(usize::from(grant.allowed_plays.is_some()))
+            }),
+            optional: GRANT_OPTIONAL,
+        },
+        Case {
+            file: "sproutvideo/access_grants_bulk.json",
+            method: "POST",
+            path: |_| "/access_grants/bulk".into(),
+            call: call!(|c, ids| {
+                let grant = |plays| NewAccessGrant {
+                    video_id: ids.video.clone(),
+                    login_id: ids.login.clone(),
+                    limits: GrantLimits { allowed_plays: Some(plays), access_ends_at: None },
+                };
+                let made = c.sprout.create_access_grants(&[grant(Some(5)), grant(None)]).await.map_err(text)?;
+                Ok(made.iter().filter(|g| g.login_id.is_some() && g.video_id.is_some()).count())
+            }),
+            optional: GRANTS_BULK_OPTIONAL,
         },
         Case {
             file: "sproutvideo/sessions.json",

@@ -402,7 +402,11 @@ async fn handle(State(sv): State<LocalSprout>, method: Method, uri: Uri, headers
     let mut s = sv.store.lock().await;
     let (status, body, retry_after) = respond(&mut s, &method, &path, &query, &headers, &body);
     s.log.push(SproutRequest { method: method.to_string(), path, query, status });
-    let mut resp = (StatusCode::from_u16(status).expect("status"), axum::Json(body)).into_response();
+    let mut resp = if status == 204 {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (StatusCode::from_u16(status).expect("status"), axum::Json(body)).into_response()
+    };
     if let Some(ra) = retry_after {
         resp.headers_mut().insert("retry-after", HeaderValue::from(ra));
     }
@@ -486,6 +490,15 @@ fn respond(
             let id = insert_login(s, email);
             (201, Value::Object(s.logins[&id].clone()), None)
         }
+        // A deleted login's grants go with it (UNCONFIRMED; the plausible reading of "a login
+        // can watch a video only if a grant exists for both").
+        ("DELETE", ["logins", id]) => match s.logins.remove(*id) {
+            Some(_) => {
+                s.grants.retain(|_, g| g["login_id"].as_str() != Some(*id));
+                (204, Value::Null, None)
+            }
+            None => err(404, "Not Found"),
+        },
         ("PUT", ["logins", id]) => {
             // The documented change of a login is its password; anything else is refused.
             let others: Vec<String> = body
@@ -515,29 +528,62 @@ fn respond(
             let items = by_created_at(s, &s.grants);
             paged(s, "access_grants", path, &q, items)
         }
-        ("POST", ["access_grants"]) => {
-            let (Some(v), Some(l)) = (body["video_id"].as_str(), body["login_id"].as_str()) else {
-                return (422, json!({"error": "video_id and login_id are required"}), None);
+        ("POST", ["access_grants"]) => match insert_grant(s, &body) {
+            Ok(id) => (201, Value::Object(s.grants[&id].clone()), None),
+            Err(e) => (422, json!({ "error": e }), None),
+        },
+        ("POST", ["access_grants", "bulk"]) => {
+            // The body is a JSON array of grants; all are checked before any is made.
+            let Some(list) = body.as_array() else {
+                return (422, json!({"error": "the body must be a JSON array of access grants"}), None);
             };
-            let id = hex_id(s, 16);
-            let now = ts(s, Utc::now());
-            let mut m = Map::new();
-            for (k, val) in [
-                ("id", json!(id)),
-                ("video_id", json!(v)),
-                ("login_id", json!(l)),
-                ("allowed_plays", body.get("allowed_plays").cloned().unwrap_or(Value::Null)),
-                ("access_ends_at", body.get("access_ends_at").cloned().unwrap_or(Value::Null)),
-                ("created_at", now.clone()),
-                ("updated_at", now),
-            ] {
-                m.insert(k.into(), val);
+            let refused: Vec<String> =
+                list.iter().enumerate().filter_map(|(i, g)| grant_error(g).map(|e| format!("[{i}]: {e}"))).collect();
+            if !refused.is_empty() {
+                return (422, json!({ "error": refused }), None);
             }
-            let seq = s.created.len() as u64;
-            s.created.insert(id.clone(), seq);
-            s.grants.insert(id, m.clone());
-            (201, Value::Object(m), None)
+            let made: Vec<Value> = list
+                .iter()
+                .map(|g| {
+                    let id = insert_grant(s, g).expect("checked above");
+                    Value::Object(s.grants[&id].clone())
+                })
+                .collect();
+            (201, Value::Array(made), None)
         }
+        ("GET", ["access_grants", id]) => match s.grants.get(*id) {
+            Some(g) => (200, Value::Object(g.clone()), None),
+            None => err(404, "Not Found"),
+        },
+        ("PUT", ["access_grants", id]) => {
+            // The documented settings of a grant; its login and video stay.
+            let refused: Vec<String> = body
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| !matches!(k.as_str(), "allowed_plays" | "access_ends_at"))
+                .map(|(k, _)| format!("{k} cannot be changed"))
+                .collect();
+            if !refused.is_empty() {
+                return (422, json!({ "error": refused }), None);
+            }
+            let stamp = ts(s, Utc::now());
+            match s.grants.get_mut(*id) {
+                Some(g) => {
+                    for (k, v) in body.as_object().into_iter().flatten() {
+                        g.insert(k.clone(), v.clone());
+                    }
+                    g.insert("updated_at".into(), stamp);
+                    (200, Value::Object(g.clone()), None)
+                }
+                None => err(404, "Not Found"),
+            }
+        }
+        // What SproutVideo answers to a delete is not documented: here, 204 without a body.
+        ("DELETE", ["access_grants", id]) => match s.grants.remove(*id) {
+            Some(_) => (204, Value::Null, None),
+            None => err(404, "Not Found"),
+        },
         ("GET", ["stats", "engagement", "sessions"]) => {
             let items = filter_sessions(s, None, &get);
             paged(s, "sessions", path, &q, items)
@@ -551,6 +597,41 @@ fn respond(
         }
         _ => err(404, "Not Found"),
     }
+}
+
+/// Why a grant to create is refused, if it is.
+fn grant_error(g: &Value) -> Option<String> {
+    if g["video_id"].as_str().is_none_or(str::is_empty) || g["login_id"].as_str().is_none_or(str::is_empty) {
+        return Some("video_id and login_id are required".into());
+    }
+    if g.get("allowed_plays").is_some_and(|p| !p.is_null() && !p.is_i64()) {
+        return Some("allowed_plays must be a whole number".into());
+    }
+    None
+}
+
+fn insert_grant(s: &mut Store, body: &Value) -> Result<String, String> {
+    if let Some(e) = grant_error(body) {
+        return Err(e);
+    }
+    let id = hex_id(s, 16);
+    let now = ts(s, Utc::now());
+    let mut m = Map::new();
+    for (k, val) in [
+        ("id", json!(id)),
+        ("video_id", body["video_id"].clone()),
+        ("login_id", body["login_id"].clone()),
+        ("allowed_plays", body.get("allowed_plays").cloned().unwrap_or(Value::Null)),
+        ("access_ends_at", body.get("access_ends_at").cloned().unwrap_or(Value::Null)),
+        ("created_at", now.clone()),
+        ("updated_at", now),
+    ] {
+        m.insert(k.into(), val);
+    }
+    let seq = s.created.len() as u64;
+    s.created.insert(id.clone(), seq);
+    s.grants.insert(id.clone(), m);
+    Ok(id)
 }
 
 fn filter_sessions(s: &Store, video: Option<&str>, get: &dyn Fn(&str) -> Option<String>) -> Vec<Value> {

@@ -193,6 +193,32 @@ impl SproutClient {
         self.call(Method::PUT, &["logins", id], &[], Some(&body)).await
     }
 
+    /// `DELETE /logins/{id}`. What SproutVideo answers (a body or none) is not documented;
+    /// any 2xx counts.
+    pub async fn delete_login(&self, id: &str) -> Result<(), SproutError> {
+        self.call::<(), serde::de::IgnoredAny>(Method::DELETE, &["logins", id], &[], None).await.map(|_| ())
+    }
+
+    pub async fn get_access_grant(&self, id: &str) -> Result<AccessGrant, SproutError> {
+        self.call(Method::GET, &["access_grants", id], &[], None::<&()>).await
+    }
+
+    /// `POST /access_grants/bulk`: several grants in one request; the body is a JSON array of
+    /// grants, the answer the grants created.
+    pub async fn create_access_grants(&self, grants: &[NewAccessGrant]) -> Result<Vec<AccessGrant>, SproutError> {
+        self.call(Method::POST, &["access_grants", "bulk"], &[], Some(grants)).await
+    }
+
+    /// `PUT /access_grants/{id}` with the grant's documented settings.
+    pub async fn update_access_grant(&self, id: &str, limits: &GrantLimits) -> Result<AccessGrant, SproutError> {
+        self.call(Method::PUT, &["access_grants", id], &[], Some(limits)).await
+    }
+
+    /// `DELETE /access_grants/{id}`: the login can no longer watch the video. Any 2xx counts.
+    pub async fn delete_access_grant(&self, id: &str) -> Result<(), SproutError> {
+        self.call::<(), serde::de::IgnoredAny>(Method::DELETE, &["access_grants", id], &[], None).await.map(|_| ())
+    }
+
     pub async fn list_access_grants(&self) -> Result<Vec<AccessGrant>, SproutError> {
         self.all(&["access_grants"], "access_grants", &[]).await
     }
@@ -394,7 +420,9 @@ impl SproutClient {
             if let Some(r) = &self.recorder {
                 r.keep(method.as_str(), &self.settings.base_url, url, &bytes);
             }
-            return serde_json::from_slice(&bytes).map_err(|e| Failure::Final(SproutError::Decode(e.to_string())));
+            // An empty answer reads as null: a call that expects a record fails on it loudly.
+            let json: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"null" } else { &bytes };
+            return serde_json::from_slice(json).map_err(|e| Failure::Final(SproutError::Decode(e.to_string())));
         }
         let message = error_message(&bytes, status);
         match status {

@@ -88,6 +88,25 @@ pub struct AccessGrant {
     pub extra: Map<String, Value>,
 }
 
+/// A grant to create: `login_id` may watch `video_id`, with the optional limits.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NewAccessGrant {
+    pub video_id: String,
+    pub login_id: String,
+    #[serde(flatten)]
+    pub limits: GrantLimits,
+}
+
+/// A grant's documented settings (`null` clears one).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct GrantLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_plays: Option<Option<i64>>,
+    /// RFC 3339, e.g. `2030-04-15T00:00:00+00:00`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_ends_at: Option<Option<String>>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Account {
     #[serde(default)]

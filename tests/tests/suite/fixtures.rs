@@ -205,6 +205,7 @@ async fn seeded_sprout(ids: &mut Ids) -> (LocalSprout, SocketAddr) {
         videos.push(sv.add_video(seed).await);
     }
     let logins = [sv.add_login("viewer@example.com").await, sv.add_login("second@example.com").await];
+    let mut grants = Vec::new();
     for login in &logins {
         let r = reqwest::Client::new()
             .post(format!("http://{addr}/v1/access_grants"))
@@ -215,6 +216,8 @@ async fn seeded_sprout(ids: &mut Ids) -> (LocalSprout, SocketAddr) {
             .await
             .unwrap();
         assert!(r.status().is_success());
+        let made: Value = r.json().await.unwrap();
+        grants.push(made["id"].as_str().unwrap().to_string());
     }
     for email in ["viewer@example.com", "second@example.com"] {
         sv.add_session(SessionSeed {
@@ -228,6 +231,7 @@ async fn seeded_sprout(ids: &mut Ids) -> (LocalSprout, SocketAddr) {
     }
     ids.video = videos[0].clone();
     ids.login = logins[0].clone();
+    ids.grant = grants[0].clone();
     (sv, addr)
 }
 

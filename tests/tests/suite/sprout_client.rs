@@ -449,3 +449,45 @@ async fn a_login_change_other_than_its_password_is_refused() {
     let login = client(&url, "key", 1000).get_login(&id).await.unwrap();
     assert_eq!(login.email.as_deref(), Some("kept@example.com"));
 }
+
+#[tokio::test]
+async fn access_grants_are_made_in_bulk_limited_and_taken_away() {
+    let (sv, url) = start(SproutBehaviour::default()).await;
+    let c = client(&url, "sv-key", 10_000);
+    let course = [
+        sv.add_video(VideoSeed { title: "Course A, part 1".into(), ..Default::default() }).await,
+        sv.add_video(VideoSeed { title: "Course A, part 2".into(), ..Default::default() }).await,
+    ];
+    let login = c.create_login("buyer@example.com", &SecretString::from("a-strong-one")).await.unwrap();
+    let grant = |video: &str, plays| NewAccessGrant {
+        video_id: video.into(),
+        login_id: login.id.clone(),
+        limits: GrantLimits { allowed_plays: Some(plays), access_ends_at: None },
+    };
+    let made = c.create_access_grants(&[grant(&course[0], Some(3)), grant(&course[1], None)]).await.unwrap();
+    assert_eq!(made.len(), 2);
+    assert_eq!((made[0].allowed_plays, made[1].allowed_plays), (Some(3), None));
+
+    // One bad grant in a bulk request: refused whole, naming it; nothing is made.
+    let bad = NewAccessGrant { login_id: String::new(), ..grant(&course[0], None) };
+    let err = c.create_access_grants(&[grant(&course[0], None), bad]).await.unwrap_err();
+    assert!(matches!(&err, SproutError::Invalid { status: 422, .. }) && err.to_string().contains("[1]"), "{err}");
+    assert_eq!(c.list_access_grants().await.unwrap().len(), 2);
+
+    // Limits change; a null clears one.
+    let until = "2030-04-15T00:00:00+00:00".to_string();
+    let limits = GrantLimits { allowed_plays: Some(None), access_ends_at: Some(Some(until)) };
+    let changed = c.update_access_grant(&made[0].id, &limits).await.unwrap();
+    assert_eq!(changed.allowed_plays, None);
+    assert!(changed.access_ends_at.is_some());
+    assert_eq!(c.get_access_grant(&made[0].id).await.unwrap(), changed);
+
+    // Taken away: the grant, then the login with the grants it had left.
+    c.delete_access_grant(&made[0].id).await.unwrap();
+    assert!(matches!(c.get_access_grant(&made[0].id).await, Err(SproutError::NotFound(_))));
+    assert!(matches!(c.delete_access_grant(&made[0].id).await, Err(SproutError::NotFound(_))));
+    assert_eq!(c.list_access_grants().await.unwrap().len(), 1);
+    c.delete_login(&login.id).await.unwrap();
+    assert!(c.list_access_grants().await.unwrap().is_empty(), "a deleted login's grants go with it");
+    assert!(matches!(c.get_login(&login.id).await, Err(SproutError::NotFound(_))));
+}
