@@ -11,7 +11,8 @@ use shared::identity::Email;
 use shared::state::{Claim, Holder, PersonState, StateError, StateStore};
 
 /// Delegates to `inner`, except that batch writes (`put_values`) and writes of one named value
-/// fail as [`FaultyStore::fail_batch_writes`] and [`FaultyStore::fail_writes_of`] say.
+/// fail as [`FaultyStore::fail_batch_writes`] and [`FaultyStore::fail_writes_of`] say, and that
+/// [`FaultyStore::after_next_claim`] runs once a claim is taken (what happens meanwhile).
 pub struct FaultyStore {
     pub inner: Arc<dyn StateStore>,
     batch_write_failures: AtomicU32,
@@ -20,6 +21,7 @@ pub struct FaultyStore {
     value: std::sync::Mutex<Option<String>>,
     value_write_failures: AtomicU32,
     value_writes_before: AtomicU32,
+    after_claim: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl FaultyStore {
@@ -31,7 +33,14 @@ impl FaultyStore {
             value: std::sync::Mutex::new(None),
             value_write_failures: AtomicU32::new(0),
             value_writes_before: AtomicU32::new(0),
+            after_claim: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Runs `f` once, right after the next claim is taken and before its answer is returned:
+    /// a claim answered late, after the world moved on.
+    pub fn after_next_claim(&self, f: impl FnOnce() + Send + 'static) {
+        *self.after_claim.lock().expect("lock") = Some(Box::new(f));
     }
 
     /// After `after` more successful writes of the value `name`, the next `count` fail.
@@ -61,7 +70,12 @@ impl StateStore for FaultyStore {
         self.inner.put_person(email, p).await
     }
     async fn claim(&self, key: &IdempotencyKey, lease: Duration, holder: &Holder) -> Result<Claim, StateError> {
-        self.inner.claim(key, lease, holder).await
+        let claim = self.inner.claim(key, lease, holder).await;
+        let hook = self.after_claim.lock().expect("lock").take();
+        if let Some(f) = hook {
+            f();
+        }
+        claim
     }
     async fn complete(&self, key: &IdempotencyKey, result: &str) -> Result<(), StateError> {
         self.inner.complete(key, result).await

@@ -456,97 +456,22 @@ async fn a_rule_acts_once_whichever_path_saw_the_watch_first() {
     assert_eq!(lead["tasks"].as_array().unwrap().len(), 1, "one task");
 }
 
-/// The state store of a worker whose first claim is answered only after its lease ran out, by
-/// which time another worker took the command over.
-struct SlowFirstClaim {
-    inner: Arc<MemoryStore>,
-    clock: ManualClock,
-    other: Holder,
-    slowed: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl StateStore for SlowFirstClaim {
-    async fn person(&self, e: &Email) -> Result<Option<shared::state::PersonState>, shared::state::StateError> {
-        self.inner.person(e).await
-    }
-    async fn put_person(&self, e: &Email, p: &shared::state::PersonState) -> Result<(), shared::state::StateError> {
-        self.inner.put_person(e, p).await
-    }
-    async fn claim(
-        &self,
-        key: &shared::commands::IdempotencyKey,
-        lease: Duration,
-        holder: &Holder,
-    ) -> Result<Claim, shared::state::StateError> {
-        let c = self.inner.claim(key, lease, holder).await;
-        if !self.slowed.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            self.clock.advance(lease + Duration::from_secs(1));
-            let taken = self.inner.claim(key, lease, &self.other).await.unwrap();
-            assert_eq!(taken, Claim::Retake { attempts: 2 });
-        }
-        c
-    }
-    async fn complete(&self, key: &shared::commands::IdempotencyKey, r: &str) -> Result<(), shared::state::StateError> {
-        self.inner.complete(key, r).await
-    }
-    async fn defer_claim(
-        &self,
-        key: &shared::commands::IdempotencyKey,
-        grace: Duration,
-        holder: &Holder,
-    ) -> Result<(), shared::state::StateError> {
-        self.inner.defer_claim(key, grace, holder).await
-    }
-    async fn release(
-        &self,
-        key: &shared::commands::IdempotencyKey,
-        holder: &Holder,
-    ) -> Result<(), shared::state::StateError> {
-        self.inner.release(key, holder).await
-    }
-    async fn renew_claim(
-        &self,
-        key: &shared::commands::IdempotencyKey,
-        lease: Duration,
-        holder: &Holder,
-    ) -> Result<bool, shared::state::StateError> {
-        self.inner.renew_claim(key, lease, holder).await
-    }
-    async fn is_done(&self, key: &shared::commands::IdempotencyKey) -> Result<bool, shared::state::StateError> {
-        self.inner.is_done(key).await
-    }
-    async fn get_value(&self, name: &str) -> Result<Option<String>, shared::state::StateError> {
-        self.inner.get_value(name).await
-    }
-    async fn put_value(&self, n: &str, v: &str, ttl: Option<Duration>) -> Result<(), shared::state::StateError> {
-        self.inner.put_value(n, v, ttl).await
-    }
-    async fn delete_value(&self, name: &str) -> Result<(), shared::state::StateError> {
-        self.inner.delete_value(name).await
-    }
-    async fn get_values(
-        &self,
-        names: &[String],
-    ) -> Result<std::collections::HashMap<String, String>, shared::state::StateError> {
-        self.inner.get_values(names).await
-    }
-    async fn put_values(&self, v: &[(String, String)], ttl: Option<Duration>) -> Result<(), shared::state::StateError> {
-        self.inner.put_values(v, ttl).await
-    }
-}
-
 #[tokio::test]
 async fn an_attempt_slower_than_its_lease_writes_nothing_once_another_took_the_command_over() {
     let mut w = World::new().await;
     w.worker.process_batch(vec![msg("u", &upsert("e0", "slow@example.com"))]).await;
-    w.worker.store = Arc::new(SlowFirstClaim {
-        inner: w.store.clone(),
-        clock: w.clock.clone(),
-        other: Holder::new(),
-        slowed: Default::default(),
-    });
+    // The worker's first claim is answered only after its lease ran out, by which time another
+    // worker took the command over.
+    let slow = Arc::new(sync_tests::faulty_store::FaultyStore::new(w.store.clone()));
+    let (store, clock, other) = (w.store.clone(), w.clock.clone(), Holder::new());
     let n = note("e1", "slow@example.com", "Only once");
+    let key = n.key.clone();
+    slow.after_next_claim(move || {
+        clock.advance(LEASE + Duration::from_secs(1));
+        let taken = futures::executor::block_on(store.claim(&key, LEASE, &other)).unwrap();
+        assert_eq!(taken, Claim::Retake { attempts: 2 });
+    });
+    w.worker.store = slow;
     let slow = w.worker.process_batch(vec![msg("n", &n)]).await;
     assert_eq!(slow.failed, vec!["n".to_string()], "retried: {slow:?}");
     assert_eq!(w.count("POST", "/notes").await, 0, "the slow attempt did not write behind the other's back");
