@@ -42,8 +42,14 @@ pub struct Config {
     pub ghl_request_timeout: Duration,
     /// No GHL retry starts this long after a call began (`GHL_RETRY_DEADLINE_MS`, 60000).
     pub ghl_retry_deadline: Duration,
-    /// How many workers share the GHL budget (`WORKER_MAX_CONCURRENCY`, 2).
-    pub worker_concurrency: u32,
+    /// The fleet's shared GHL budget per location: requests per day (`GHL_DAILY_MAX`, 200000),
+    /// places of each window and requests of each day left to interactive reads
+    /// (`GHL_INTERACTIVE_RESERVE`, 2; `GHL_DAILY_RESERVE`, 2000), and how late a request may reach
+    /// GHL after it starts (`GHL_ARRIVAL_MARGIN_MS`, 150).
+    pub ghl_daily_max: u64,
+    pub ghl_interactive_reserve: u32,
+    pub ghl_daily_reserve: u64,
+    pub ghl_arrival_margin: Duration,
     /// Commands applied at once inside one worker batch (`WORKER_BATCH_CONCURRENCY`, 4).
     pub batch_concurrency: usize,
     /// First retry delay of a failed message, doubling per receive (`WORKER_RETRY_BASE_SECS`, 5).
@@ -93,9 +99,17 @@ impl Config {
             }
             None => Mapping::default_mapping(),
         };
-        let worker_concurrency: u32 = num(&get, "WORKER_MAX_CONCURRENCY", 2)?;
-        if worker_concurrency == 0 {
-            return Err(ConfigError::Invalid("WORKER_MAX_CONCURRENCY", "0".into(), "must be at least 1".into()));
+        let ghl_burst_max: u32 = num(&get, "GHL_BURST_MAX", 100)?;
+        if ghl_burst_max == 0 {
+            return Err(ConfigError::Invalid("GHL_BURST_MAX", "0".into(), "must be at least 1".into()));
+        }
+        let ghl_interactive_reserve: u32 = num(&get, "GHL_INTERACTIVE_RESERVE", 2)?;
+        if ghl_interactive_reserve >= ghl_burst_max {
+            return Err(ConfigError::Invalid(
+                "GHL_INTERACTIVE_RESERVE",
+                ghl_interactive_reserve.to_string(),
+                format!("must be less than GHL_BURST_MAX ({ghl_burst_max}), or background work could never call GHL"),
+            ));
         }
         Ok(Self {
             secret_id: need("SYNC_SECRET_ID", "set it to the name or ARN of the sync's Secrets Manager secret")?,
@@ -105,11 +119,14 @@ impl Config {
             table: need("SYNC_TABLE", "set it to the name of the sync's DynamoDB state table")?,
             ghl_base_url: url("GHL_BASE_URL", crate::ghl::DEFAULT_BASE_URL)?,
             ghl_location_id: need("GHL_LOCATION_ID", "set it to the HighLevel sub-account (location) id")?,
-            ghl_burst_max: num(&get, "GHL_BURST_MAX", 100)?,
+            ghl_burst_max,
             ghl_burst_interval: Duration::from_millis(num(&get, "GHL_BURST_INTERVAL_MS", 10_000)?),
             ghl_request_timeout: Duration::from_millis(num(&get, "GHL_REQUEST_TIMEOUT_MS", 15_000)?.max(100)),
             ghl_retry_deadline: Duration::from_millis(num(&get, "GHL_RETRY_DEADLINE_MS", 60_000)?.max(100)),
-            worker_concurrency,
+            ghl_daily_max: num(&get, "GHL_DAILY_MAX", 200_000)?,
+            ghl_interactive_reserve,
+            ghl_daily_reserve: num(&get, "GHL_DAILY_RESERVE", 2_000)?,
+            ghl_arrival_margin: Duration::from_millis(num(&get, "GHL_ARRIVAL_MARGIN_MS", 150)?),
             batch_concurrency: num(&get, "WORKER_BATCH_CONCURRENCY", 4usize)?.max(1),
             retry_base_secs: num(&get, "WORKER_RETRY_BASE_SECS", 5u64)?.max(1),
             sprout_base_url: url("SPROUTVIDEO_BASE_URL", crate::sprout::DEFAULT_BASE_URL)?,
@@ -128,15 +145,29 @@ impl Config {
         (self.ghl_retry_deadline + self.ghl_request_timeout) * 2
     }
 
-    /// GHL client settings: this process gets 1/`worker_concurrency` of the burst budget.
+    /// GHL client settings. The process's own limiter may use the whole window: the fleet's
+    /// shared budget ([`Config::budget_settings`]) divides it between processes.
     pub fn ghl_settings(&self) -> crate::ghl::GhlSettings {
         let mut s = crate::ghl::GhlSettings::new(self.ghl_base_url.clone(), self.ghl_location_id.clone());
         s.burst_max = self.ghl_burst_max;
         s.burst_interval = self.ghl_burst_interval;
-        s.budget_share = 1.0 / self.worker_concurrency as f64;
+        s.budget_share = 1.0;
         s.request_timeout = self.ghl_request_timeout;
         s.retry.deadline = Some(self.ghl_retry_deadline);
         s
+    }
+
+    /// The fleet's shared GHL budget of the location.
+    pub fn budget_settings(&self) -> crate::budget::BudgetSettings {
+        crate::budget::BudgetSettings {
+            max: self.ghl_burst_max,
+            interval: self.ghl_burst_interval,
+            daily_max: self.ghl_daily_max,
+            interactive_reserve: self.ghl_interactive_reserve,
+            daily_reserve: self.ghl_daily_reserve,
+            arrival_margin: self.ghl_arrival_margin,
+            ..Default::default()
+        }
     }
 
     pub fn sprout_settings(&self) -> crate::sprout::SproutSettings {
@@ -183,7 +214,8 @@ mod tests {
     fn defaults_fill_the_rest() {
         let c = Config::from_lookup(env(BASE)).unwrap();
         assert_eq!(c.ghl_burst_max, 100);
-        assert_eq!(c.ghl_settings().budget_share, 0.5);
+        assert_eq!(c.ghl_settings().budget_share, 1.0);
+        assert_eq!(c.budget_settings(), crate::budget::BudgetSettings::default());
         assert_eq!(c.ghl_base_url.as_str(), "https://services.leadconnectorhq.com/");
         assert_eq!(c.lookback_days, 7);
     }
@@ -196,6 +228,10 @@ mod tests {
         bad.push(("GHL_BURST_MAX", "lots"));
         let e = Config::from_lookup(env(&bad)).unwrap_err().to_string();
         assert!(e.contains("GHL_BURST_MAX='lots'"), "{e}");
+        let mut bad = BASE.to_vec();
+        bad.push(("GHL_INTERACTIVE_RESERVE", "100"));
+        let e = Config::from_lookup(env(&bad)).unwrap_err().to_string();
+        assert!(e.contains("GHL_INTERACTIVE_RESERVE='100'") && e.contains("less than GHL_BURST_MAX"), "{e}");
         let mut bad = BASE.to_vec();
         bad.push(("SYNC_MAPPING_FILE", "/nonexistent/mapping.toml"));
         assert!(Config::from_lookup(env(&bad)).unwrap_err().to_string().contains("/nonexistent/mapping.toml"));

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::budget::{FleetBudget, Lane};
 use crate::config::Config;
 use crate::ghl::{GhlClient, SecretTokenProvider, TokenRefresh};
 use crate::queue::SqsQueue;
@@ -15,7 +16,11 @@ pub struct Deps {
     pub config: Config,
     pub aws: aws_config::SdkConfig,
     pub secrets: Arc<SecretCache>,
+    /// Draws from the location's shared budget in the bulk lane; a process serving people
+    /// (the intake's one-view) takes [`Deps::budget`] in the interactive lane instead.
     pub ghl: GhlClient,
+    /// The location's GHL budget, shared through the state table by the whole fleet.
+    pub budget: Arc<FleetBudget>,
     /// Reads `sproutvideo_api_key` on every call; a missing key is an error of the call.
     pub sprout: SproutClient,
     pub queue: SqsQueue,
@@ -40,11 +45,13 @@ impl Deps {
             config.secret_ttl,
         ));
         let tokens = Arc::new(SecretTokenProvider::new(secrets.clone(), &config.ghl_base_url, refresh));
-        let ghl = GhlClient::new(config.ghl_settings(), tokens)?;
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), config.table.clone()));
+        let budget =
+            Arc::new(FleetBudget::new(store.clone(), config.ghl_location_id.clone(), config.budget_settings()));
+        let ghl = GhlClient::new(config.ghl_settings(), tokens)?.with_budget(budget.clone(), Lane::Bulk);
         let sprout = SproutClient::new(config.sprout_settings(), Arc::new(SecretApiKey::new(secrets.clone())))?;
         let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), config.queue_url.clone(), config.dlq_url.clone());
-        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), config.table.clone()));
-        Ok(Self { config, aws, secrets, ghl, sprout, queue, store })
+        Ok(Self { config, aws, secrets, ghl, budget, sprout, queue, store })
     }
 }
 

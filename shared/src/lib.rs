@@ -6,6 +6,7 @@
 //! function's own logic lives in its crate. Nothing here sees a Lambda type.
 
 pub mod aws;
+pub mod budget;
 pub mod commands;
 pub mod config;
 pub mod deps;

@@ -142,7 +142,6 @@ impl Stack {
             ("GHL_BASE_URL", ghl_base),
             ("GHL_LOCATION_ID", location),
             ("SPROUTVIDEO_BASE_URL", sprout_base),
-            ("WORKER_MAX_CONCURRENCY", "1"),
             ("SPROUTVIDEO_PER_MINUTE", "1000"),
         ]
         .iter()

@@ -363,3 +363,52 @@ pub async fn queue_contract<Q: CommandQueue + WorkerQueues>(queue: &Q, probe: &d
     queue.delay_retry(&handle, 900).await.unwrap();
     queue.delay_retry(&handle, -5).await.unwrap();
 }
+
+/// The budget store contract: a record is written only over the version that was read, and
+/// processes taking starts from one record at once are never granted more than its window.
+pub async fn budget_store_contract(store: std::sync::Arc<dyn shared::budget::BudgetStore>, ns: &str) {
+    use shared::budget::{BudgetError, BudgetSettings, FleetBudget, Lane, WindowState};
+
+    let loc = format!("{ns}-versions");
+    assert_eq!(store.load_budget(&loc).await.unwrap(), None);
+    let mut st = WindowState { day_used: 1, ..Default::default() };
+    assert!(store.swap_budget(&loc, None, &st).await.unwrap(), "the first record is written");
+    assert!(!store.swap_budget(&loc, None, &st).await.unwrap(), "a second first record is refused");
+    let (read, v1) = store.load_budget(&loc).await.unwrap().unwrap();
+    assert_eq!(read, st);
+    st.day_used = 2;
+    assert!(store.swap_budget(&loc, Some(v1), &st).await.unwrap());
+    assert!(!store.swap_budget(&loc, Some(v1), &st).await.unwrap(), "a write over a stale version is refused");
+    let (read, v2) = store.load_budget(&loc).await.unwrap().unwrap();
+    assert_eq!((read.day_used, v2 > v1), (2, true));
+
+    // Four processes of one location, all busy, on a window that frees nothing during the test.
+    let loc = format!("{ns}-fleet");
+    let settings = BudgetSettings {
+        max: 20,
+        interval: Duration::from_secs(600),
+        interactive_reserve: 2,
+        batch_max: 3,
+        ..Default::default()
+    };
+    let fleet: Vec<_> =
+        (0..4).map(|_| std::sync::Arc::new(FleetBudget::new(store.clone(), loc.clone(), settings.clone()))).collect();
+    let take_all = |b: std::sync::Arc<FleetBudget>, lane: Lane| async move {
+        let mut got = 0;
+        loop {
+            match b.take(lane, Some(Duration::from_millis(50))).await {
+                Ok(()) => got += 1,
+                Err(BudgetError::Full(_)) => return got,
+                Err(e) => panic!("unexpected: {e}"),
+            }
+        }
+    };
+    let bulk: Vec<u32> = futures::future::join_all(fleet.iter().map(|b| tokio::spawn(take_all(b.clone(), Lane::Bulk))))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(bulk.iter().sum::<u32>(), 18, "bulk work stops two short of the window: {bulk:?}");
+    assert_eq!(take_all(fleet[0].clone(), Lane::Interactive).await, 2, "the reserve is left for a person's view");
+    assert_eq!(fleet[1].snapshot().await.unwrap().used(), 20);
+}

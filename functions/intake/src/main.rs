@@ -22,7 +22,8 @@ async fn main() -> anyhow::Result<()> {
         secrets: deps.secrets.clone(),
         queue: Arc::new(deps.queue.clone()),
         mapping: deps.config.mapping.clone(),
-        ghl: deps.ghl.clone(),
+        // A person waits for the one-view: its reads take the interactive lane of the budget.
+        ghl: deps.ghl.with_budget(deps.budget.clone(), shared::budget::Lane::Interactive),
         conflicts: intake::view::ConflictReader::new(deps.store.clone()),
     });
     lambda_http::run(app).await.map_err(|e| anyhow::anyhow!(e))

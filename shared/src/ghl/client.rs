@@ -30,6 +30,7 @@ use url::Url;
 use super::error::GhlError;
 use super::models::*;
 use super::token::TokenProvider;
+use crate::budget::{BudgetError, FleetBudget, Lane, Observed};
 use crate::http::Recorder;
 use crate::pacing::RateLimiter;
 use crate::retry::{Attempt, Failure, MAX_SERVER_WAIT, Replay, RetryPolicy, Stop, drive, parse_retry_after};
@@ -49,7 +50,9 @@ pub struct GhlSettings {
     /// Burst budget per interval (GHL's default: 100 per 10 s).
     pub burst_max: u32,
     pub burst_interval: Duration,
-    /// This process's share of the burst budget (1 / number of concurrent workers).
+    /// This process's share of the burst budget in its own limiter (1.0 unless a test splits
+    /// it); the fleet's shared budget ([`GhlClient::with_budget`]) is what divides the window
+    /// between processes.
     pub budget_share: f64,
     /// Per-attempt timeout.
     pub request_timeout: Duration,
@@ -115,6 +118,9 @@ pub struct GhlClient {
     settings: Arc<GhlSettings>,
     tokens: Arc<dyn TokenProvider>,
     limiter: Arc<RateLimiter>,
+    /// The location's budget shared by every process of the fleet, and the lane this client's
+    /// calls take in it.
+    budget: Option<(Arc<FleetBudget>, Lane)>,
     stats: Arc<GhlStats>,
     /// No call is made before this instant: the daily quota is spent.
     quota_blocked_until: Arc<Mutex<Option<Instant>>>,
@@ -145,6 +151,7 @@ impl GhlClient {
             settings: Arc::new(settings),
             tokens,
             limiter,
+            budget: None,
             stats: Arc::new(GhlStats::new()),
             quota_blocked_until: Arc::new(Mutex::new(None)),
             recorder: None,
@@ -154,6 +161,17 @@ impl GhlClient {
     /// The same client, also keeping every JSON answer it reads, as received, in `recorder`.
     pub fn recording(&self, recorder: Arc<Recorder>) -> Self {
         Self { recorder: Some(recorder), ..self.clone() }
+    }
+
+    /// The same client, taking a start from the fleet's shared budget of its location before
+    /// every request, in `lane`.
+    pub fn with_budget(&self, budget: Arc<FleetBudget>, lane: Lane) -> Self {
+        Self { budget: Some((budget, lane)), ..self.clone() }
+    }
+
+    /// The shared budget this client draws from, if any.
+    pub fn budget(&self) -> Option<&Arc<FleetBudget>> {
+        self.budget.as_ref().map(|(b, _)| b)
     }
 
     /// The same client with another retry policy (for example a shorter deadline).
@@ -577,6 +595,22 @@ impl GhlClient {
             Ok(slot) => slot,
             Err(left) => return Err(Failure::Final(GhlError::RateLimited { retry_after: Some(left) })),
         };
+        if let Some((budget, lane)) = &self.budget {
+            let left = a.time_left.map(|t| t.saturating_sub(began.elapsed()));
+            match budget.take(*lane, left).await {
+                Ok(()) => {}
+                Err(BudgetError::Full(wait)) => {
+                    return Err(Failure::Final(GhlError::RateLimited { retry_after: Some(wait) }));
+                }
+                Err(BudgetError::DaySpent(retry_in)) => {
+                    self.stats.daily_quota_refusals.fetch_add(1, Ordering::Relaxed);
+                    return Err(Failure::Final(GhlError::DailyQuotaExhausted { retry_in }));
+                }
+                Err(e @ BudgetError::Store(_)) => {
+                    return Err(Failure::NotApplied { error: GhlError::BudgetUnavailable(e.to_string()), wait: None });
+                }
+            }
+        }
         let mut rb = self
             .http
             .request(method.clone(), url.clone())
@@ -631,6 +665,9 @@ impl GhlClient {
                     .unwrap_or_else(|| self.settings.retry.backoff(a.number))
                     .min(MAX_SERVER_WAIT);
                 self.limiter.pause(wait).await;
+                if let Some((budget, _)) = &self.budget {
+                    budget.pause(wait).await;
+                }
                 Err(Failure::NotApplied { error: GhlError::RateLimited { retry_after }, wait: Some(wait) })
             }
             StatusCode::UNAUTHORIZED if !renewed.swap(true, Ordering::SeqCst) => {
@@ -667,7 +704,18 @@ impl GhlClient {
         if let Some(r) = remaining {
             self.stats.last_remaining.store(r, Ordering::Relaxed);
         }
-        if let Some(d) = header_u64(h, "x-ratelimit-daily-remaining") {
+        let daily_remaining = header_u64(h, "x-ratelimit-daily-remaining");
+        if let Some((budget, _)) = &self.budget {
+            let o = Observed {
+                max: max.map(|m| m.min(u32::MAX as u64) as u32),
+                interval: interval.map(|i| i.min(MAX_SERVER_WAIT)),
+                remaining: remaining.map(|r| r.min(u32::MAX as u64) as u32),
+                daily_max: header_u64(h, "x-ratelimit-limit-daily"),
+                daily_remaining,
+            };
+            budget.observe(o).await;
+        }
+        if let Some(d) = daily_remaining {
             self.stats.last_daily_remaining.store(d, Ordering::Relaxed);
             if d == 0 {
                 self.block_until_daily_reset(None);

@@ -50,6 +50,11 @@ pub enum GhlError {
     #[error("GHL may have applied the write: {reason}")]
     MayHaveWritten { reason: String },
 
+    /// The fleet's shared request budget (in the state table) could not be read or written, so
+    /// no request was sent.
+    #[error("{0}")]
+    BudgetUnavailable(String),
+
     /// The request never got an answer (connection refused, DNS, reset before sending).
     #[error("could not reach GHL: {0}")]
     Transport(String),
@@ -79,6 +84,7 @@ impl GhlError {
             Self::RateLimited { .. }
                 | Self::DailyQuotaExhausted { .. }
                 | Self::CredentialUnavailable(_)
+                | Self::BudgetUnavailable(_)
                 | Self::Server { .. }
                 | Self::MayHaveWritten { .. }
                 | Self::Transport(_)

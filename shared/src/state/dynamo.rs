@@ -420,3 +420,50 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Res
         .map_err(|e| state_error(&e))?;
     Ok(())
 }
+
+#[async_trait]
+impl crate::budget::BudgetStore for DynamoStore {
+    async fn load_budget(&self, location: &str) -> Result<Option<(crate::budget::WindowState, u64)>, StateError> {
+        let pk = crate::budget::budget_pk(location);
+        let Some(item) = self.get(&pk).await? else { return Ok(None) };
+        let state = get_s(&item, "state")
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .ok_or_else(|| StateError::Corrupt(pk.clone()))?;
+        let ver = get_n(&item, "ver").ok_or_else(|| StateError::Corrupt(pk.clone()))?;
+        Ok(Some((state, ver as u64)))
+    }
+
+    async fn swap_budget(
+        &self,
+        location: &str,
+        expected: Option<u64>,
+        state: &crate::budget::WindowState,
+    ) -> Result<bool, StateError> {
+        let pk = crate::budget::budget_pk(location);
+        let text = serde_json::to_string(state).map_err(|e| StateError::Rejected(e.to_string()))?;
+        let ver = expected.map_or(1, |v| v + 1);
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&pk))
+            .item("state", s(&text))
+            .item("ver", n(ver as i64))
+            .item("expires_at", expiry(crate::budget::BUDGET_TTL));
+        req = match expected {
+            // An expired record DynamoDB has not deleted yet counts as none.
+            None => req
+                .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+                .expression_attribute_values(":now", n(now())),
+            Some(v) => req
+                .condition_expression("ver = :v AND expires_at >= :now")
+                .expression_attribute_values(":v", n(v as i64))
+                .expression_attribute_values(":now", n(now())),
+        };
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(state_error(&e)),
+        }
+    }
+}

@@ -67,6 +67,7 @@ enum Entry {
     Pending { lease_until_ms: i64, attempts: u32, holder: String },
     Done { result: String },
     Value(String),
+    Budget { state: crate::budget::WindowState, ver: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -318,5 +319,42 @@ impl StateStore for MemoryStore {
             self.items().extend(items);
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl crate::budget::BudgetStore for MemoryStore {
+    async fn load_budget(&self, location: &str) -> Result<Option<(crate::budget::WindowState, u64)>, StateError> {
+        let pk = crate::budget::budget_pk(location);
+        check_read(&pk)?;
+        match self.live(&mut self.items(), &pk) {
+            None => Ok(None),
+            Some(Entry::Budget { state, ver }) => Ok(Some((state, ver))),
+            Some(_) => Err(corrupt(&pk)),
+        }
+    }
+
+    async fn swap_budget(
+        &self,
+        location: &str,
+        expected: Option<u64>,
+        state: &crate::budget::WindowState,
+    ) -> Result<bool, StateError> {
+        let pk = crate::budget::budget_pk(location);
+        let text = serde_json::to_string(state).map_err(|e| StateError::Rejected(e.to_string()))?;
+        check_write(&pk, item_bytes(&[("pk", pk.len()), ("state", text.len()), ("ver", 8), EXPIRES_BYTES]))?;
+        let mut items = self.items();
+        let current = match self.live(&mut items, &pk) {
+            None => None,
+            Some(Entry::Budget { ver, .. }) => Some(ver),
+            Some(_) => return Err(corrupt(&pk)),
+        };
+        if current != expected {
+            return Ok(false);
+        }
+        let ver = expected.map_or(1, |v| v + 1);
+        let expires_at = Some(self.expiry(crate::budget::BUDGET_TTL));
+        items.insert(pk, Item { entry: Entry::Budget { state: state.clone(), ver }, expires_at });
+        Ok(true)
     }
 }

@@ -304,7 +304,7 @@ async fn throughput_at_limit() -> anyhow::Result<Vec<Row>> {
     eprintln!("bench: throughput at the limit (3 workers, window 100 requests / 1 s)...");
     let window = GhlBehaviour { burst_max: 100, burst_interval_ms: 1000, ..Default::default() };
     let w = world("thru", window).await?;
-    let extra = [("GHL_BURST_MAX", "100"), ("GHL_BURST_INTERVAL_MS", "1000"), ("WORKER_MAX_CONCURRENCY", "3")];
+    let extra = [("GHL_BURST_MAX", "100"), ("GHL_BURST_INTERVAL_MS", "1000")];
     let workers = [w.worker(&extra).await?, w.worker(&extra).await?, w.worker(&extra).await?];
     let people = 240;
     let started = Instant::now();

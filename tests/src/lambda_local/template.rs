@@ -719,7 +719,7 @@ mod tests {
         assert!(worker.sqs[0].report_batch_item_failures);
         assert_eq!(worker.environment["SYNC_QUEUE_URL"], "http://sqs/q.fifo");
         assert_eq!(worker.environment["GHL_LOCATION_ID"], "loc1");
-        assert_eq!(worker.environment["WORKER_MAX_CONCURRENCY"], "2");
+        assert_eq!(worker.environment["GHL_BURST_MAX"], "100");
 
         let intake = by("sv-intake");
         assert_eq!(intake.timeout, Duration::from_secs(10));

@@ -260,3 +260,19 @@ async fn sqs_keeps_the_queue_contract() {
     let q = SqsQueue::new(stack.sqs.clone(), stack.queue_url.clone(), Some(stack.dlq_url.clone()));
     queue_contract(&q, &SqsProbe(&stack), "sqs").await;
 }
+
+#[tokio::test]
+async fn the_memory_store_keeps_the_budget_contract() {
+    sync_tests::contract::budget_store_contract(Arc::new(MemoryStore::new()), "mem").await;
+}
+
+#[tokio::test]
+async fn dynamodb_keeps_the_budget_contract() {
+    require_emulator();
+    let stack = Stack::create(StackNames::unique("budget"), StackSettings::default(), None).await.unwrap();
+    sync_tests::contract::budget_store_contract(
+        Arc::new(DynamoStore::new(stack.ddb.clone(), &stack.names.table)),
+        "ddb",
+    )
+    .await;
+}
