@@ -352,7 +352,7 @@ impl FleetBudget {
         &self.settings
     }
 
-    fn from_stash(&self, lane: Lane) -> bool {
+    fn take_stashed(&self, lane: Lane) -> bool {
         let mut s = self.stash[lane_index(lane)].lock().unwrap_or_else(|e| e.into_inner());
         if s.left > 0 && s.until.is_some_and(|u| u > Instant::now()) {
             s.left -= 1;
@@ -370,12 +370,12 @@ impl FleetBudget {
         self.waiting[i].fetch_add(1, Ordering::SeqCst);
         let r = async {
             loop {
-                if self.from_stash(lane) {
+                if self.take_stashed(lane) {
                     return Ok(());
                 }
                 let wait = {
                     let _round = self.rounds[i].lock().await;
-                    if self.from_stash(lane) {
+                    if self.take_stashed(lane) {
                         return Ok(());
                     }
                     let want = self.waiting[i].load(Ordering::SeqCst).clamp(1, self.settings.batch_max.max(1));
