@@ -75,7 +75,7 @@ impl Default for BudgetSettings {
             daily_max: 200_000,
             interactive_reserve: 2,
             daily_reserve: 2_000,
-            start_within: Duration::from_millis(100),
+            start_within: Duration::from_millis(50),
             arrival_margin: Duration::from_millis(150),
             batch_max: 8,
         }
@@ -413,6 +413,7 @@ impl FleetBudget {
                 return Ok(d);
             }
             if self.store.swap_budget(&self.location, ver, &st).await.map_err(BudgetError::Store)? {
+                self.saw(&st);
                 return Ok(d);
             }
             tokio::time::sleep(Duration::from_millis(fastrand::u64(0..3))).await;
@@ -428,8 +429,12 @@ impl FleetBudget {
             Some((st, v)) => (st, Some(v)),
             None => (WindowState::default(), None),
         };
-        *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = st.clone();
+        self.saw(&st);
         Ok((st, ver))
+    }
+
+    fn saw(&self, st: &WindowState) {
+        *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = st.clone();
     }
 
     /// Changes the record with `f` (true: it changed), retrying on a version conflict.
@@ -440,6 +445,7 @@ impl FleetBudget {
                 return Ok(());
             }
             if self.store.swap_budget(&self.location, ver, &st).await.map_err(BudgetError::Store)? {
+                self.saw(&st);
                 return Ok(());
             }
         }

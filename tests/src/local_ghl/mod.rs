@@ -218,6 +218,9 @@ pub struct LoggedRequest {
     pub body: Value,
     /// What the local GHL answered (null when dropped).
     pub response: Value,
+    /// When the request arrived and was counted in the rate window (unix ms).
+    #[serde(default)]
+    pub at_ms: i64,
 }
 
 #[derive(Debug, Default)]

@@ -45,8 +45,9 @@ pub(super) async fn handle(
         .map(str::to_string);
 
     // Faults, auth and the rate window are decided under the lock; latency is slept outside it.
-    let (pre, delay, fault) = {
+    let (pre, delay, fault, at_ms) = {
         let mut s = ghl.store.lock().await;
+        let at_ms = chrono::Utc::now().timestamp_millis();
         let fault = take_fault(&mut s.faults, &method, &path);
         let mut delay = Duration::from_millis(s.faults.latency_ms);
         if s.faults.slow_rate > 0.0 && fastrand::f64() < s.faults.slow_rate {
@@ -56,7 +57,7 @@ pub(super) async fn handle(
             delay += Duration::from_millis(*ms);
         }
         let pre = gatekeep(&mut s, token.as_deref(), &headers, &fault);
-        (pre, delay, fault)
+        (pre, delay, fault, at_ms)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -73,6 +74,7 @@ pub(super) async fn handle(
                     status: 0,
                     body: parsed_body.clone(),
                     response: Value::Null,
+                    at_ms,
                 });
                 drop(s);
                 // Ends the connection without an answer (no panic message is printed).
@@ -116,6 +118,7 @@ pub(super) async fn handle(
             status: reply.status.as_u16(),
             body: parsed_body,
             response: garbled.clone().map(Value::String).unwrap_or_else(|| body.clone()),
+            at_ms,
         });
     }
     let cut_off = (fault == Some(FaultKind::CutOff)).then(|| serde_json::to_vec(&body).expect("JSON body"));
