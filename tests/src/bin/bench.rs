@@ -350,7 +350,12 @@ async fn fleet_at_real_window() -> anyhow::Result<Vec<Row>> {
     let workers = [w.worker(&[]).await?, w.worker(&[]).await?, w.worker(&[]).await?];
     let vid = w
         .sprout
-        .add_video(VideoSeed { title: "Intro".into(), duration: Some(300.0), require_email: true, ..Default::default() })
+        .add_video(VideoSeed {
+            title: "Intro".into(),
+            duration: Some(300.0),
+            require_email: true,
+            ..Default::default()
+        })
         .await;
     for i in 0..recon_people {
         w.sprout
@@ -442,7 +447,14 @@ async fn fleet_at_real_window() -> anyhow::Result<Vec<Row>> {
                 report.commands_queued
             ),
         ),
-        row("429 answers during the fleet run", limited as f64, "429s", 0.0, "none expected", "one budget for the fleet"),
+        row(
+            "429 answers during the fleet run",
+            limited as f64,
+            "429s",
+            0.0,
+            "none expected",
+            "one budget for the fleet",
+        ),
         row(
             "GHL requests per person, lead.captured then note.create as sent",
             event_requests as f64 / people as f64,

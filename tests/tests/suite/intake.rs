@@ -469,3 +469,65 @@ fn the_published_event_schema_is_the_one_generated_from_the_intake_types() {
          UPDATE_SCHEMA=1 cargo test -p sync-tests --test suite intake::the_published_event_schema\nand commit the result"
     );
 }
+
+#[tokio::test]
+async fn a_persons_view_answers_from_its_reserve_while_writes_saturate_the_location() {
+    use shared::budget::{BudgetSettings, FleetBudget, Lane};
+    use shared::ghl::{GhlClient, GhlSettings, StaticToken, UpsertContactDto};
+    // GHL's window, time-scaled: 20 requests per 4 s. A view costs five reads (the lookup, then
+    // contact, tasks, notes and appointments), and five places of each window are kept for views.
+    let ghl = LocalGhl::new(GhlBehaviour { burst_max: 20, burst_interval_ms: 4000, ..Default::default() });
+    let base = url::Url::parse(&format!("http://{}/", ghl.spawn("127.0.0.1:0").await.unwrap())).unwrap();
+    ghl.insert_contact(LOC, json!({"email": "ada@example.com", "firstName": "Ada"})).await;
+    let store = Arc::new(shared::state::MemoryStore::new());
+    let budget =
+        BudgetSettings { max: 20, interval: Duration::from_secs(4), interactive_reserve: 5, ..Default::default() };
+    let client = |deadline: Duration, lane: Lane| {
+        let mut s = GhlSettings::new(base.clone(), LOC);
+        (s.burst_max, s.burst_interval, s.retry.deadline) = (20, Duration::from_secs(4), Some(deadline));
+        let fleet = Arc::new(FleetBudget::new(store.clone(), LOC, budget.clone()));
+        GhlClient::new(s, Arc::new(StaticToken(SecretString::from("pit")))).unwrap().with_budget(fleet.clone(), lane)
+    };
+    // A worker's backlog: forty new people at once, more than two windows' worth.
+    let writer = client(Duration::from_secs(60), Lane::Bulk);
+    let writes: Vec<_> = (0..40)
+        .map(|i| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                let body = UpsertContactDto {
+                    email: Some(format!("backlog{i}@example.com")),
+                    location_id: LOC.into(),
+                    ..Default::default()
+                };
+                writer.upsert_contact(&body).await.map(|_| ())
+            })
+        })
+        .collect();
+    // Once the writes fill every place they may take, a person asks for Ada's view, ready to
+    // wait one second: a place freed by the writes would come only after the four-second window.
+    let fleet = writer.budget().unwrap().clone();
+    while fleet.snapshot().await.unwrap().used() < 15 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secret = secret_json(WEBHOOK_TOKEN, &[CURRENT_KEY], READ_KEY, "pit", None);
+    let app = intake::router(intake::AppState {
+        secrets: Arc::new(SecretCache::new(Arc::new(FixedSecret(secret)), Duration::from_secs(600))),
+        queue: Arc::new(CountingQueue(AtomicUsize::new(0))),
+        mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
+        ghl: client(Duration::from_secs(1), Lane::Interactive),
+        conflicts: intake::view::ConflictReader::new(store.clone()),
+    });
+    let view = Request::get("/v1/contacts/ada@example.com")
+        .header("authorization", format!("Bearer {READ_KEY}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = call(&app, view).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["contact"]["firstName"], "Ada", "{body}");
+    for w in writes {
+        w.await.unwrap().expect("every write is applied in later windows");
+    }
+    let log = ghl.requests().await;
+    assert_eq!(log.iter().filter(|r| r.status == 429).count(), 0, "nobody tripped GHL's window");
+    assert_eq!(log.len(), 45, "forty writes and five reads");
+}
