@@ -26,7 +26,7 @@
 //! handle on it, and [`BudgetStore`] is where the record is kept (DynamoDB, or memory in tests).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -290,6 +290,19 @@ pub enum BudgetError {
     Store(StateError),
 }
 
+/// What one process's handle did, for metrics.
+#[derive(Debug, Default)]
+pub struct BudgetStats {
+    /// Reads of the record.
+    pub reads: AtomicU64,
+    /// Writes of the record, and writes refused because another process wrote first.
+    pub writes: AtomicU64,
+    pub conflicts: AtomicU64,
+    /// Starts granted to this process, and how long its callers waited for them in all (ms).
+    pub granted: AtomicU64,
+    pub waited_ms: AtomicU64,
+}
+
 /// How many read-and-write rounds a request makes before the record counts as unavailable.
 const MAX_ROUNDS: u32 = 50;
 
@@ -310,6 +323,7 @@ pub struct FleetBudget {
     waiting: [AtomicU32; 2],
     /// The record as last read, to tell without a read whether GHL's headers say anything new.
     last_seen: std::sync::Mutex<WindowState>,
+    stats: BudgetStats,
     now_ms: fn() -> i64,
 }
 
@@ -340,6 +354,7 @@ impl FleetBudget {
             rounds: Default::default(),
             waiting: Default::default(),
             last_seen: Default::default(),
+            stats: BudgetStats::default(),
             now_ms: system_now_ms,
         }
     }
@@ -350,6 +365,10 @@ impl FleetBudget {
 
     pub fn settings(&self) -> &BudgetSettings {
         &self.settings
+    }
+
+    pub fn stats(&self) -> &BudgetStats {
+        &self.stats
     }
 
     fn take_stashed(&self, lane: Lane) -> bool {
@@ -401,6 +420,10 @@ impl FleetBudget {
         }
         .await;
         self.waiting[i].fetch_sub(1, Ordering::SeqCst);
+        if r.is_ok() {
+            self.stats.granted.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.waited_ms.fetch_add(asked.elapsed().as_millis() as u64, Ordering::Relaxed);
         r
     }
 
@@ -412,8 +435,7 @@ impl FleetBudget {
             if !matches!(d, Decision::Granted(_)) {
                 return Ok(d);
             }
-            if self.store.swap_budget(&self.location, ver, &st).await.map_err(BudgetError::Store)? {
-                self.saw(&st);
+            if self.swap(ver, &st).await? {
                 return Ok(d);
             }
             tokio::time::sleep(Duration::from_millis(fastrand::u64(0..3))).await;
@@ -424,7 +446,19 @@ impl FleetBudget {
         ))))
     }
 
+    async fn swap(&self, ver: Option<u64>, st: &WindowState) -> Result<bool, BudgetError> {
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        let written = self.store.swap_budget(&self.location, ver, st).await.map_err(BudgetError::Store)?;
+        if written {
+            self.saw(st);
+        } else {
+            self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(written)
+    }
+
     async fn load(&self) -> Result<(WindowState, Option<u64>), BudgetError> {
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
         let (st, ver) = match self.store.load_budget(&self.location).await.map_err(BudgetError::Store)? {
             Some((st, v)) => (st, Some(v)),
             None => (WindowState::default(), None),
@@ -444,8 +478,7 @@ impl FleetBudget {
             if !f(&mut st, (self.now_ms)()) {
                 return Ok(());
             }
-            if self.store.swap_budget(&self.location, ver, &st).await.map_err(BudgetError::Store)? {
-                self.saw(&st);
+            if self.swap(ver, &st).await? {
                 return Ok(());
             }
         }

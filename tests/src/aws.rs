@@ -114,6 +114,8 @@ impl Stack {
             .queue_name(&names.queue)
             .attributes(QueueAttributeName::FifoQueue, "true")
             .attributes(QueueAttributeName::ContentBasedDeduplication, "false")
+            .attributes(QueueAttributeName::DeduplicationScope, "messageGroup")
+            .attributes(QueueAttributeName::FifoThroughputLimit, "perMessageGroupId")
             .attributes(QueueAttributeName::VisibilityTimeout, settings.visibility_timeout_secs.to_string())
             .attributes(QueueAttributeName::RedrivePolicy, redrive)
             .send()

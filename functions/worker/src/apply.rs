@@ -1025,6 +1025,7 @@ impl Worker {
     pub fn emf_line(&self, outcome: &BatchOutcome) -> String {
         let stats = self.ghl.stats();
         let remaining = stats.last_remaining.load(Ordering::Relaxed);
+        let budget = self.ghl.budget().map(|b| b.stats());
         json!({
             "_aws": {
                 "Timestamp": chrono::Utc::now().timestamp_millis(),
@@ -1042,7 +1043,10 @@ impl Worker {
                         {"Name": "GhlRateHeadroom", "Unit": "Count"},
                         {"Name": "GhlDailyRemaining", "Unit": "Count"},
                         {"Name": "GhlDailyQuotaRefusals", "Unit": "Count"},
-                        {"Name": "ApiDrift", "Unit": "Count"}
+                        {"Name": "ApiDrift", "Unit": "Count"},
+                        {"Name": "GhlBudgetWaitMs", "Unit": "Milliseconds"},
+                        {"Name": "GhlBudgetWrites", "Unit": "Count"},
+                        {"Name": "GhlBudgetConflicts", "Unit": "Count"}
                     ]
                 }]
             },
@@ -1057,6 +1061,9 @@ impl Worker {
             "GhlDailyRemaining": stats.daily_remaining(),
             "GhlDailyQuotaRefusals": stats.daily_quota_refusals.load(Ordering::Relaxed),
             "ApiDrift": outcome.api_drift,
+            "GhlBudgetWaitMs": budget.map(|b| b.waited_ms.load(Ordering::Relaxed)),
+            "GhlBudgetWrites": budget.map(|b| b.writes.load(Ordering::Relaxed)),
+            "GhlBudgetConflicts": budget.map(|b| b.conflicts.load(Ordering::Relaxed)),
         })
         .to_string()
     }

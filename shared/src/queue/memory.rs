@@ -3,7 +3,9 @@
 //!
 //! It keeps SQS's rules: ids and bodies pass the same checks as on AWS, a deduplication id seen
 //! within five minutes (by its clock) is accepted and dropped, on the queue and on the
-//! dead-letter queue alike, and visibility delays are clamped to what SQS takes.
+//! dead-letter queue alike, and visibility delays are clamped to what SQS takes. As the
+//! deployed queue is a high-throughput FIFO queue (`DeduplicationScope: messageGroup`), the
+//! command queue deduplicates within each message group; the dead-letter queue, per queue.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,7 +54,8 @@ pub struct VisibilityDelay {
 #[derive(Default)]
 struct Log {
     sent: Vec<SentMessage>,
-    seen: HashMap<DedupId, i64>,
+    /// Deduplication ids seen on the command queue, per message group.
+    seen: HashMap<(MessageGroupId, DedupId), i64>,
     parked: Vec<ParkedMessage>,
     parked_seen: HashMap<DedupId, i64>,
     delays: Vec<VisibilityDelay>,
@@ -124,7 +127,7 @@ impl MemoryQueue {
     }
 
     /// Whether `id` was seen within the window (and records it when not).
-    fn is_duplicate(seen: &mut HashMap<DedupId, i64>, id: &DedupId, now_ms: i64) -> bool {
+    fn is_duplicate<K: std::hash::Hash + Eq + Clone>(seen: &mut HashMap<K, i64>, id: &K, now_ms: i64) -> bool {
         let window = DEDUP_WINDOW.as_millis() as i64;
         match seen.get(id) {
             Some(at) if now_ms - at < window => true,
@@ -151,7 +154,7 @@ impl CommandQueue for MemoryQueue {
         }
         for (c, body) in commands.iter().zip(bodies) {
             let dedup_id = c.dedup_id();
-            if Self::is_duplicate(&mut log.seen, &dedup_id, now) {
+            if Self::is_duplicate(&mut log.seen, &(c.message_group(), dedup_id.clone()), now) {
                 log.duplicates += 1;
                 continue;
             }

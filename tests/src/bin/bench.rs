@@ -375,7 +375,8 @@ async fn fleet_at_real_window() -> anyhow::Result<Vec<Row>> {
         LOC,
         &[("SYNC_MAPPING_FILE", mapping.to_str().unwrap_or_default()), ("SPROUTVIDEO_PER_MINUTE", "1000000")],
     );
-    let (rec, _) = reconciler::build(recon_config).await?;
+    let (rec, rec_deps) = reconciler::build(recon_config).await?;
+    let rec_budget = rec_deps.ghl.budget().cloned();
     let started = Instant::now();
     let runs = workers.iter().enumerate().map(|(k, worker)| {
         let worker = worker.clone();
@@ -421,6 +422,16 @@ async fn fleet_at_real_window() -> anyhow::Result<Vec<Row>> {
     let log = w.ghl.requests().await;
     let limited = log.iter().filter(|r| r.status == 429).count();
     let applied: Vec<i64> = log.iter().filter(|r| (200..300).contains(&r.status)).map(|r| r.at_ms).collect();
+    // What the shared budget cost in DynamoDB requests (the workers' handles and the reconciler's).
+    let handles: Vec<_> = workers.iter().map(|w| w.ghl.budget()).chain([rec_budget.as_ref()]).flatten().collect();
+    let (reads, writes, conflicts) = handles.iter().fold((0, 0, 0), |(r, w, c), b| {
+        let s = b.stats();
+        (
+            r + s.reads.load(Ordering::Relaxed),
+            w + s.writes.load(Ordering::Relaxed),
+            c + s.conflicts.load(Ordering::Relaxed),
+        )
+    });
     let (rate, steady_secs, most) = steady_rate(applied.clone(), 10_000);
     // The lead-then-note cost, counted per person as the events were sent (the reconciliation's
     // own reads, its search pages, are left out).
@@ -454,6 +465,14 @@ async fn fleet_at_real_window() -> anyhow::Result<Vec<Row>> {
             0.0,
             "none expected",
             "one budget for the fleet",
+        ),
+        row(
+            "DynamoDB requests of the shared budget per applied GHL request",
+            (reads + writes) as f64 / applied.len().max(1) as f64,
+            "req",
+            2.0,
+            "one read and one write per GHL request, unbatched",
+            &format!("{reads} reads, {writes} writes ({conflicts} refused: another process wrote first)"),
         ),
         row(
             "GHL requests per person, lead.captured then note.create as sent",

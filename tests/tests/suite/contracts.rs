@@ -276,3 +276,37 @@ async fn dynamodb_keeps_the_budget_contract() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_command_queue_deduplicates_per_message_group_and_no_id_is_shared_by_two_groups() {
+    // The deployed queue is a high-throughput FIFO queue: SQS deduplicates within a message
+    // group. That drops exactly what deduplicating per queue would only while a deduplication id
+    // never appears in two groups: every event type, for two people and the same event ids,
+    // and video notices, give each id one group.
+    let mapping = shared::mapping::Mapping::default_mapping();
+    let mut group_of: std::collections::HashMap<String, String> = Default::default();
+    let mut commands = Vec::new();
+    for email in ["ada@example.com", "bob@example.com"] {
+        for mut event in intake::events::examples() {
+            event["contact"]["email"] = serde_json::json!(email);
+            let accepted = intake::events::event_commands(&mapping, event.to_string().as_bytes()).unwrap();
+            commands.extend(accepted.commands);
+        }
+    }
+    for video in ["v1", "v2"] {
+        let notice = serde_json::json!({"id": video, "updated_at": "2026-11-29T10:00:00Z"});
+        commands.extend(intake::events::webhook_commands(notice.to_string().as_bytes()).unwrap().commands);
+    }
+    assert!(commands.len() > 10, "{}", commands.len());
+    for c in &commands {
+        let group = c.group_id();
+        let seen = group_of.entry(c.dedup_id().as_str().to_string()).or_insert_with(|| group.clone());
+        assert_eq!(*seen, group, "one deduplication id in two groups: {c:?}");
+    }
+    // The memory queue deduplicates per group, as SQS does in that mode.
+    let q = MemoryQueue::new();
+    q.send(&commands).await.unwrap();
+    q.send(&commands).await.unwrap();
+    assert_eq!(q.take_sent().len(), commands.len(), "each command once");
+    assert_eq!(q.duplicates_dropped(), commands.len());
+}
