@@ -372,7 +372,16 @@ impl Worker {
                 Ok(applied)
             }
             CommandBody::VideoChanged { video_id } => self.video_changed(video_id, &cmd.source_event).await,
+            CommandBody::ContactChanged { location_id, contact_id } => {
+                self.contact_changed(location_id, contact_id).await
+            }
         }
+    }
+
+    /// A GHL contact changed: nothing to do while the mapping has no access rules.
+    async fn contact_changed(&self, _location_id: &str, contact_id: &str) -> Result<Applied, ApplyError> {
+        tracing::info!(contact_id, "contact change: the mapping has no access rules");
+        Ok(Applied::Unchanged)
     }
 
     /// Writes what changed of the person's desired state. A field the command does not carry

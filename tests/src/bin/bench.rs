@@ -496,6 +496,10 @@ fn intake_router() -> axum::Router {
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl,
         conflicts: intake::view::ConflictReader::new(Arc::new(shared::state::MemoryStore::new())),
+        ghl_webhooks: intake::GhlWebhooks::new(
+            intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
+            Arc::new(shared::state::MemoryStore::new()),
+        ),
     })
 }
 

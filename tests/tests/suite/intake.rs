@@ -45,6 +45,10 @@ async fn env(tag: &str) -> Env {
         mapping: deps.config.mapping.clone(),
         ghl: deps.ghl.clone(),
         conflicts: intake::view::ConflictReader::new(deps.store.clone()),
+        ghl_webhooks: intake::GhlWebhooks::new(
+            intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
+            deps.store.clone(),
+        ),
     });
     Env { stack, ghl, app, ghl_client: deps.ghl.clone() }
 }
@@ -218,6 +222,10 @@ async fn sqs_down_answers_503_so_the_sender_retries() {
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl: e.ghl_client.clone(),
         conflicts: intake::view::ConflictReader::new(Arc::new(shared::state::MemoryStore::new())),
+        ghl_webhooks: intake::GhlWebhooks::new(
+            intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
+            Arc::new(shared::state::MemoryStore::new()),
+        ),
     });
     let body = event("evt-400").to_string();
     let (status, v) = call(&app, signed(body.as_bytes(), CURRENT_KEY, now())).await;
@@ -352,6 +360,10 @@ fn offline_app(source: Arc<dyn SecretSource>, queue: Arc<CountingQueue>) -> axum
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl,
         conflicts: intake::view::ConflictReader::new(Arc::new(shared::state::MemoryStore::new())),
+        ghl_webhooks: intake::GhlWebhooks::new(
+            intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
+            Arc::new(shared::state::MemoryStore::new()),
+        ),
     })
 }
 

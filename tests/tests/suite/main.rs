@@ -10,6 +10,7 @@ mod contracts;
 mod doctor;
 mod fixtures;
 mod ghl_client;
+mod ghl_webhooks;
 mod iam;
 mod intake;
 mod lambda_entry_points;
