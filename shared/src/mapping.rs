@@ -341,7 +341,9 @@ impl Mapping {
             if let Some(f) = &r.access_ends_at_field
                 && !field_key(f)
             {
-                return bad(format!("{at}: access_ends_at_field '{f}' must be a GHL custom field key like contact.<name>"));
+                return bad(format!(
+                    "{at}: access_ends_at_field '{f}' must be a GHL custom field key like contact.<name>"
+                ));
             }
             if !field_key(&r.password_field) {
                 return bad(format!(
@@ -729,19 +731,36 @@ mod tests {
             (rule(&format!("tag = \" \"\nvideo_ids = [\"v1\"]\n{pw}")), "tag must name"),
             (rule(&format!("tag = \"a\"\n{pw}")), "name the videos"),
             (rule(&format!("tag = \"a\"\nvideo_ids = [\" v1\"]\n{pw}")), "blank or padded"),
-            (rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\nallowed_plays = 0\n{pw}")), "allowed_plays must be at least 1"),
-            (rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\nallowed_plays = -1\n{pw}")), "allowed_plays"),
-            (rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\naccess_days = 0\n{pw}")), "access_days must be at least 1"),
             (
-                rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\naccess_days = 3\naccess_ends_at_field = \"contact.e\"\n{pw}")),
+                rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\nallowed_plays = 0\n{pw}")),
+                "allowed_plays must be at least 1",
+            ),
+            (rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\nallowed_plays = -1\n{pw}")), "allowed_plays"),
+            (
+                rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\naccess_days = 0\n{pw}")),
+                "access_days must be at least 1",
+            ),
+            (
+                rule(&format!(
+                    "tag = \"a\"\nvideo_ids = [\"v1\"]\naccess_days = 3\naccess_ends_at_field = \"contact.e\"\n{pw}"
+                )),
                 "not both",
             ),
-            (rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\naccess_ends_at_field = \"ends\"\n{pw}")), "contact.<name>"),
-            (rule("tag = \"a\"\nvideo_ids = [\"v1\"]\npassword_field = \"sv_password\""), "password_field 'sv_password'"),
+            (
+                rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\naccess_ends_at_field = \"ends\"\n{pw}")),
+                "contact.<name>",
+            ),
+            (
+                rule("tag = \"a\"\nvideo_ids = [\"v1\"]\npassword_field = \"sv_password\""),
+                "password_field 'sv_password'",
+            ),
             (rule("tag = \"a\"\nvideo_ids = [\"v1\"]"), "password_field"),
             (rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\n{pw}\nsurprise = 1")), "surprise"),
             (
-                format!("{}[[access]]\ntag = \"A\"\nvideo_ids = [\"v2\"]\n{pw}\n", rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\n{pw}"))),
+                format!(
+                    "{}[[access]]\ntag = \"A\"\nvideo_ids = [\"v2\"]\n{pw}\n",
+                    rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\n{pw}"))
+                ),
                 "merge the two rules",
             ),
             (

@@ -378,12 +378,6 @@ impl Worker {
         }
     }
 
-    /// A GHL contact changed: nothing to do while the mapping has no access rules.
-    async fn contact_changed(&self, _location_id: &str, contact_id: &str) -> Result<Applied, ApplyError> {
-        tracing::info!(contact_id, "contact change: the mapping has no access rules");
-        Ok(Applied::Unchanged)
-    }
-
     /// Writes what changed of the person's desired state. A field the command does not carry
     /// is unknown, not changed; a field whose recorded change is newer than this command's
     /// (`occurred_at`) is left alone, so a replayed or late event never reverts newer data.

@@ -6,6 +6,7 @@
 //!
 //! The chaos soak is its own binary (`--test soak`), so `make soak` can run it at length.
 
+mod access;
 mod contracts;
 mod doctor;
 mod fixtures;

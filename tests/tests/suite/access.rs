@@ -1,0 +1,371 @@
+//! Course access from a HighLevel tag. A contact tagged `course-a` in GHL gets a SproutVideo
+//! login for its email and grants to the course's videos, with the password written to a GHL
+//! custom field first; removing the tag revokes the grants. Doubled, late and out-of-order
+//! changes end in the state GHL holds; a grant or login whose answer was lost is not made twice.
+//!
+//! `worker_*` tests drive the worker's logic in process against the local GHL and SproutVideo;
+//! `pipeline_*` tests run the whole chain as `make dev` does (the local GHL's signed webhook, the
+//! intake, the queue, the worker).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use shared::commands::{CommandBody, Source, SyncCommand};
+use shared::ghl::{GhlClient, GhlSettings, StaticToken};
+use shared::mapping::{CustomFieldCatalog, Mapping};
+use shared::queue::MemoryQueue;
+use shared::retry::RetryPolicy;
+use shared::sprout::{SproutClient, SproutSettings, StaticKey};
+use shared::state::{MemoryStore, StateStore};
+use sync_tests::local_ghl::{FaultKind, GhlBehaviour, LocalGhl, ScriptedFault};
+use sync_tests::local_sprout::{LocalSprout, LostAnswer, SproutBehaviour, SproutFaults, VideoSeed};
+use url::Url;
+use worker::{Applied, Worker};
+
+const LOC: &str = "locAccessTest0000001";
+const PASSWORD_KEY: &str = "contact.sv_password";
+
+fn mapping(delete_login_on_revoke: bool) -> Mapping {
+    Mapping::from_toml(&format!(
+        r#"
+default_region = "US"
+sync_tag = "sproutvideo"
+[tags]
+[[access]]
+tag = "course-a"
+video_ids = ["vidintro000000001"]
+video_tag_ids = ["tagcoursea0"]
+allowed_plays = 10
+password_field = "{PASSWORD_KEY}"
+delete_login_on_revoke = {delete_login_on_revoke}
+"#
+    ))
+    .unwrap()
+}
+
+struct World {
+    ghl: LocalGhl,
+    sprout: LocalSprout,
+    store: Arc<MemoryStore>,
+    worker: Worker,
+    password_field_id: String,
+    /// The course's videos: the listed one and the two carrying the course's SproutVideo tag.
+    course: Vec<String>,
+    /// A video no rule names.
+    other_video: String,
+}
+
+impl World {
+    async fn new(delete_login_on_revoke: bool) -> Self {
+        let sprout = LocalSprout::new(SproutBehaviour { per_minute: 10_000, ..Default::default() });
+        let sprout_url = format!("http://{}/v1", sprout.spawn("127.0.0.1:0").await.unwrap());
+        let mut sprout_settings = SproutSettings::new(Url::parse(&sprout_url).unwrap());
+        sprout_settings.per_minute = 10_000;
+        let sprout_client =
+            SproutClient::new(sprout_settings, Arc::new(StaticKey(SecretString::from("sv-key")))).unwrap();
+        let ghl = LocalGhl::new(GhlBehaviour::default());
+        let addr = ghl.spawn("127.0.0.1:0").await.unwrap();
+        let mut settings = GhlSettings::new(Url::parse(&format!("http://{addr}/")).unwrap(), LOC);
+        settings.retry = RetryPolicy {
+            max_attempts: 2,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(10),
+            deadline: Some(Duration::from_secs(5)),
+        };
+        let client = GhlClient::new(settings, Arc::new(StaticToken(SecretString::from("pit-access")))).unwrap();
+        let password_field_id = ghl.define_custom_field(LOC, "SV password", PASSWORD_KEY, "TEXT").await;
+        let intro = sprout
+            .add_video(VideoSeed { id: Some("vidintro000000001".into()), title: "Intro".into(), ..Default::default() })
+            .await;
+        let mut course = vec![intro];
+        for t in ["Lesson 1", "Lesson 2"] {
+            course.push(
+                sprout
+                    .add_video(VideoSeed { title: t.into(), tags: vec!["tagcoursea0".into()], ..Default::default() })
+                    .await,
+            );
+        }
+        let other_video = sprout.add_video(VideoSeed { title: "Webinar".into(), ..Default::default() }).await;
+        course.sort();
+        let store = Arc::new(MemoryStore::new());
+        let queue = Arc::new(MemoryQueue::new());
+        let worker = Worker {
+            ghl: client.clone(),
+            catalog: Arc::new(CustomFieldCatalog::new(client)),
+            store: store.clone(),
+            queues: queue.clone(),
+            commands: queue,
+            sprout: sprout_client,
+            mapping: Arc::new(mapping(delete_login_on_revoke)),
+            lease: Duration::from_secs(60),
+            ambiguity_grace: Duration::from_secs(1),
+            retry_base_secs: 5,
+            concurrency: 4,
+            lookback_days: 30,
+            identity_conflicts: Default::default(),
+            api_drift: Default::default(),
+        };
+        Self { ghl, sprout, store, worker, password_field_id, course, other_video }
+    }
+
+    async fn contact(&self, email: &str, tags: &[&str]) -> String {
+        self.ghl.insert_contact(LOC, json!({"email": email, "firstName": "Ada", "tags": tags})).await
+    }
+
+    async fn set_tags(&self, contact_id: &str, tags: &[&str]) {
+        assert!(self.ghl.edit_contact(contact_id, json!({"tags": tags})).await);
+    }
+
+    /// What a webhook about the contact queues: "this contact changed".
+    async fn changed(&self, contact_id: &str, delivery: &str) -> Result<Applied, worker::ApplyError> {
+        let cmd = SyncCommand::new(
+            Source::Ghl(delivery.into()),
+            "contact_changed",
+            Utc::now(),
+            CommandBody::ContactChanged { location_id: LOC.into(), contact_id: contact_id.into() },
+        );
+        self.worker.apply(&cmd).await
+    }
+
+    async fn logins(&self, email: &str) -> Vec<Value> {
+        let a = self.sprout.access_json().await;
+        a["logins"].as_array().unwrap().iter().filter(|l| l["email"] == email).cloned().collect()
+    }
+
+    /// The video ids granted to the email's login, sorted (a doubled grant shows twice).
+    async fn granted(&self, email: &str) -> Vec<String> {
+        let logins = self.logins(email).await;
+        let a = self.sprout.access_json().await;
+        let mut v: Vec<String> = a["access_grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| logins.iter().any(|l| l["id"] == g["login_id"]))
+            .map(|g| g["video_id"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    async fn password_in_ghl(&self, contact_id: &str) -> Option<String> {
+        let s = self.ghl.state().await;
+        let c = s["locations"][LOC]["contacts"].as_array()?.iter().find(|c| c["id"] == contact_id)?.clone();
+        c["customFields"]
+            .as_array()?
+            .iter()
+            .find(|f| f["id"] == self.password_field_id.as_str())
+            .and_then(|f| f["value"].as_str().map(str::to_string))
+    }
+
+    async fn sprout_writes(&self, method: &str, path_end: &str) -> usize {
+        self.sprout.requests().await.iter().filter(|r| r.method == method && r.path.ends_with(path_end)).count()
+    }
+}
+
+#[tokio::test]
+async fn worker_a_tagged_contact_gets_a_login_its_password_in_ghl_and_the_course_grants() {
+    let w = World::new(false).await;
+    let ada = w.contact("ada@example.com", &["course-a", "vip"]).await;
+    assert_eq!(w.changed(&ada, "wh-1").await.unwrap(), Applied::Written);
+
+    let logins = w.logins("ada@example.com").await;
+    assert_eq!(logins.len(), 1, "one login for the email");
+    assert_eq!(w.granted("ada@example.com").await, w.course, "the listed video and the course tag's videos");
+    let a = w.sprout.access_json().await;
+    assert!(a["access_grants"].as_array().unwrap().iter().all(|g| g["allowed_plays"] == 10));
+    assert!(!w.granted("ada@example.com").await.contains(&w.other_video));
+    let password = w.password_in_ghl(&ada).await.expect("the password is in the GHL field");
+    assert!(password.len() >= 20, "a strong password");
+
+    // The password reached GHL before the login was made.
+    let ghl_put = w.ghl.requests().await.iter().position(|r| r.method == "PUT" && r.path.contains(&ada));
+    assert!(ghl_put.is_some(), "the field was written through the API");
+    let record = w.store.get_value(&format!("access#{LOC}/{ada}")).await.unwrap().unwrap();
+    assert!(record.contains(logins[0]["id"].as_str().unwrap()) && !record.contains(&password));
+}
+
+#[tokio::test]
+async fn worker_a_doubled_event_changes_nothing_and_never_touches_the_password_again() {
+    let w = World::new(false).await;
+    let ada = w.contact("ada@example.com", &["course-a"]).await;
+    w.changed(&ada, "wh-1").await.unwrap();
+    let password = w.password_in_ghl(&ada).await.unwrap();
+    let (logins_made, grants_made) = (w.sprout_writes("POST", "/logins").await, w.sprout_writes("POST", "/bulk").await);
+
+    // GHL doubles the event (another webhookId), and a reconciliation sends it once more.
+    assert_eq!(w.changed(&ada, "wh-2").await.unwrap(), Applied::Unchanged);
+    assert_eq!(w.changed(&ada, "wh-3").await.unwrap(), Applied::Unchanged);
+    assert_eq!(w.sprout_writes("POST", "/logins").await, logins_made);
+    assert_eq!(w.sprout_writes("POST", "/bulk").await, grants_made);
+    assert_eq!(w.password_in_ghl(&ada).await.unwrap(), password, "the field is written once");
+    assert_eq!(w.granted("ada@example.com").await, w.course);
+}
+
+#[tokio::test]
+async fn worker_removing_the_tag_revokes_the_grants_and_keeps_the_login() {
+    let w = World::new(false).await;
+    let ada = w.contact("ada@example.com", &["course-a"]).await;
+    w.changed(&ada, "wh-1").await.unwrap();
+    let password = w.password_in_ghl(&ada).await.unwrap();
+    // A grant made by hand, to a video no rule names, is not the sync's to revoke.
+    let login_id = w.logins("ada@example.com").await[0]["id"].as_str().unwrap().to_string();
+    w.worker.sprout.create_access_grant(&w.other_video, &login_id).await.unwrap();
+
+    w.set_tags(&ada, &["vip"]).await;
+    assert_eq!(w.changed(&ada, "wh-2").await.unwrap(), Applied::Written);
+    assert_eq!(w.granted("ada@example.com").await, vec![w.other_video.clone()]);
+    assert_eq!(w.logins("ada@example.com").await.len(), 1, "the login stays");
+
+    // Tagged again: the same login gets the grants back; the password is not changed.
+    w.set_tags(&ada, &["vip", "Course-A"]).await;
+    w.changed(&ada, "wh-3").await.unwrap();
+    let mut want = w.course.clone();
+    want.push(w.other_video.clone());
+    want.sort();
+    assert_eq!(w.granted("ada@example.com").await, want);
+    assert_eq!(w.logins("ada@example.com").await.len(), 1);
+    assert_eq!(w.password_in_ghl(&ada).await.unwrap(), password);
+}
+
+#[tokio::test]
+async fn worker_out_of_order_events_end_in_the_state_ghl_holds_now() {
+    let w = World::new(false).await;
+    let ada = w.contact("ada@example.com", &["course-a"]).await;
+    // The tag is added and removed again before either event is applied; the events arrive
+    // in reverse order. Each re-reads the contact, so neither grants anything.
+    w.set_tags(&ada, &[]).await;
+    assert_eq!(w.changed(&ada, "wh-removed").await.unwrap(), Applied::Unchanged);
+    assert_eq!(w.changed(&ada, "wh-added").await.unwrap(), Applied::Unchanged);
+    assert!(w.logins("ada@example.com").await.is_empty(), "no login for someone without the tag");
+    assert_eq!(w.password_in_ghl(&ada).await, None);
+
+    // Added, applied, removed, then the late "added" event: it revokes, as GHL says now.
+    w.set_tags(&ada, &["course-a"]).await;
+    w.changed(&ada, "wh-added-2").await.unwrap();
+    w.set_tags(&ada, &[]).await;
+    w.changed(&ada, "wh-added-2-late-copy").await.unwrap();
+    assert!(w.granted("ada@example.com").await.is_empty());
+}
+
+#[tokio::test]
+async fn worker_a_bulk_grant_answered_500_after_it_was_made_is_not_doubled() {
+    let w = World::new(false).await;
+    let ada = w.contact("ada@example.com", &["course-a"]).await;
+    w.sprout
+        .set_faults(SproutFaults {
+            lost_answers: [LostAnswer {
+                method: "POST".into(),
+                path_ends_with: "/access_grants/bulk".into(),
+                status: 500,
+            }]
+            .into(),
+            ..Default::default()
+        })
+        .await;
+    let first = w.changed(&ada, "wh-1").await;
+    assert!(first.is_ok(), "the grants are found on the second look: {first:?}");
+    assert_eq!(w.granted("ada@example.com").await, w.course, "each grant once");
+    w.changed(&ada, "wh-1").await.unwrap();
+    assert_eq!(w.granted("ada@example.com").await, w.course, "a redelivery makes none again");
+    assert_eq!(w.sprout_writes("POST", "/access_grants/bulk").await, 1);
+    let bulk = w.sprout.requests().await.into_iter().find(|r| r.path.ends_with("/bulk")).unwrap();
+    assert_eq!(bulk.status, 500, "the answer the worker saw was a 500");
+}
+
+#[tokio::test]
+async fn worker_no_login_is_made_when_the_password_could_not_be_written_to_ghl() {
+    let w = World::new(false).await;
+    let ada = w.contact("ada@example.com", &["course-a"]).await;
+    w.ghl
+        .push_fault(ScriptedFault {
+            kind: FaultKind::Status { status: 422 },
+            method: Some("PUT".into()),
+            path_contains: Some(ada.clone()),
+        })
+        .await;
+    let e = w.changed(&ada, "wh-1").await.unwrap_err();
+    assert!(matches!(e, worker::ApplyError::Permanent { .. }), "{e:?}");
+    assert_eq!(w.sprout_writes("POST", "/logins").await, 0, "no login with a password nobody has");
+    assert!(w.logins("ada@example.com").await.is_empty());
+    // Once GHL takes the field, the next attempt makes the login with the password it holds.
+    w.changed(&ada, "wh-1").await.unwrap();
+    assert_eq!(w.logins("ada@example.com").await.len(), 1);
+    assert!(w.password_in_ghl(&ada).await.is_some());
+}
+
+#[tokio::test]
+async fn worker_a_login_answered_500_after_it_was_made_is_reused_with_the_password_in_ghl() {
+    let w = World::new(false).await;
+    let ada = w.contact("ada@example.com", &["course-a"]).await;
+    w.sprout
+        .set_faults(SproutFaults {
+            lost_answers: [LostAnswer { method: "POST".into(), path_ends_with: "/logins".into(), status: 500 }].into(),
+            ..Default::default()
+        })
+        .await;
+    w.changed(&ada, "wh-1").await.unwrap();
+    w.changed(&ada, "wh-2").await.unwrap();
+    assert_eq!(w.logins("ada@example.com").await.len(), 1);
+    assert_eq!(w.sprout_writes("POST", "/logins").await, 1, "created once");
+    assert!(w.password_in_ghl(&ada).await.is_some());
+    assert_eq!(w.granted("ada@example.com").await, w.course);
+}
+
+#[tokio::test]
+async fn worker_only_the_missing_grants_are_made() {
+    let w = World::new(false).await;
+    let ada = w.contact("ada@example.com", &["course-a"]).await;
+    assert_eq!(w.changed(&ada, "wh-1").await.unwrap(), Applied::Written);
+    // One grant disappears (revoked by hand in SproutVideo): the next change makes only it.
+    let a = w.sprout.access_json().await;
+    let one = a["access_grants"][0]["id"].as_str().unwrap().to_string();
+    w.worker.sprout.delete_access_grant(&one).await.unwrap();
+    w.changed(&ada, "wh-2").await.unwrap();
+    assert_eq!(w.granted("ada@example.com").await, w.course);
+    let a = w.sprout.access_json().await;
+    assert_eq!(a["access_grants"].as_array().unwrap().len(), w.course.len(), "the others were left alone");
+}
+
+#[tokio::test]
+async fn worker_the_login_goes_on_revoke_when_the_rule_says_so() {
+    let w = World::new(true).await;
+    let ada = w.contact("ada@example.com", &["course-a"]).await;
+    w.changed(&ada, "wh-1").await.unwrap();
+    assert_eq!(w.logins("ada@example.com").await.len(), 1);
+    w.set_tags(&ada, &[]).await;
+    w.changed(&ada, "wh-2").await.unwrap();
+    assert!(w.logins("ada@example.com").await.is_empty(), "deleted with its grants");
+    assert!(w.granted("ada@example.com").await.is_empty());
+    // Tagged again: a new login, and a new password in the field.
+    let old = w.password_in_ghl(&ada).await.unwrap();
+    w.set_tags(&ada, &["course-a"]).await;
+    w.changed(&ada, "wh-3").await.unwrap();
+    assert_eq!(w.logins("ada@example.com").await.len(), 1);
+    assert_ne!(w.password_in_ghl(&ada).await.unwrap(), old);
+}
+
+#[tokio::test]
+async fn worker_a_deleted_contact_has_its_grants_revoked_through_the_recorded_login() {
+    let w = World::new(false).await;
+    let ada = w.contact("ada@example.com", &["course-a"]).await;
+    w.changed(&ada, "wh-1").await.unwrap();
+    let ghl = w.worker.ghl.clone();
+    assert!(ghl.delete_contact(&ada).await.unwrap());
+    assert_eq!(w.changed(&ada, "wh-deleted").await.unwrap(), Applied::Written);
+    assert!(w.granted("ada@example.com").await.is_empty());
+    assert_eq!(w.store.get_value(&format!("access#{LOC}/{ada}")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn worker_a_contact_without_the_tag_or_an_email_gets_nothing() {
+    let w = World::new(false).await;
+    let bob = w.contact("bob@example.com", &["vip"]).await;
+    assert_eq!(w.changed(&bob, "wh-1").await.unwrap(), Applied::Unchanged);
+    let phone_only = w.ghl.insert_contact(LOC, json!({"phone": "+14155552671", "tags": ["course-a"]})).await;
+    assert_eq!(w.changed(&phone_only, "wh-2").await.unwrap(), Applied::Unchanged);
+    assert!(w.sprout.access_json().await["logins"].as_array().unwrap().is_empty());
+    assert_eq!(w.sprout_writes("POST", "/logins").await, 0);
+}
