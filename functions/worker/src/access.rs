@@ -17,8 +17,9 @@
 //! next attempt, before anything is created a second time.
 //!
 //! The login a contact's access went to is recorded as `kv#access#<location>/<contact>`
-//! (`{"login_id", "email"}`), so a contact that was deleted, or whose email changed, has the
-//! grants of its old login revoked. The password itself is held in a [`SecretString`] and is
+//! (`{"login_id", "email"}`) while the contact meets a rule, so a contact that was deleted, or
+//! whose email changed, has the grants of its old login revoked. A contact that meets no rule
+//! and has no such record costs no SproutVideo call (most contact changes). The password itself is held in a [`SecretString`] and is
 //! never logged, returned in an error, or stored by the sync.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -202,6 +203,10 @@ impl Worker {
         let email = contact.as_ref().and_then(|c| c.email.as_deref()).and_then(|e| Email::parse(e).ok());
         let tags = contact.as_ref().map(|c| c.tags.clone()).unwrap_or_default();
         let met = self.mapping.access_met(&tags);
+        if met.is_empty() && recorded.is_none() {
+            // No rule met, and no access of the sync's to take back: no SproutVideo call.
+            return Ok(Applied::Unchanged);
+        }
 
         let (managed, videos_of) = self.rule_videos().await?;
         let desired = match &contact {
@@ -243,6 +248,9 @@ impl Worker {
             }
         };
         let Some(login) = login else {
+            if met.is_empty() && recorded.is_some() {
+                self.store.delete_value(&record_name).await?;
+            }
             return Ok(if written { Applied::Written } else { Applied::Unchanged });
         };
         if !desired.is_empty() {
@@ -301,9 +309,12 @@ impl Worker {
                 Ok(()) | Err(SproutError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
             }
-            self.store.delete_value(&record_name).await?;
             written = true;
             tracing::info!(contact_id, login_id = %login.id, "login deleted: the contact meets no access rule");
+        }
+        if met.is_empty() {
+            // Everything the sync granted is revoked: nothing is left to take back later.
+            self.store.delete_value(&record_name).await?;
         }
         tracing::info!(
             contact_id,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use intake::ghl_webhook::WebhookKeys;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use shared::commands::{CommandBody, Source, SyncCommand};
@@ -20,7 +21,9 @@ use shared::queue::MemoryQueue;
 use shared::retry::RetryPolicy;
 use shared::sprout::{SproutClient, SproutSettings, StaticKey};
 use shared::state::{MemoryStore, StateStore};
-use sync_tests::local_ghl::{FaultKind, GhlBehaviour, LocalGhl, ScriptedFault};
+use sync_tests::local_ghl::{
+    DeliveryRecord, FaultKind, GhlBehaviour, LocalGhl, ScriptedFault, Signing, WebhookSettings,
+};
 use sync_tests::local_sprout::{LocalSprout, LostAnswer, SproutBehaviour, SproutFaults, VideoSeed};
 use url::Url;
 use worker::{Applied, Worker};
@@ -368,4 +371,167 @@ async fn worker_a_contact_without_the_tag_or_an_email_gets_nothing() {
     assert_eq!(w.changed(&phone_only, "wh-2").await.unwrap(), Applied::Unchanged);
     assert!(w.sprout.access_json().await["logins"].as_array().unwrap().is_empty());
     assert_eq!(w.sprout_writes("POST", "/logins").await, 0);
+}
+
+// ---- the chain in process: the local GHL's signed webhooks → the intake → the queue → the worker
+
+/// The world above, with the intake listening for the local GHL's webhooks.
+struct Chain {
+    w: World,
+    queue: Arc<MemoryQueue>,
+}
+
+impl Chain {
+    async fn new(settings: WebhookSettings) -> Self {
+        let w = World::new(false).await;
+        let queue = Arc::new(MemoryQueue::new());
+        let (ed, rsa) = w.ghl.webhook_public_keys().await;
+        let keys = WebhookKeys::from_lookup(|k| match k {
+            "GHL_WEBHOOK_ED25519_KEYS" => Some(ed.clone()),
+            "GHL_WEBHOOK_RSA_KEYS" => Some(rsa.clone()),
+            _ => None,
+        })
+        .unwrap();
+        let secret = sync_tests::aws::secret_json("wt", &["sig"], "rk", "pit", None);
+        let app = intake::router(intake::AppState {
+            secrets: Arc::new(shared::secrets::SecretCache::new(
+                Arc::new(FixedSecret(secret)),
+                Duration::from_secs(600),
+            )),
+            queue: queue.clone(),
+            mapping: w.worker.mapping.clone(),
+            ghl: w.worker.ghl.clone(),
+            conflicts: intake::view::ConflictReader::new(w.store.clone()),
+            ghl_webhooks: intake::GhlWebhooks::new(keys, w.store.clone()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        w.ghl.set_webhooks(WebhookSettings { url: Some(format!("http://{addr}/webhooks/ghl")), ..settings }).await;
+        Self { w, queue }
+    }
+
+    /// Waits until every delivery sent so far has its answer.
+    async fn delivered(&self) -> Vec<DeliveryRecord> {
+        for _ in 0..600 {
+            let d = self.w.ghl.webhook_deliveries().await;
+            if d.iter().all(|r| r.dropped || r.status.is_some()) {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the local GHL's webhooks were not answered: {:?}", self.w.ghl.webhook_deliveries().await);
+    }
+
+    /// Applies what the intake queued, as the worker's event source would deliver it.
+    async fn work(&self) -> usize {
+        let sent = self.queue.take_sent();
+        let messages: Vec<worker::QueueMessage> = sent
+            .iter()
+            .enumerate()
+            .map(|(i, m)| worker::QueueMessage {
+                id: format!("m{i}"),
+                body: m.body.clone(),
+                receipt_handle: Some(format!("rh{i}")),
+                group_id: Some(m.group_id.as_str().to_string()),
+                receive_count: 1,
+            })
+            .collect();
+        let n = messages.len();
+        let outcome = self.w.worker.process_batch(messages).await;
+        assert!(outcome.failed.is_empty() && outcome.parked == 0, "{outcome:?}");
+        n
+    }
+
+    async fn tag(&self, contact_id: &str, add: bool) {
+        let tags = vec!["course-a".to_string()];
+        if add {
+            self.w.worker.ghl.add_tags(contact_id, &tags).await.unwrap();
+        } else {
+            self.w.worker.ghl.remove_tags(contact_id, &tags).await.unwrap();
+        }
+    }
+}
+
+struct FixedSecret(String);
+
+#[async_trait::async_trait]
+impl shared::secrets::SecretSource for FixedSecret {
+    async fn read(&self) -> Result<shared::secrets::SecretValue, shared::secrets::SecretError> {
+        Ok(shared::secrets::SecretValue { value: SecretString::from(self.0.clone()), version_id: None })
+    }
+    async fn write(&self, _: &str, _: &str) -> Result<(), shared::secrets::SecretError> {
+        Err(shared::secrets::SecretError::Conflict)
+    }
+}
+
+#[tokio::test]
+async fn chain_tagging_a_contact_in_ghl_grants_the_course_and_untagging_revokes_it() {
+    for signing in [Signing::Ed25519, Signing::LegacyRsa] {
+        let c = Chain::new(WebhookSettings { signing, ..Default::default() }).await;
+        let ada = c.w.contact("ada@example.com", &[]).await;
+        c.tag(&ada, true).await;
+        let d = c.delivered().await;
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!((d[0].kind.as_str(), d[0].status), ("ContactTagUpdate", Some(202)), "{signing:?}");
+        assert_eq!(c.work().await, 1);
+        assert_eq!(c.w.granted("ada@example.com").await, c.w.course);
+        assert!(c.w.password_in_ghl(&ada).await.is_some());
+
+        c.tag(&ada, false).await;
+        c.delivered().await;
+        c.work().await;
+        assert!(c.w.granted("ada@example.com").await.is_empty());
+        assert_eq!(c.w.logins("ada@example.com").await.len(), 1, "the login stays");
+    }
+}
+
+#[tokio::test]
+async fn chain_duplicated_deliveries_and_doubled_events_end_in_one_login_and_one_grant_each() {
+    let c = Chain::new(WebhookSettings { duplicate: true, double_events: true, ..Default::default() }).await;
+    let ada = c.w.contact("ada@example.com", &[]).await;
+    c.tag(&ada, true).await;
+    let d = c.delivered().await;
+    assert_eq!(d.len(), 2, "an event sent twice, each under its own webhookId: {d:?}");
+    // Each webhookId was delivered twice: the second copy of each is answered "duplicate".
+    assert_eq!(c.work().await, 2, "one command per webhookId");
+    assert_eq!(c.w.logins("ada@example.com").await.len(), 1);
+    assert_eq!(c.w.granted("ada@example.com").await, c.w.course, "no grant twice");
+}
+
+#[tokio::test]
+async fn chain_out_of_order_deliveries_end_in_the_state_ghl_holds() {
+    let c = Chain::new(WebhookSettings { hold: true, ..Default::default() }).await;
+    let ada = c.w.contact("ada@example.com", &[]).await;
+    c.tag(&ada, true).await;
+    c.tag(&ada, false).await;
+    c.tag(&ada, true).await;
+    // Delivered newest first: whatever the order, the contact holds the tag now.
+    let statuses = c.w.ghl.release_webhooks(true).await;
+    assert_eq!(statuses, vec![202, 202, 202]);
+    c.work().await;
+    assert_eq!(c.w.granted("ada@example.com").await, c.w.course);
+
+    c.tag(&ada, false).await;
+    c.tag(&ada, true).await;
+    c.tag(&ada, false).await;
+    c.w.ghl.release_webhooks(true).await;
+    c.work().await;
+    assert!(c.w.granted("ada@example.com").await.is_empty(), "the tag is gone now, so are the grants");
+}
+
+#[tokio::test]
+async fn chain_a_dropped_delivery_is_made_good_by_the_next_change() {
+    let c = Chain::new(WebhookSettings { drop_next: 1, ..Default::default() }).await;
+    let ada = c.w.contact("ada@example.com", &["vip"]).await;
+    c.tag(&ada, true).await;
+    let d = c.delivered().await;
+    assert!(d[0].dropped);
+    assert_eq!(c.work().await, 0, "GHL lost it: nothing reached the intake");
+    assert!(c.w.granted("ada@example.com").await.is_empty());
+    // Any later change of the contact brings the whole state.
+    c.w.worker.ghl.add_tags(&ada, &["newsletter".to_string()]).await.unwrap();
+    c.delivered().await;
+    c.work().await;
+    assert_eq!(c.w.granted("ada@example.com").await, c.w.course);
 }
