@@ -25,6 +25,7 @@ use sync_tests::local_ghl::{
     DeliveryRecord, FaultKind, GhlBehaviour, LocalGhl, ScriptedFault, Signing, WebhookSettings,
 };
 use sync_tests::local_sprout::{LocalSprout, LostAnswer, SproutBehaviour, SproutFaults, VideoSeed};
+use sync_tests::pipeline::{Pipeline, SECRET_VALUES};
 use url::Url;
 use worker::{Applied, Worker};
 
@@ -534,4 +535,161 @@ async fn chain_a_dropped_delivery_is_made_good_by_the_next_change() {
     c.delivered().await;
     c.work().await;
     assert_eq!(c.w.granted("ada@example.com").await, c.w.course);
+}
+
+// ---- end to end, as `make dev` runs it
+
+/// The login and grants the local SproutVideo holds for an email: (login id, granted video ids sorted).
+async fn sprout_access(p: &Pipeline, email: &str) -> (Option<String>, Vec<String>) {
+    let base = p.url("sproutvideo_base_url");
+    let a: Value = p
+        .http
+        .get(format!("{}/_admin/access", base.trim_end_matches("/v1")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let login = a["logins"].as_array().unwrap().iter().find(|l| l["email"] == email).map(|l| l["id"].clone());
+    let Some(login) = login else { return (None, Vec::new()) };
+    let mut videos: Vec<String> = a["access_grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["login_id"] == login)
+        .map(|g| g["video_id"].as_str().unwrap().to_string())
+        .collect();
+    videos.sort();
+    (login.as_str().map(str::to_string), videos)
+}
+
+async fn wait_access(p: &Pipeline, email: &str, what: &str, ok: impl Fn(&(Option<String>, Vec<String>)) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = sprout_access(p, email).await;
+        if ok(&a) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}; SproutVideo holds {a:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn admin_put(p: &Pipeline, url: String, body: Value) {
+    let r = p.http.put(url).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+#[tokio::test]
+async fn pipeline_tagging_course_a_in_ghl_grants_the_course_and_untagging_revokes_it() {
+    let p = Pipeline::start("access").await;
+    let loc = p.state["ghl_location_id"].as_str().unwrap().to_string();
+    let ghl_admin = p.url("ghl_base_url");
+    let sprout_admin = p.url("sproutvideo_base_url").trim_end_matches("/v1").to_string();
+    let course = vec!["a0b1c2d3e4f5a6b7c8".to_string(), "d1a2b3c4d5e6f7a8b9".to_string()];
+    let email = "student@example.com";
+
+    // The agency's own tools create the contact and tag it in GHL.
+    let (status, created) = p
+        .ghl_call(
+            reqwest::Method::POST,
+            "contacts/upsert",
+            Some(json!({"locationId": loc, "email": email, "firstName": "Stu"})),
+        )
+        .await;
+    assert!(status < 300, "{status} {created}");
+    let id = created["contact"]["id"].as_str().unwrap().to_string();
+    let tags_path = format!("contacts/{id}/tags");
+    let tag = |add: bool| {
+        let method = if add { reqwest::Method::POST } else { reqwest::Method::DELETE };
+        p.ghl_call(method, &tags_path, Some(json!({"tags": ["course-a"]})))
+    };
+    assert!(tag(true).await.0 < 300);
+    wait_access(&p, email, "the login and the course's grants", |(l, v)| l.is_some() && *v == course).await;
+
+    // The password sits in the GHL custom field, ready for a workflow to email it.
+    let state: Value = p.http.get(format!("{ghl_admin}/_admin/state")).send().await.unwrap().json().await.unwrap();
+    let field_id = state["locations"][&loc]["customFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fieldKey"] == "contact.sv_password")
+        .unwrap()["id"]
+        .clone();
+    let contact = p.ghl_contacts().await.into_iter().find(|c| c["id"] == id.as_str()).unwrap();
+    let password = contact["customFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == field_id)
+        .and_then(|f| f["value"].as_str())
+        .expect("the password is in contact.sv_password")
+        .to_string();
+    assert!(password.len() >= 20);
+    let (login, _) = sprout_access(&p, email).await;
+
+    // Removing the tag revokes the grants; the login stays.
+    assert!(tag(false).await.0 < 300);
+    wait_access(&p, email, "the grants revoked", |(l, v)| *l == login && v.is_empty()).await;
+
+    // GHL doubles every delivery and they arrive out of order: remove, add, remove are held and
+    // released newest first, each twice. The contact ends without the tag, so without grants.
+    let hook = format!("{}/webhooks/ghl", p.url("intake_url"));
+    admin_put(&p, format!("{ghl_admin}/_admin/webhooks"), json!({"url": hook, "hold": true, "duplicate": true})).await;
+    assert!(tag(true).await.0 < 300);
+    assert!(tag(false).await.0 < 300);
+    let r: Value = p
+        .http
+        .post(format!("{ghl_admin}/_admin/webhooks/release"))
+        .json(&json!({"reverse": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<u64> = r["statuses"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
+    assert_eq!(statuses.len(), 4, "two events, each delivered twice: {r}");
+    assert!(statuses.contains(&200), "a redelivery is answered as a duplicate: {r}");
+    assert!(p.wait_drained(60).await, "the queue drained");
+    assert_eq!(sprout_access(&p, email).await, (login.clone(), vec![]), "out-of-order events end as GHL holds");
+
+    // The bulk grant request is made but answered 500: the worker looks again and makes none twice.
+    admin_put(&p, format!("{ghl_admin}/_admin/webhooks"), json!({"url": hook, "duplicate": true})).await;
+    admin_put(
+        &p,
+        format!("{sprout_admin}/_admin/faults"),
+        json!({"lost_answers": [{"method": "POST", "path_ends_with": "/access_grants/bulk", "status": 500}]}),
+    )
+    .await;
+    assert!(tag(true).await.0 < 300);
+    wait_access(&p, email, "the course granted again", |(l, v)| *l == login && *v == course).await;
+    assert!(p.wait_drained(60).await, "the queue drained");
+    assert_eq!(sprout_access(&p, email).await, (login.clone(), course.clone()), "each grant once");
+    let requests: Value =
+        p.http.get(format!("{sprout_admin}/_admin/requests")).send().await.unwrap().json().await.unwrap();
+    assert!(
+        requests["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["path"].as_str().unwrap().ends_with("/bulk") && r["status"] == 500),
+        "the lost answer happened"
+    );
+
+    // The same login throughout, so the password in GHL is still the one it was made with; and
+    // the password, like every secret value, never appears in any service log.
+    let contact = p.ghl_contacts().await.into_iter().find(|c| c["id"] == id.as_str()).unwrap();
+    assert!(contact["customFields"].as_array().unwrap().iter().any(|f| f["value"] == password.as_str()));
+    let logs = p.service_logs();
+    assert!(logs.contains("access applied"), "the worker's logs were captured");
+    assert!(!logs.contains(&password), "the password appeared in a log");
+    for s in SECRET_VALUES {
+        assert!(!logs.contains(s), "a secret value ({s}) appeared in the logs");
+    }
+    assert_eq!(p.queue_depths().await.1, 0, "nothing parked");
+    let access = p.access_report();
+    assert!(access.denied().is_empty(), "calls refused by the template's policies:\n{access}");
+    p.stop();
 }
