@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
         queue: Arc::new(deps.queue.clone()),
         mapping: deps.config.mapping.clone(),
         ghl: deps.ghl.clone(),
+        sprout: deps.sprout.clone(),
         conflicts: intake::view::ConflictReader::new(deps.store.clone()),
         ghl_webhooks: intake::GhlWebhooks::new(keys, deps.store.clone()),
     });

@@ -66,6 +66,8 @@ pub struct AppState {
     pub queue: Arc<dyn CommandQueue>,
     pub mapping: Arc<Mapping>,
     pub ghl: GhlClient,
+    /// Read by the one-view only (a person's SproutVideo access, when the mapping has access rules).
+    pub sprout: shared::sprout::SproutClient,
     /// Read by the one-view only (a person's identity conflict).
     pub conflicts: view::ConflictReader,
     pub ghl_webhooks: GhlWebhooks,
@@ -271,7 +273,9 @@ async fn contact_view(State(state): State<AppState>, _: ReadKey, Path(email): Pa
         Ok(e) => e,
         Err(e) => return InputError::field("email", e.to_string()).into_response(),
     };
-    match view::contact_view(&state.ghl, &state.conflicts, &email).await {
+    let access =
+        (!state.mapping.access.is_empty()).then(|| view::AccessView { sprout: &state.sprout, mapping: &state.mapping });
+    match view::contact_view(&state.ghl, &state.conflicts, access, &email).await {
         Ok(Some(view)) => axum::Json(view).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("GHL has no contact with email {email}")),
         Err(e) => {

@@ -380,6 +380,7 @@ async fn worker_a_contact_without_the_tag_or_an_email_gets_nothing() {
 struct Chain {
     w: World,
     queue: Arc<MemoryQueue>,
+    intake_url: String,
 }
 
 impl Chain {
@@ -402,6 +403,7 @@ impl Chain {
             queue: queue.clone(),
             mapping: w.worker.mapping.clone(),
             ghl: w.worker.ghl.clone(),
+            sprout: w.worker.sprout.clone(),
             conflicts: intake::view::ConflictReader::new(w.store.clone()),
             ghl_webhooks: intake::GhlWebhooks::new(keys, w.store.clone()),
         });
@@ -409,7 +411,7 @@ impl Chain {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         w.ghl.set_webhooks(WebhookSettings { url: Some(format!("http://{addr}/webhooks/ghl")), ..settings }).await;
-        Self { w, queue }
+        Self { w, queue, intake_url: format!("http://{addr}") }
     }
 
     /// Waits until every delivery sent so far has its answer.
@@ -535,6 +537,53 @@ async fn chain_a_dropped_delivery_is_made_good_by_the_next_change() {
     c.delivered().await;
     c.work().await;
     assert_eq!(c.w.granted("ada@example.com").await, c.w.course);
+}
+
+#[tokio::test]
+async fn chain_the_one_view_shows_the_login_and_grants_and_never_the_password() {
+    let c = Chain::new(WebhookSettings::default()).await;
+    let ada = c.w.contact("ada@example.com", &[]).await;
+    c.tag(&ada, true).await;
+    c.delivered().await;
+    c.work().await;
+    let password = c.w.password_in_ghl(&ada).await.unwrap();
+    let http = reqwest::Client::new();
+    let raw = http
+        .get(format!("{}/v1/contacts/ada@example.com", c.intake_url))
+        .bearer_auth("rk")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!raw.contains(&password), "the view never shows the password");
+    let view: Value = serde_json::from_str(&raw).unwrap();
+    let sv = &view["sproutvideo"];
+    assert_eq!(sv["login"]["email"], "ada@example.com", "{view}");
+    assert_eq!(sv["granted_video_ids"], json!(c.w.course));
+    assert_eq!(sv["access_rules_met"], json!(["course-a"]));
+    let field = view["contact"]["customFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == c.w.password_field_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(field["value"], intake::view::REDACTED);
+
+    // Someone without access: no login, nothing granted.
+    c.w.contact("bob@example.com", &["vip"]).await;
+    let view: Value = http
+        .get(format!("{}/v1/contacts/bob@example.com", c.intake_url))
+        .bearer_auth("rk")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["sproutvideo"], json!({"login": null, "granted_video_ids": [], "access_rules_met": []}));
 }
 
 // ---- end to end, as `make dev` runs it

@@ -57,6 +57,11 @@ fn intake_with(signer: GhlSigner, keys: WebhookKeys) -> Intake {
         queue: queue.clone(),
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl,
+        sprout: shared::sprout::SproutClient::new(
+            shared::sprout::SproutSettings::new(url::Url::parse("http://127.0.0.1:9/v1").unwrap()),
+            Arc::new(shared::sprout::StaticKey(secrecy::SecretString::from("k"))),
+        )
+        .unwrap(),
         conflicts: intake::view::ConflictReader::new(store.clone()),
         ghl_webhooks: intake::GhlWebhooks::new(keys, store.clone()),
     });

@@ -44,6 +44,7 @@ async fn env(tag: &str) -> Env {
         queue: Arc::new(deps.queue.clone()),
         mapping: deps.config.mapping.clone(),
         ghl: deps.ghl.clone(),
+        sprout: deps.sprout.clone(),
         conflicts: intake::view::ConflictReader::new(deps.store.clone()),
         ghl_webhooks: intake::GhlWebhooks::new(
             intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
@@ -221,6 +222,11 @@ async fn sqs_down_answers_503_so_the_sender_retries() {
         queue: Arc::new(deps_queue),
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl: e.ghl_client.clone(),
+        sprout: shared::sprout::SproutClient::new(
+            shared::sprout::SproutSettings::new(url::Url::parse("http://127.0.0.1:9/v1").unwrap()),
+            Arc::new(shared::sprout::StaticKey(secrecy::SecretString::from("k"))),
+        )
+        .unwrap(),
         conflicts: intake::view::ConflictReader::new(Arc::new(shared::state::MemoryStore::new())),
         ghl_webhooks: intake::GhlWebhooks::new(
             intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
@@ -359,6 +365,11 @@ fn offline_app(source: Arc<dyn SecretSource>, queue: Arc<CountingQueue>) -> axum
         queue,
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl,
+        sprout: shared::sprout::SproutClient::new(
+            shared::sprout::SproutSettings::new(url::Url::parse("http://127.0.0.1:9/v1").unwrap()),
+            Arc::new(shared::sprout::StaticKey(secrecy::SecretString::from("k"))),
+        )
+        .unwrap(),
         conflicts: intake::view::ConflictReader::new(Arc::new(shared::state::MemoryStore::new())),
         ghl_webhooks: intake::GhlWebhooks::new(
             intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
