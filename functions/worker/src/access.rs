@@ -64,10 +64,7 @@ pub fn new_password() -> Result<SecretString, ApplyError> {
     Ok(SecretString::from(out))
 }
 
-/// The state-table name of the login a contact's access went to.
-pub fn access_value_name(location_id: &str, contact_id: &str) -> String {
-    format!("access#{location_id}/{contact_id}")
-}
+pub use shared::state::access_value_name;
 
 /// What `kv#access#<location>/<contact>` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -57,6 +57,12 @@ pub fn ledger_pk(key: &IdempotencyKey) -> String {
     format!("idem#{}", key.as_str())
 }
 
+/// The named value recording the SproutVideo login a GHL contact's course access went to
+/// (`kv#access#<location>/<contact>`), written by the worker, read by the reconciler.
+pub fn access_value_name(location_id: &str, contact_id: &str) -> String {
+    format!("access#{location_id}/{contact_id}")
+}
+
 /// The partition key of a named value.
 pub fn value_pk(name: &str) -> String {
     format!("kv#{name}")

@@ -742,3 +742,91 @@ async fn pipeline_tagging_course_a_in_ghl_grants_the_course_and_untagging_revoke
     assert!(access.denied().is_empty(), "calls refused by the template's policies:\n{access}");
     p.stop();
 }
+
+// ---- the reconciler repairs access the lossy feed missed
+
+fn reconciler_for(w: &World, queue: Arc<MemoryQueue>) -> reconciler::reconcile::Reconciler {
+    reconciler::reconcile::Reconciler {
+        sprout: w.worker.sprout.clone(),
+        ghl: w.worker.ghl.clone(),
+        catalog: w.worker.catalog.clone(),
+        store: w.store.clone(),
+        queue,
+        mapping: w.worker.mapping.clone(),
+        lookback_days: 7,
+        plan_lines: 200,
+        delete_orphans: false,
+        max_orphan_deletes: 0,
+        safety_margin: Duration::from_secs(1),
+        search_page_size: 100,
+    }
+}
+
+/// Runs a reconciliation; the access plan lines and the contact changes it queued.
+async fn reconcile(
+    w: &World,
+    dry_run: bool,
+) -> (reconciler::reconcile::Report, Vec<(String, String)>, Vec<SyncCommand>) {
+    let queue = Arc::new(MemoryQueue::new());
+    let r = reconciler_for(w, queue.clone());
+    let input = reconciler::reconcile::ReconcileInput { dry_run, ..Default::default() };
+    let report = r.run(input, None, &|_| {}).await.unwrap();
+    let plan = report
+        .plan
+        .iter()
+        .filter(|l| l.action.ends_with("access"))
+        .map(|l| (l.email.clone(), l.action.clone()))
+        .collect();
+    let changes =
+        queue.commands().into_iter().filter(|c| matches!(c.body, CommandBody::ContactChanged { .. })).collect();
+    (report, plan, changes)
+}
+
+#[tokio::test]
+async fn reconciler_repairs_missing_and_extra_grants_and_a_dry_run_only_plans() {
+    let w = World::new(false).await;
+    // Tagged in GHL, but the webhook was lost: no login, no grants.
+    let ada = w.contact("ada@example.com", &["course-a"]).await;
+    let (report, plan, queued) = reconcile(&w, true).await;
+    assert_eq!(plan, vec![("ada@example.com".to_string(), "grant access".to_string())]);
+    assert!(queued.is_empty(), "a dry run queues nothing");
+    assert_eq!((report.access_contacts, report.access_to_grant), (1, 1));
+    assert!(w.logins("ada@example.com").await.is_empty());
+
+    let (_, _, queued) = reconcile(&w, false).await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].body, CommandBody::ContactChanged { location_id: LOC.into(), contact_id: ada.clone() });
+    w.worker.apply(&queued[0]).await.unwrap();
+    assert_eq!(w.granted("ada@example.com").await, w.course);
+    let (report, plan, queued) = reconcile(&w, false).await;
+    assert!(plan.is_empty() && queued.is_empty(), "in line now: {plan:?}");
+    assert_eq!(report.access_to_grant, 0);
+
+    // A grant went missing in SproutVideo: repaired.
+    let a = w.sprout.access_json().await;
+    w.worker.sprout.delete_access_grant(a["access_grants"][0]["id"].as_str().unwrap()).await.unwrap();
+    let (_, plan, queued) = reconcile(&w, false).await;
+    assert_eq!(plan, vec![("ada@example.com".to_string(), "grant access".to_string())]);
+    w.worker.apply(&queued[0]).await.unwrap();
+    assert_eq!(w.granted("ada@example.com").await, w.course);
+
+    // The tag was removed in GHL and that webhook was lost too: the grants are revoked.
+    w.set_tags(&ada, &["vip"]).await;
+    let (report, plan, queued) = reconcile(&w, true).await;
+    assert_eq!(plan, vec![("ada@example.com".to_string(), "revoke access".to_string())]);
+    assert_eq!(report.access_to_revoke, 1);
+    assert!(queued.is_empty());
+    let (_, _, queued) = reconcile(&w, false).await;
+    w.worker.apply(&queued[0]).await.unwrap();
+    assert!(w.granted("ada@example.com").await.is_empty());
+    assert_eq!(w.logins("ada@example.com").await.len(), 1, "the login stays");
+    let (_, plan, queued) = reconcile(&w, false).await;
+    assert!(plan.is_empty() && queued.is_empty(), "{plan:?}");
+
+    // Grants made by hand to someone the sync never granted are left alone.
+    let bob_login = w.worker.sprout.create_login("bob@example.com", &SecretString::from("hand-made-1")).await.unwrap();
+    w.worker.sprout.create_access_grant(&w.course[0], &bob_login.id).await.unwrap();
+    w.contact("bob@example.com", &[]).await;
+    let (_, plan, queued) = reconcile(&w, false).await;
+    assert!(plan.is_empty() && queued.is_empty(), "{plan:?}");
+}
