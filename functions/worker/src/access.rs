@@ -6,7 +6,8 @@
 //! 1. the contact is read from GHL (a webhook payload is only a hint);
 //! 2. the grants its tags call for are worked out (video ids, and the videos of SproutVideo tag
 //!    ids), with their limits;
-//! 3. the login with the contact's email is looked up. None, and a rule is met: a password is
+//! 3. the login with the contact's email is looked up (the recorded one by its id, else in the
+//!    list of logins). None, and a rule is met: a password is
 //!    made (OS random source), written to the mapping's `password_field` first, and only then
 //!    is the login created, so a login never exists with a password nobody has. An existing
 //!    login is reused and the field is never touched again;
@@ -236,7 +237,7 @@ impl Worker {
         };
         let contact = contact.expect("an email comes from a contact");
 
-        let login = match self.sprout.list_logins().await?.into_iter().find(|l| same_email(l, &email)) {
+        let login = match self.find_login(&email, recorded.as_ref()).await? {
             Some(l) => Some(l),
             None if desired.is_empty() => None,
             None => {
@@ -322,6 +323,19 @@ impl Worker {
             "access applied"
         );
         Ok(if written { Applied::Written } else { Applied::Unchanged })
+    }
+
+    /// The login with the email: the recorded one when it still exists under that email (one
+    /// read), else a look through every login (SproutVideo has no lookup by email).
+    async fn find_login(&self, email: &Email, recorded: Option<&AccessRecord>) -> Result<Option<Login>, ApplyError> {
+        if let Some(r) = recorded.filter(|r| r.email.eq_ignore_ascii_case(email.as_str())) {
+            match self.sprout.get_login(&r.login_id).await {
+                Ok(l) if same_email(&l, email) => return Ok(Some(l)),
+                Ok(_) | Err(SproutError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(self.sprout.list_logins().await?.into_iter().find(|l| same_email(l, email)))
     }
 
     /// Every video a rule names (by id or SproutVideo tag), and each rule's videos by its tag.

@@ -164,7 +164,7 @@ impl World {
             .and_then(|f| f["value"].as_str().map(str::to_string))
     }
 
-    async fn sprout_writes(&self, method: &str, path_end: &str) -> usize {
+    async fn sprout_calls(&self, method: &str, path_end: &str) -> usize {
         self.sprout.requests().await.iter().filter(|r| r.method == method && r.path.ends_with(path_end)).count()
     }
 }
@@ -197,13 +197,15 @@ async fn worker_a_doubled_event_changes_nothing_and_never_touches_the_password_a
     let ada = w.contact("ada@example.com", &["course-a"]).await;
     w.changed(&ada, "wh-1").await.unwrap();
     let password = w.password_in_ghl(&ada).await.unwrap();
-    let (logins_made, grants_made) = (w.sprout_writes("POST", "/logins").await, w.sprout_writes("POST", "/bulk").await);
+    let (logins_made, grants_made) = (w.sprout_calls("POST", "/logins").await, w.sprout_calls("POST", "/bulk").await);
 
     // GHL doubles the event (another webhookId), and a reconciliation sends it once more.
+    let listings = w.sprout_calls("GET", "/logins").await;
     assert_eq!(w.changed(&ada, "wh-2").await.unwrap(), Applied::Unchanged);
+    assert_eq!(w.sprout_calls("GET", "/logins").await, listings, "the recorded login is read by its id");
     assert_eq!(w.changed(&ada, "wh-3").await.unwrap(), Applied::Unchanged);
-    assert_eq!(w.sprout_writes("POST", "/logins").await, logins_made);
-    assert_eq!(w.sprout_writes("POST", "/bulk").await, grants_made);
+    assert_eq!(w.sprout_calls("POST", "/logins").await, logins_made);
+    assert_eq!(w.sprout_calls("POST", "/bulk").await, grants_made);
     assert_eq!(w.password_in_ghl(&ada).await.unwrap(), password, "the field is written once");
     assert_eq!(w.granted("ada@example.com").await, w.course);
 }
@@ -274,7 +276,7 @@ async fn worker_a_bulk_grant_answered_500_after_it_was_made_is_not_doubled() {
     assert_eq!(w.granted("ada@example.com").await, w.course, "each grant once");
     w.changed(&ada, "wh-1").await.unwrap();
     assert_eq!(w.granted("ada@example.com").await, w.course, "a redelivery makes none again");
-    assert_eq!(w.sprout_writes("POST", "/access_grants/bulk").await, 1);
+    assert_eq!(w.sprout_calls("POST", "/access_grants/bulk").await, 1);
     let bulk = w.sprout.requests().await.into_iter().find(|r| r.path.ends_with("/bulk")).unwrap();
     assert_eq!(bulk.status, 500, "the answer the worker saw was a 500");
 }
@@ -292,7 +294,7 @@ async fn worker_no_login_is_made_when_the_password_could_not_be_written_to_ghl()
         .await;
     let e = w.changed(&ada, "wh-1").await.unwrap_err();
     assert!(matches!(e, worker::ApplyError::Permanent { .. }), "{e:?}");
-    assert_eq!(w.sprout_writes("POST", "/logins").await, 0, "no login with a password nobody has");
+    assert_eq!(w.sprout_calls("POST", "/logins").await, 0, "no login with a password nobody has");
     assert!(w.logins("ada@example.com").await.is_empty());
     // Once GHL takes the field, the next attempt makes the login with the password it holds.
     w.changed(&ada, "wh-1").await.unwrap();
@@ -313,7 +315,7 @@ async fn worker_a_login_answered_500_after_it_was_made_is_reused_with_the_passwo
     w.changed(&ada, "wh-1").await.unwrap();
     w.changed(&ada, "wh-2").await.unwrap();
     assert_eq!(w.logins("ada@example.com").await.len(), 1);
-    assert_eq!(w.sprout_writes("POST", "/logins").await, 1, "created once");
+    assert_eq!(w.sprout_calls("POST", "/logins").await, 1, "created once");
     assert!(w.password_in_ghl(&ada).await.is_some());
     assert_eq!(w.granted("ada@example.com").await, w.course);
 }
@@ -371,7 +373,7 @@ async fn worker_a_contact_without_the_tag_or_an_email_gets_nothing() {
     let phone_only = w.ghl.insert_contact(LOC, json!({"phone": "+14155552671", "tags": ["course-a"]})).await;
     assert_eq!(w.changed(&phone_only, "wh-2").await.unwrap(), Applied::Unchanged);
     assert!(w.sprout.access_json().await["logins"].as_array().unwrap().is_empty());
-    assert_eq!(w.sprout_writes("POST", "/logins").await, 0);
+    assert_eq!(w.sprout_calls("POST", "/logins").await, 0);
 }
 
 // ---- the chain in process: the local GHL's signed webhooks → the intake → the queue → the worker
