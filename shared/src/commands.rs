@@ -34,6 +34,9 @@ pub enum Source {
     Rule { rule: String, video_id: String },
     /// A reconciliation run.
     Reconcile(String),
+    /// A HighLevel webhook delivery: its `webhookId`, or for an unsigned workflow delivery the
+    /// contact, a digest of the body and a time bucket.
+    Ghl(String),
 }
 
 impl Source {
@@ -45,6 +48,7 @@ impl Source {
             Self::Session(_) => "session",
             Self::Rule { .. } => "rule",
             Self::Reconcile(_) => "reconcile",
+            Self::Ghl(_) => "ghl",
         }
     }
 
@@ -53,7 +57,9 @@ impl Source {
     pub fn label(&self) -> String {
         match self {
             Self::Event(id) => id.clone(),
-            Self::SproutVideo(id) | Self::Session(id) | Self::Reconcile(id) => format!("{}:{id}", self.namespace()),
+            Self::SproutVideo(id) | Self::Session(id) | Self::Reconcile(id) | Self::Ghl(id) => {
+                format!("{}:{id}", self.namespace())
+            }
             Self::Rule { rule, video_id } => format!("rule:{rule}:{video_id}"),
         }
     }
@@ -88,7 +94,11 @@ impl IdempotencyKey {
                 h.update([0u8]);
                 h.update(action.as_bytes());
             }
-            Source::Event(id) | Source::SproutVideo(id) | Source::Session(id) | Source::Reconcile(id) => {
+            Source::Event(id)
+            | Source::SproutVideo(id)
+            | Source::Session(id)
+            | Source::Reconcile(id)
+            | Source::Ghl(id) => {
                 for part in [source.namespace(), id.as_str(), email, action] {
                     h.update((part.len() as u64).to_be_bytes());
                     h.update(part.as_bytes());
@@ -209,6 +219,9 @@ pub enum CommandBody {
     CompleteTask { identity: Identity, external_id: String },
     /// A video changed in SproutVideo: re-fetch it and pull its new engagement sessions.
     VideoChanged { video_id: String },
+    /// A HighLevel contact changed (a webhook said so): re-read it and bring the person's
+    /// SproutVideo access in line with the mapping's access rules and the contact's tags now.
+    ContactChanged { location_id: String, contact_id: String },
 }
 
 impl CommandBody {
@@ -222,10 +235,12 @@ impl CommandBody {
             Self::CreateTask { .. } => "create_task",
             Self::CompleteTask { .. } => "complete_task",
             Self::VideoChanged { .. } => "video_changed",
+            Self::ContactChanged { .. } => "contact_changed",
         }
     }
 
-    /// The person the command is about (none for a video change).
+    /// The person the command is about (none for a video change, nor for a contact change,
+    /// which names the contact by its GHL id).
     pub fn email(&self) -> Option<&Email> {
         match self {
             Self::UpsertContact { contact } | Self::RepairContact { contact } => Some(&contact.email),
@@ -233,7 +248,7 @@ impl CommandBody {
             | Self::AddNote { identity, .. }
             | Self::CreateTask { identity, .. }
             | Self::CompleteTask { identity, .. } => Some(&identity.email),
-            Self::VideoChanged { .. } => None,
+            Self::VideoChanged { .. } | Self::ContactChanged { .. } => None,
         }
     }
 }
@@ -264,10 +279,14 @@ impl SyncCommand {
     }
 
     /// The FIFO message group: one person's commands apply in order, one at a time (and one
-    /// video's refreshes). Derived from a hash, so it is valid for SQS whatever the address.
+    /// video's refreshes, and one GHL contact's changes). Derived from a hash, so it is valid
+    /// for SQS whatever the address.
     pub fn message_group(&self) -> MessageGroupId {
         match &self.body {
             CommandBody::VideoChanged { video_id } => MessageGroupId::for_video(video_id),
+            CommandBody::ContactChanged { location_id, contact_id } => {
+                MessageGroupId::for_contact(location_id, contact_id)
+            }
             CommandBody::UpsertContact { contact } | CommandBody::RepairContact { contact } => {
                 MessageGroupId::for_person(&contact.email)
             }
@@ -366,6 +385,12 @@ mod tests {
             ),
             SyncCommand::new("e1", "done", at, CommandBody::CompleteTask { identity: id, external_id: "x1".into() }),
             SyncCommand::new("e2", "video", at, CommandBody::VideoChanged { video_id: "abc".into() }),
+            SyncCommand::new(
+                Source::Ghl("wh-1".into()),
+                "contact_changed",
+                at,
+                CommandBody::ContactChanged { location_id: "loc1".into(), contact_id: "c1".into() },
+            ),
         ]
     }
 
@@ -476,6 +501,29 @@ mod tests {
     }
 
     #[test]
+    fn a_contact_change_is_grouped_by_contact_and_keyed_by_its_delivery() {
+        let at = Utc::now();
+        let change = |source: &str, contact: &str| {
+            SyncCommand::new(
+                Source::Ghl(source.into()),
+                "contact_changed",
+                at,
+                CommandBody::ContactChanged { location_id: "loc1".into(), contact_id: contact.into() },
+            )
+        };
+        assert_eq!(change("wh-1", "c1").message_group(), change("wh-2", "c1").message_group());
+        assert_ne!(change("wh-1", "c1").message_group(), change("wh-1", "c2").message_group());
+        assert_eq!(change("wh-1", "c1").key, change("wh-1", "c1").key, "a redelivery is the same command");
+        assert_ne!(change("wh-1", "c1").key, change("wh-2", "c1").key);
+        assert_ne!(
+            change("wh-1", "c1").key,
+            SyncCommand::new("wh-1", "contact_changed", at, change("x", "c1").body).key
+        );
+        assert_eq!(change("wh-1", "c1").source_event, "ghl:wh-1");
+        assert!(change("wh-1", "c1").group_id().starts_with("c-"));
+    }
+
+    #[test]
     fn keys_read_from_the_wire_are_checked() {
         let wire = sample()[0].encode();
         let key = sample()[0].key.as_str().to_string();
@@ -503,7 +551,7 @@ mod tests {
            }
 
            #[test]
-    fn decode_never_panics_on_near_misses(i in 0usize..7, cut in 0usize..400, junk in "[ -~]{0,8}") {
+    fn decode_never_panics_on_near_misses(i in 0usize..8, cut in 0usize..400, junk in "[ -~]{0,8}") {
                let wire = sample()[i].encode();
                let cut = cut.min(wire.len());
                let mangled = format!("{}{}{}", &wire[..cut], junk, &wire[cut..]);

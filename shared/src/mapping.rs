@@ -140,6 +140,45 @@ pub struct Rule {
     pub task: Option<TaskRule>,
 }
 
+/// An access rule: a GHL contact carrying `tag` gets a SproutVideo login for its email and
+/// access grants to the rule's videos; once the tag is gone the grants are revoked.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// The GHL tag that grants access (compared as GHL stores tags: trimmed, lower-cased).
+    pub tag: String,
+    /// SproutVideo video ids.
+    #[serde(default)]
+    pub video_ids: Vec<String>,
+    /// SproutVideo tag ids: every video carrying one of them (read when the rule is applied).
+    #[serde(default)]
+    pub video_tag_ids: Vec<String>,
+    /// Plays each grant allows; none means unlimited.
+    #[serde(default)]
+    pub allowed_plays: Option<u32>,
+    /// A GHL custom field (`contact.<name>`) holding the date or time access ends; a date ends
+    /// at the end of that day (UTC). An empty field means no end.
+    #[serde(default)]
+    pub access_ends_at_field: Option<String>,
+    /// Access ends this many days after the grant is made.
+    #[serde(default)]
+    pub access_days: Option<u32>,
+    /// The GHL custom field (`contact.<name>`) the new login's password is written to, once,
+    /// before the login is made (so a GHL workflow can send it).
+    pub password_field: String,
+    /// Delete the person's login when they meet no access rule any more (their grants go with
+    /// it). Off by default: the login stays, without grants.
+    #[serde(default)]
+    pub delete_login_on_revoke: bool,
+}
+
+impl AccessRule {
+    /// The tag as GHL stores it.
+    pub fn normalised_tag(&self) -> String {
+        normalise_tag(&self.tag)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mapping {
@@ -158,6 +197,9 @@ pub struct Mapping {
     pub identity: IdentityRules,
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Course access from GHL tags (`[[access]]`).
+    #[serde(default)]
+    pub access: Vec<AccessRule>,
 }
 
 /// What an event or SproutVideo says about a person, before mapping.
@@ -263,7 +305,83 @@ impl Mapping {
                 return bad(format!("custom field key '{key}' must look like contact.<name>"));
             }
         }
+        self.check_access()
+    }
+
+    fn check_access(&self) -> Result<(), MappingError> {
+        let bad = |m: String| Err(MappingError::InvalidConfig(m));
+        let field_key = |k: &str| k.strip_prefix("contact.").is_some_and(|n| !n.trim().is_empty() && !n.contains(' '));
+        let mut tags = BTreeSet::new();
+        for (i, r) in self.access.iter().enumerate() {
+            let at = format!("[[access]] #{} (tag '{}')", i + 1, r.tag);
+            let tag = r.normalised_tag();
+            if tag.is_empty() {
+                return bad(format!("[[access]] #{}: tag must name the GHL tag that grants access", i + 1));
+            }
+            if !tags.insert(tag.clone()) {
+                return bad(format!("{at}: another [[access]] rule has the tag '{tag}'; merge the two rules"));
+            }
+            if r.video_ids.is_empty() && r.video_tag_ids.is_empty() {
+                return bad(format!(
+                    "{at}: name the videos: video_ids (SproutVideo video ids) and/or video_tag_ids (SproutVideo tag ids)"
+                ));
+            }
+            if r.video_ids.iter().chain(&r.video_tag_ids).any(|v| v.trim().is_empty() || v.trim() != v) {
+                return bad(format!("{at}: video_ids and video_tag_ids must not hold blank or padded ids"));
+            }
+            if r.allowed_plays == Some(0) {
+                return bad(format!("{at}: allowed_plays must be at least 1 (leave it out for unlimited plays)"));
+            }
+            if r.access_days == Some(0) {
+                return bad(format!("{at}: access_days must be at least 1 (leave it out for no end)"));
+            }
+            if r.access_days.is_some() && r.access_ends_at_field.is_some() {
+                return bad(format!("{at}: set access_days or access_ends_at_field, not both"));
+            }
+            if let Some(f) = &r.access_ends_at_field
+                && !field_key(f)
+            {
+                return bad(format!(
+                    "{at}: access_ends_at_field '{f}' must be a GHL custom field key like contact.<name>"
+                ));
+            }
+            if !field_key(&r.password_field) {
+                return bad(format!(
+                    "{at}: password_field '{}' must be a GHL custom field key like contact.<name>",
+                    r.password_field
+                ));
+            }
+            if r.access_ends_at_field.as_deref() == Some(r.password_field.as_str()) {
+                return bad(format!("{at}: password_field and access_ends_at_field must be different fields"));
+            }
+            if self.custom_fields.contains_key(&r.password_field) {
+                return bad(format!(
+                    "{at}: password_field '{}' is also written by [custom_fields]; give the password its own field",
+                    r.password_field
+                ));
+            }
+            if let Some(first) = self.access.first()
+                && first.password_field != r.password_field
+            {
+                return bad(format!(
+                    "{at}: every [[access]] rule must use one password_field (a person has one SproutVideo \
+                     login): '{}' here, '{}' in the first rule",
+                    r.password_field, first.password_field
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The access rules a contact with `tags` meets.
+    pub fn access_met<'a>(&'a self, tags: &[String]) -> Vec<&'a AccessRule> {
+        let have: BTreeSet<String> = tags.iter().map(|t| normalise_tag(t)).collect();
+        self.access.iter().filter(|r| have.contains(&r.normalised_tag())).collect()
+    }
+
+    /// The custom field the password of a new login goes to (one for every rule).
+    pub fn password_field(&self) -> Option<&str> {
+        self.access.first().map(|r| r.password_field.as_str())
     }
 
     /// Normalises an email, refusing blank, malformed and shared role addresses.
@@ -465,6 +583,19 @@ impl CustomFieldCatalog {
         Ok(map)
     }
 
+    /// A field's id and data type by its key (refetched once when the key is unknown).
+    pub async fn definition(&self, key: &str) -> Result<(String, String), MappingError> {
+        let cached = self.cache.read().await.clone();
+        let mut defs = match cached {
+            Some(d) => d,
+            None => self.load().await?,
+        };
+        if !defs.contains_key(key) {
+            defs = self.load().await?;
+        }
+        defs.get(key).cloned().ok_or_else(|| MappingError::UnknownCustomField(key.to_string()))
+    }
+
     /// `{id, field_value}` items for the given values by key, typed by each field's data type.
     pub async fn resolve(&self, values: &BTreeMap<String, Value>) -> Result<Vec<CustomFieldInput>, MappingError> {
         if values.is_empty() {
@@ -566,6 +697,82 @@ mod tests {
         ];
         for (text, needle) in cases {
             let e = Mapping::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e} should mention {needle}");
+        }
+    }
+
+    const ACCESS_BASE: &str = "default_region = \"US\"\nsync_tag = \"s\"\n[tags]\n";
+
+    #[test]
+    fn access_rules_load_and_say_which_tags_they_answer() {
+        let text = format!(
+            "{ACCESS_BASE}[[access]]\ntag = \" Course-A \"\nvideo_ids = [\"v1\", \"v2\"]\nallowed_plays = 5\n\
+             access_days = 30\npassword_field = \"contact.sv_password\"\n\
+             [[access]]\ntag = \"course-b\"\nvideo_tag_ids = [\"t1\"]\naccess_ends_at_field = \"contact.course_b_ends\"\n\
+             password_field = \"contact.sv_password\"\ndelete_login_on_revoke = true\n"
+        );
+        let m = Mapping::from_toml(&text).unwrap();
+        assert_eq!(m.access.len(), 2);
+        assert_eq!(m.access[0].allowed_plays, Some(5));
+        assert!(!m.access[0].delete_login_on_revoke, "the login stays by default");
+        assert!(m.access[1].delete_login_on_revoke);
+        let met: Vec<&str> = m.access_met(&["course-a".into(), "VIP".into()]).iter().map(|r| r.tag.as_str()).collect();
+        assert_eq!(met, [" Course-A "]);
+        assert!(m.access_met(&["course".into()]).is_empty());
+        assert_eq!(m.password_field(), Some("contact.sv_password"));
+        assert_eq!(Mapping::default_mapping().password_field(), None, "no access rules by default");
+    }
+
+    #[test]
+    fn bad_access_rules_are_refused_saying_what_to_fix() {
+        let rule = |body: &str| format!("{ACCESS_BASE}[[access]]\n{body}\n");
+        let pw = "password_field = \"contact.pw\"";
+        let cases = [
+            (rule(&format!("tag = \" \"\nvideo_ids = [\"v1\"]\n{pw}")), "tag must name"),
+            (rule(&format!("tag = \"a\"\n{pw}")), "name the videos"),
+            (rule(&format!("tag = \"a\"\nvideo_ids = [\" v1\"]\n{pw}")), "blank or padded"),
+            (
+                rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\nallowed_plays = 0\n{pw}")),
+                "allowed_plays must be at least 1",
+            ),
+            (rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\nallowed_plays = -1\n{pw}")), "allowed_plays"),
+            (
+                rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\naccess_days = 0\n{pw}")),
+                "access_days must be at least 1",
+            ),
+            (
+                rule(&format!(
+                    "tag = \"a\"\nvideo_ids = [\"v1\"]\naccess_days = 3\naccess_ends_at_field = \"contact.e\"\n{pw}"
+                )),
+                "not both",
+            ),
+            (
+                rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\naccess_ends_at_field = \"ends\"\n{pw}")),
+                "contact.<name>",
+            ),
+            (
+                rule("tag = \"a\"\nvideo_ids = [\"v1\"]\npassword_field = \"sv_password\""),
+                "password_field 'sv_password'",
+            ),
+            (rule("tag = \"a\"\nvideo_ids = [\"v1\"]"), "password_field"),
+            (rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\n{pw}\nsurprise = 1")), "surprise"),
+            (
+                format!(
+                    "{}[[access]]\ntag = \"A\"\nvideo_ids = [\"v2\"]\n{pw}\n",
+                    rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\n{pw}"))
+                ),
+                "merge the two rules",
+            ),
+            (
+                format!(
+                    "{}[[access]]\ntag = \"b\"\nvideo_ids = [\"v2\"]\npassword_field = \"contact.other\"\n",
+                    rule(&format!("tag = \"a\"\nvideo_ids = [\"v1\"]\n{pw}"))
+                ),
+                "one password_field",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = Mapping::from_toml(&text).unwrap_err().to_string();
             assert!(e.contains(needle), "{e} should mention {needle}");
         }
     }

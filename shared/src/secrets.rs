@@ -73,6 +73,10 @@ pub struct SyncSecrets {
     pub signing_secrets: Vec<SecretString>,
     #[serde(with = "secret_str")]
     pub read_api_key: SecretString,
+    /// The path token of `POST /webhooks/ghl-workflow/{token}` (a HighLevel workflow's webhook
+    /// action, which GHL does not sign). Without it that route refuses every call.
+    #[serde(default, with = "secret_opt", skip_serializing_if = "Option::is_none")]
+    pub ghl_workflow_token: Option<SecretString>,
     #[serde(default, with = "secret_opt", skip_serializing_if = "Option::is_none")]
     pub ghl_token: Option<SecretString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -174,6 +174,17 @@ async fn values(store: &dyn StateStore, ns: &str) {
     store.put_value(&gone, "old", Some(Duration::ZERO)).await.unwrap();
     assert_eq!(store.get_value(&gone).await.unwrap(), None);
     assert!(store.get_values(std::slice::from_ref(&gone)).await.unwrap().is_empty());
+
+    // A conditional put stores once; a second caller learns the name is taken; an expired
+    // value counts as none.
+    let once = format!("{ns}#once");
+    let day = Duration::from_secs(86_400);
+    assert!(store.put_value_if_absent(&once, "first", day).await.unwrap());
+    assert!(!store.put_value_if_absent(&once, "second", day).await.unwrap());
+    assert_eq!(store.get_value(&once).await.unwrap().as_deref(), Some("first"));
+    store.put_value(&gone, "old", Some(Duration::ZERO)).await.unwrap();
+    assert!(store.put_value_if_absent(&gone, "new", day).await.unwrap(), "an expired value is no value");
+    assert_eq!(store.get_value(&gone).await.unwrap().as_deref(), Some("new"));
 }
 
 async fn batch_values(store: &dyn StateStore, ns: &str) {

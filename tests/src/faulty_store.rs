@@ -102,6 +102,9 @@ impl StateStore for FaultyStore {
         }
         self.inner.put_value(name, value, ttl).await
     }
+    async fn put_value_if_absent(&self, name: &str, value: &str, ttl: Duration) -> Result<bool, StateError> {
+        self.inner.put_value_if_absent(name, value, ttl).await
+    }
     async fn delete_value(&self, name: &str) -> Result<(), StateError> {
         self.inner.delete_value(name).await
     }

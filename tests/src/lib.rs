@@ -7,6 +7,7 @@ pub mod aws;
 pub mod contract;
 pub mod faulty_store;
 pub mod fixtures;
+pub mod ghl_signer;
 pub mod lambda_local;
 pub mod local_ghl;
 pub mod local_sprout;

@@ -6,7 +6,9 @@
 //! - `POST /_admin/videos`, `/_admin/logins`, `/_admin/sessions`: seed records (JSON object or array);
 //! - `POST /_admin/generate` `{viewers, videos, sessions_per_viewer, email_share}`: bulk data;
 //! - `POST /_admin/webhook` `{video_id, url}`: POST the video JSON to `url`, as SproutVideo does;
-//! - `PUT /_admin/faults`, `PUT /_admin/config`, `GET /_admin/requests`, `POST /_admin/reset`.
+//! - `GET /_admin/access`: every login and access grant;
+//! - `PUT /_admin/faults` (including `lost_answers`: writes applied, then answered with an
+//!   error), `PUT /_admin/config`, `GET /_admin/requests`, `POST /_admin/reset`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -68,6 +70,19 @@ pub struct SproutFaults {
     pub latency_ms: u64,
     /// Statuses for the next requests, in order.
     pub next_statuses: VecDeque<u16>,
+    /// Writes that are applied and then answered with an error status instead of their answer
+    /// (a lost answer): the first entry whose method and path match is used up.
+    pub lost_answers: VecDeque<LostAnswer>,
+}
+
+/// A write that takes effect but is answered `status` (e.g. a 500 after the grant was made).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LostAnswer {
+    pub method: String,
+    /// Matches when the request path ends with this (`/access_grants/bulk`).
+    pub path_ends_with: String,
+    pub status: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,6 +226,12 @@ impl LocalSprout {
     }
 
     /// The video JSON SproutVideo would POST to a webhook URL.
+    /// Every login and access grant, as the API would list them.
+    pub async fn access_json(&self) -> Value {
+        let s = self.store.lock().await;
+        json!({"logins": by_created_at(&s, &s.logins), "access_grants": by_created_at(&s, &s.grants)})
+    }
+
     pub async fn video_json(&self, id: &str) -> Option<Value> {
         let s = self.store.lock().await;
         s.videos.get(id).map(|v| Value::Object(v.clone()))
@@ -400,7 +421,15 @@ async fn handle(State(sv): State<LocalSprout>, method: Method, uri: Uri, headers
         tokio::time::sleep(latency).await;
     }
     let mut s = sv.store.lock().await;
-    let (status, body, retry_after) = respond(&mut s, &method, &path, &query, &headers, &body);
+    let (mut status, mut body, retry_after) = respond(&mut s, &method, &path, &query, &headers, &body);
+    if (200..300).contains(&status)
+        && let Some(i) =
+            s.faults.lost_answers.iter().position(|l| l.method == method.as_str() && path.ends_with(&l.path_ends_with))
+    {
+        let lost = s.faults.lost_answers.remove(i).expect("found above");
+        status = lost.status;
+        body = Value::String("<html>Internal Server Error</html>".into());
+    }
     s.log.push(SproutRequest { method: method.to_string(), path, query, status });
     let mut resp = if status == 204 {
         StatusCode::NO_CONTENT.into_response()
@@ -468,7 +497,13 @@ fn respond(
             None,
         ),
         ("GET", ["videos"]) => {
-            let items = by_created_at(s, &s.videos);
+            let mut items = by_created_at(s, &s.videos);
+            // The documented `tag_id` filter: videos carrying that tag.
+            if let Some(tag) = get("tag_id") {
+                items.retain(|v| {
+                    v["tags"].as_array().is_some_and(|t| t.iter().any(|x| x.as_str() == Some(tag.as_str())))
+                });
+            }
             paged(s, "videos", path, &q, items)
         }
         ("GET", ["videos", id]) => match s.videos.get(*id) {
@@ -760,6 +795,7 @@ async fn admin(sv: &LocalSprout, method: &Method, rest: &str, body: &[u8]) -> Re
             Err(e) => bad(format!("bad config: {e}")),
         },
         ("GET", "requests") => axum::Json(json!({"requests": sv.store.lock().await.log})).into_response(),
+        ("GET", "access") => axum::Json(sv.access_json().await).into_response(),
         ("POST", "reset") => {
             let mut s = sv.store.lock().await;
             let behaviour = s.behaviour.clone();

@@ -13,8 +13,14 @@ use serde_json::Value;
 use crate::lambda_local::iam::{AccessReport, Credentials, Grant, read_audit};
 
 /// The secret values `dev-stack` uses; none may appear in a log.
-pub const SECRET_VALUES: &[&str] =
-    &["dev-webhook-token", "dev-signing-secret", "dev-read-key", "dev-ghl-token", "dev-sproutvideo-key"];
+pub const SECRET_VALUES: &[&str] = &[
+    "dev-webhook-token",
+    "dev-signing-secret",
+    "dev-read-key",
+    "dev-ghl-token",
+    "dev-sproutvideo-key",
+    "dev-ghl-workflow-token",
+];
 
 /// Where the workspace's debug binaries are (they must be built).
 pub fn bin_dir() -> PathBuf {

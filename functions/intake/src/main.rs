@@ -18,13 +18,16 @@ async fn main() -> anyhow::Result<()> {
     );
     // The intake may not write the secret: it never refreshes the GHL token.
     let deps = Deps::with_token_refresh(Config::from_env()?, TokenRefresh::Never).await?;
+    let keys = intake::ghl_webhook::WebhookKeys::from_env()?;
     let app = intake::router(intake::AppState {
         secrets: deps.secrets.clone(),
         queue: Arc::new(deps.queue.clone()),
         mapping: deps.config.mapping.clone(),
         // A person waits for the one-view: its reads take the interactive lane of the budget.
         ghl: deps.ghl.with_budget(deps.budget.clone(), shared::budget::Lane::Interactive),
+        sprout: deps.sprout.clone(),
         conflicts: intake::view::ConflictReader::new(deps.store.clone()),
+        ghl_webhooks: intake::GhlWebhooks::new(keys, deps.store.clone()),
     });
     lambda_http::run(app).await.map_err(|e| anyhow::anyhow!(e))
 }

@@ -3,12 +3,17 @@
 //!
 //! - `POST /webhooks/sproutvideo/{token}`: SproutVideo's video-processed webhook.
 //! - `POST /v1/events`: signed events (`X-Signature-Timestamp`, `X-Signature: v1=<hex>`).
+//! - `POST /webhooks/ghl`: HighLevel Marketplace-app webhooks (Ed25519 `x-ghl-signature`, or the
+//!   legacy RSA `x-wh-signature`), see [`crate::ghl_webhook`].
+//! - `POST /webhooks/ghl-workflow/{token}`: a HighLevel workflow's webhook action (unsigned; the
+//!   path token is the secret's `ghl_workflow_token`).
 //! - `GET /v1/contacts/{email}`: the contact view (bearer read key).
 //! - `GET /health`: liveness.
 //!
 //! Authentication and body limits are extractors (`extract`); this module maps every refusal
 //! to its HTTP answer. Nothing is acknowledged (202) until SQS accepted every message of the
-//! event; a queue failure answers 503 so the sender retries.
+//! event; a queue failure answers 503 so the sender retries. HighLevel retries a webhook only on
+//! 429, so its routes answer 429 (never 5xx) whenever a delivery should come again.
 
 mod extract;
 
@@ -24,10 +29,36 @@ use shared::ghl::GhlClient;
 use shared::mapping::Mapping;
 use shared::queue::CommandQueue;
 use shared::secrets::SecretCache;
+use shared::state::{StateError, StateStore};
 
-pub use self::extract::{ReadKey, Refusal, SignedEvent, WebhookBody};
+pub use self::extract::{RawBody, ReadKey, Refusal, SignedEvent, WebhookBody};
 use crate::events::{self, InputError};
-use crate::view;
+use crate::ghl_webhook::{self, Delivery, Refused, WebhookKeys};
+use crate::{auth, view};
+
+/// What the HighLevel webhook routes need: the public keys, and the record of deliveries
+/// already taken (the state table's `kv#ghl-webhook#<webhookId>` items, nothing else).
+#[derive(Clone)]
+pub struct GhlWebhooks {
+    pub keys: Arc<WebhookKeys>,
+    seen: Arc<dyn StateStore>,
+}
+
+impl GhlWebhooks {
+    pub fn new(keys: WebhookKeys, store: Arc<dyn StateStore>) -> Self {
+        Self { keys: Arc::new(keys), seen: store }
+    }
+
+    /// Records `webhook_id` as taken; `false` when it was taken before.
+    async fn take(&self, webhook_id: &str) -> Result<bool, StateError> {
+        self.seen.put_value_if_absent(&ghl_webhook::seen_value_name(webhook_id), "1", ghl_webhook::SEEN_TTL).await
+    }
+
+    /// Forgets a delivery whose command could not be queued, so its redelivery is taken.
+    async fn forget(&self, webhook_id: &str) -> Result<(), StateError> {
+        self.seen.delete_value(&ghl_webhook::seen_value_name(webhook_id)).await
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -35,13 +66,18 @@ pub struct AppState {
     pub queue: Arc<dyn CommandQueue>,
     pub mapping: Arc<Mapping>,
     pub ghl: GhlClient,
+    /// Read by the one-view only (a person's SproutVideo access, when the mapping has access rules).
+    pub sprout: shared::sprout::SproutClient,
     /// Read by the one-view only (a person's identity conflict).
     pub conflicts: view::ConflictReader,
+    pub ghl_webhooks: GhlWebhooks,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhooks/sproutvideo/{token}", post(sproutvideo_webhook))
+        .route("/webhooks/ghl", post(ghl_webhook))
+        .route("/webhooks/ghl-workflow/{token}", post(ghl_workflow_webhook))
         .route("/v1/events", post(signed_event))
         .route("/v1/contacts/{email}", get(contact_view))
         .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
@@ -133,12 +169,113 @@ async fn signed_event(State(state): State<AppState>, SignedEvent(body): SignedEv
     }
 }
 
+/// 429 with a pause: the only answer HighLevel redelivers on.
+fn ghl_retry_later(msg: &str) -> Response {
+    (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "5")], axum::Json(json!({ "error": msg }))).into_response()
+}
+
+fn ghl_refusal(e: Refused) -> Response {
+    let (status, body) = match &e {
+        Refused::BadSignature(reason) => {
+            (StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized", "reason": reason }))
+        }
+        Refused::Malformed(reason) | Refused::Stale(reason) => (StatusCode::BAD_REQUEST, json!({ "error": reason })),
+    };
+    tracing::warn!(status = status.as_u16(), reason = %e, "HighLevel delivery refused");
+    (status, axum::Json(body)).into_response()
+}
+
+/// Queues what a HighLevel delivery comes to: a signed delivery's `webhookId` is recorded first
+/// (a replay is answered "duplicate" without a second command), and forgotten again when the
+/// queue refuses, so the redelivery GHL makes after a 429 is taken.
+async fn take_ghl_delivery(state: &AppState, delivery: Delivery) -> Response {
+    let (command, webhook_id, kind) = match delivery {
+        Delivery::Ignored(reason) => {
+            tracing::info!(reason, "HighLevel delivery ignored");
+            return (StatusCode::OK, axum::Json(json!({ "ignored": reason }))).into_response();
+        }
+        Delivery::Change { command, webhook_id, kind } => (*command, webhook_id, kind),
+    };
+    if let Some(id) = &webhook_id {
+        match state.ghl_webhooks.take(id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(webhook_id = %id, "HighLevel delivery seen before; not queued again");
+                return (StatusCode::OK, axum::Json(json!({ "duplicate": true, "webhook_id": id }))).into_response();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not record the HighLevel delivery; asking for a redelivery");
+                return ghl_retry_later("the delivery could not be recorded; retry later");
+            }
+        }
+    }
+    match state.queue.send(std::slice::from_ref(&command)).await {
+        Ok(()) => {
+            tracing::info!(source = %command.source_event, kind, "HighLevel contact change queued");
+            (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": true, "event_id": command.source_event })))
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(source = %command.source_event, error = %e, "queue refused the HighLevel delivery; asking for a redelivery");
+            if let Some(id) = &webhook_id
+                && let Err(e) = state.ghl_webhooks.forget(id).await
+            {
+                tracing::error!(webhook_id = %id, error = %e, "could not forget the delivery: its redelivery will read as a duplicate");
+            }
+            ghl_retry_later("the delivery could not be queued; retry later")
+        }
+    }
+}
+
+async fn ghl_webhook(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let keys = &state.ghl_webhooks.keys;
+    if let Err(e) = keys.verify(header("x-ghl-signature"), header("x-wh-signature"), &body) {
+        return ghl_refusal(e);
+    }
+    match ghl_webhook::signed_delivery(&body, state.ghl.location_id(), keys.max_age_secs(), chrono::Utc::now()) {
+        Ok(d) => take_ghl_delivery(&state, d).await,
+        Err(e) => ghl_refusal(e),
+    }
+}
+
+async fn ghl_workflow_webhook(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    RawBody(body): RawBody,
+) -> Response {
+    let secrets = match state.secrets.get().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "secret unavailable");
+            return ghl_retry_later("temporarily unavailable; retry later");
+        }
+    };
+    let Some(expected) = &secrets.ghl_workflow_token else {
+        tracing::error!("a workflow webhook was refused: the secret has no ghl_workflow_token");
+        return error(StatusCode::UNAUTHORIZED, "unauthorized");
+    };
+    if !auth::token_matches(expected, &token) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    match ghl_webhook::workflow_delivery(&body, state.ghl.location_id(), chrono::Utc::now()) {
+        Ok(d) => take_ghl_delivery(&state, d).await,
+        Err(e) => ghl_refusal(e),
+    }
+}
+
 async fn contact_view(State(state): State<AppState>, _: ReadKey, Path(email): Path<String>) -> Response {
     let email = match shared::identity::Email::parse(&email) {
         Ok(e) => e,
         Err(e) => return InputError::field("email", e.to_string()).into_response(),
     };
-    match view::contact_view(&state.ghl, &state.conflicts, &email).await {
+    let access =
+        (!state.mapping.access.is_empty()).then(|| view::AccessView { sprout: &state.sprout, mapping: &state.mapping });
+    match view::contact_view(&state.ghl, &state.conflicts, access, &email).await {
         Ok(Some(view)) => axum::Json(view).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("GHL has no contact with email {email}")),
         Err(e) => {

@@ -3,9 +3,21 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use shared::ghl::{GhlClient, GhlError};
+use shared::ghl::{Contact, GhlClient, GhlError};
 use shared::identity::{ConflictRecord, Email, conflict_value_name};
+use shared::mapping::Mapping;
+use shared::sprout::SproutClient;
 use shared::state::{StateError, StateStore};
+
+/// What the one-view shows of the person's SproutVideo access, when the mapping has access
+/// rules: its login, the videos granted to it, and the rules the contact's tags meet.
+pub struct AccessView<'a> {
+    pub sprout: &'a SproutClient,
+    pub mapping: &'a Mapping,
+}
+
+/// Shown in place of the password field's value.
+pub const REDACTED: &str = "[redacted]";
 
 /// The one read of the state table the intake makes: a person's identity conflict record
 /// (its IAM policy allows reading only those items).
@@ -47,9 +59,15 @@ impl ViewError {
 /// concurrently, and what the sync knows of the person (`sync.identity_conflict`: the identifier
 /// another contact holds, when the last write had to leave it out). `None` when GHL has no
 /// contact with this email.
+///
+/// With `access`, the view also shows `sproutvideo`: the login with the person's email (or
+/// null), the video ids granted to it, and the access rules the contact's tags meet; when
+/// SproutVideo cannot be read, `{"error": …}` there instead (the rest of the view stands). The
+/// value of the mapping's password field is never shown.
 pub async fn contact_view(
     ghl: &GhlClient,
     conflicts: &ConflictReader,
+    access: Option<AccessView<'_>>,
     email: &Email,
 ) -> Result<Option<Value>, ViewError> {
     let Some(found) = ghl.find_duplicate(Some(email.as_str()), None).await? else {
@@ -64,11 +82,59 @@ pub async fn contact_view(
         conflicts.get(email),
     );
     let conflict = conflict?;
-    Ok(Some(json!({
-        "contact": contact?,
+    let mut contact = contact?;
+    let mut view = json!({
         "tasks": tasks?,
         "notes": notes?,
         "appointments": appointments?,
         "sync": { "identity_conflict": conflict },
-    })))
+    });
+    if let Some(a) = access {
+        redact_password(ghl, a.mapping, &mut contact).await?;
+        view["sproutvideo"] = match sprout_access(a.sprout, email).await {
+            Ok(mut v) => {
+                let met: Vec<&str> = a.mapping.access_met(&contact.tags).iter().map(|r| r.tag.as_str()).collect();
+                v["access_rules_met"] = json!(met);
+                v
+            }
+            Err(e) => json!({ "error": e.to_string() }),
+        };
+    }
+    view["contact"] = json!(contact);
+    Ok(Some(view))
+}
+
+/// Replaces the password field's value (GHL holds it so a workflow can send it; the view does
+/// not show it).
+async fn redact_password(ghl: &GhlClient, mapping: &Mapping, contact: &mut Contact) -> Result<(), GhlError> {
+    let Some(key) = mapping.password_field() else { return Ok(()) };
+    let defs = ghl.custom_fields().await?;
+    let Some(id) = defs.into_iter().find(|d| d.field_key.as_deref() == Some(key)).map(|d| d.id) else {
+        return Ok(());
+    };
+    for f in contact.custom_fields.iter_mut().filter(|f| f.id == id) {
+        f.value = json!(REDACTED);
+    }
+    Ok(())
+}
+
+/// The person's login and the videos granted to it.
+async fn sprout_access(sprout: &SproutClient, email: &Email) -> Result<Value, shared::sprout::SproutError> {
+    let login = sprout
+        .list_logins()
+        .await?
+        .into_iter()
+        .find(|l| l.email.as_deref().is_some_and(|e| e.trim().eq_ignore_ascii_case(email.as_str())));
+    let Some(login) = login else {
+        return Ok(json!({ "login": null, "granted_video_ids": [] }));
+    };
+    let mut videos: Vec<String> = sprout
+        .list_access_grants()
+        .await?
+        .into_iter()
+        .filter(|g| g.login_id.as_deref() == Some(login.id.as_str()))
+        .filter_map(|g| g.video_id)
+        .collect();
+    videos.sort();
+    Ok(json!({ "login": { "id": login.id, "email": login.email }, "granted_video_ids": videos }))
 }

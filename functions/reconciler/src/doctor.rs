@@ -2,7 +2,8 @@
 //!
 //! - GHL: the token authenticates and is a location token for `GHL_LOCATION_ID`; the scopes the
 //!   sync needs answer (contacts read, custom fields read; nothing is written); every custom
-//!   field of the mapping exists with a type its values fit; the rate-limit headers are there,
+//!   field of the mapping exists with a type its values fit, and so do the access rules' password
+//!   (text) and end-date fields; the rate-limit headers are there,
 //!   with the burst and daily budget left.
 //! - SproutVideo: the key works; videos, logins and engagement sessions answer in the shapes the
 //!   client reads (list keys, the fields the mapping and rules read, paging keys).
@@ -409,6 +410,43 @@ async fn ghl(deps: &Deps, ghl: &GhlClient, r: &mut DoctorReport) -> Option<share
                             "change the field's type in GHL or the mapping's template",
                         ),
                         _ => r.pass("ghl", format!("custom field {field_key}"), format!("exists, {data_type}")),
+                    }
+                }
+            }
+        }
+        // Course access: the password field (text) and any end-date field must exist.
+        let mut access_fields: Vec<(&str, &[&str], &str)> = Vec::new();
+        if let Some(key) = mapping.password_field() {
+            access_fields.push((key, &["TEXT", "LARGE_TEXT"], "the new login's password"));
+        }
+        for rule in &mapping.access {
+            if let Some(key) = rule.access_ends_at_field.as_deref() {
+                access_fields.push((key, &["DATE", "TEXT"], "when access ends"));
+            }
+        }
+        for (key, types, role) in access_fields {
+            let what = format!("access field {key}");
+            match defs.iter().find(|d| d.field_key.as_deref() == Some(key)) {
+                None => r.fail(
+                    "ghl",
+                    what,
+                    "no such field in the location",
+                    format!(
+                        "create a {} field with key {key} in GHL (Settings → Custom Fields): it holds {role}",
+                        types[0]
+                    ),
+                ),
+                Some(d) => {
+                    let data_type = d.data_type.clone().unwrap_or_else(|| "TEXT".into());
+                    if types.contains(&data_type.as_str()) {
+                        r.pass("ghl", what, format!("exists, {data_type}"));
+                    } else {
+                        r.fail(
+                            "ghl",
+                            what,
+                            format!("the field is {data_type}"),
+                            format!("use a {} field: it holds {role}", types.join(" or ")),
+                        );
                     }
                 }
             }

@@ -15,7 +15,12 @@
 //!    judged by an unfiltered run, only when the sync's own record says it wrote that contact
 //!    under that email, and only after its login was missing from two complete runs at least a
 //!    day apart. Then the login tag is removed (the contact and its history stay); deletion is
-//!    opt-in and capped per run. A dry run shows what would happen and records nothing.
+//!    opt-in and capped per run. A dry run shows what would happen and records nothing;
+//! 6. `access` (with `[[access]]` rules in the mapping): every GHL contact carrying a rule's tag
+//!    against the SproutVideo login of its email and that login's grants; a contact missing its
+//!    login or a grant, and one whose login holds grants of rules it no longer meets (access the
+//!    sync recorded granting), gets a "contact changed" command, which the worker applies as it
+//!    applies GHL's webhooks. A dry run lists them (`grant access`, `revoke access`).
 //!
 //! Runs and checkpoints:
 //! - one run at a time: a run holds a lease in the state table while it works; a second
@@ -182,6 +187,15 @@ pub struct Report {
     pub identity_conflicts: u64,
     #[serde(default)]
     pub conflicts: Vec<ConflictLine>,
+    /// GHL contacts carrying an access rule's tag.
+    #[serde(default)]
+    pub access_contacts: u64,
+    /// Of those, missing their login or a grant.
+    #[serde(default)]
+    pub access_to_grant: u64,
+    /// Logins holding grants of rules their contact no longer meets.
+    #[serde(default)]
+    pub access_to_revoke: u64,
 }
 
 /// A person's standing identity conflict, as the worker recorded it.
@@ -200,6 +214,7 @@ enum Stage {
     Sessions,
     Diff,
     Orphans,
+    Access,
     Done,
 }
 
@@ -549,8 +564,21 @@ impl Run<'_> {
                     // Untagging or deleting is done only by the run holding the lease.
                     self.lease.renew(self.r.store.as_ref()).await?;
                     self.orphans().await?;
-                    self.cp.stage = Stage::Done;
+                    self.cp.stage = Stage::Access;
                     progress(&format!("orphans: {}", self.cp.report.orphans));
+                    self.checkpoint().await?;
+                }
+                Stage::Access => {
+                    if !self.r.mapping.access.is_empty() {
+                        let queued = self.access().await?;
+                        progress(&format!(
+                            "access: {} contacts with a rule's tag, {} to grant, {} to revoke ({queued} commands)",
+                            self.cp.report.access_contacts,
+                            self.cp.report.access_to_grant,
+                            self.cp.report.access_to_revoke
+                        ));
+                    }
+                    self.cp.stage = Stage::Done;
                 }
                 Stage::Done => return Ok(true),
             }
@@ -764,6 +792,125 @@ impl Run<'_> {
         let n = commands.len();
         if !self.cp.input.dry_run && n > 0 {
             // Nothing is queued by a run another one took over.
+            self.lease.renew(self.r.store.as_ref()).await?;
+            self.r.queue.send(&commands).await?;
+            self.cp.report.commands_queued += n as u64;
+        }
+        Ok(n)
+    }
+
+    /// Course access: compares what the access rules call for with the logins and grants
+    /// SproutVideo holds, and queues a "contact changed" for each contact that differs.
+    async fn access(&mut self) -> Result<usize, ReconcileError> {
+        let rules = self.r.mapping.access.clone();
+        let location = self.r.ghl.location_id().to_string();
+        // Every contact carrying a rule's tag.
+        let mut tagged: BTreeMap<String, Contact> = BTreeMap::new();
+        for r in &rules {
+            let req = SearchRequest {
+                location_id: String::new(),
+                page_limit: self.r.search_page_size,
+                page: None,
+                search_after: None,
+                query: None,
+                filters: vec![SearchFilter::eq("tags", r.normalised_tag())],
+                sort: vec![],
+            };
+            let found: Vec<Contact> = self.r.ghl.search(req, SearchPaging::SearchAfter).try_collect().await?;
+            tagged.extend(found.into_iter().map(|c| (c.id.clone(), c)));
+        }
+        // Each rule's videos, and every video a rule names.
+        let mut by_tag_id: HashMap<String, Vec<String>> = HashMap::new();
+        let mut videos_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for r in &rules {
+            let mut v: BTreeSet<String> = r.video_ids.iter().cloned().collect();
+            for t in &r.video_tag_ids {
+                if !by_tag_id.contains_key(t) {
+                    let list = self.r.sprout.list_videos_tagged(t).await?;
+                    by_tag_id.insert(t.clone(), list.into_iter().map(|x| x.id).collect());
+                }
+                v.extend(by_tag_id[t].iter().cloned());
+            }
+            videos_of.insert(r.tag.clone(), v);
+        }
+        let managed: BTreeSet<&String> = videos_of.values().flatten().collect();
+        let logins: HashMap<String, String> = self
+            .r
+            .sprout
+            .list_logins()
+            .await?
+            .into_iter()
+            .filter_map(|l| Some((l.email.as_deref()?.trim().to_lowercase(), l.id)))
+            .collect();
+        let mut granted: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for g in self.r.sprout.list_access_grants().await? {
+            if let (Some(login), Some(video)) = (g.login_id, g.video_id) {
+                granted.entry(login).or_default().insert(video);
+            }
+        }
+        let mut changed: BTreeMap<String, String> = BTreeMap::new();
+        let mut tagged_emails: BTreeSet<String> = BTreeSet::new();
+        for c in tagged.values() {
+            let Some(email) = c.email.as_deref().and_then(|e| self.person(e)) else { continue };
+            tagged_emails.insert(email.clone());
+            self.cp.report.access_contacts += 1;
+            let desired: BTreeSet<&String> = self
+                .r
+                .mapping
+                .access_met(&c.tags)
+                .iter()
+                .flat_map(|r| videos_of.get(&r.tag).into_iter().flatten())
+                .collect();
+            let have = logins.get(&email).and_then(|l| granted.get(l));
+            let missing = desired.iter().filter(|v| !have.is_some_and(|h| h.contains(**v))).count();
+            let extra = have.map_or(0, |h| h.iter().filter(|v| managed.contains(v) && !desired.contains(v)).count());
+            if !logins.contains_key(&email) {
+                self.cp.report.access_to_grant += 1;
+                self.plan(&email, "grant access", "no SproutVideo login for the email".into());
+            } else if missing > 0 {
+                self.cp.report.access_to_grant += 1;
+                self.plan(&email, "grant access", format!("{missing} grant(s) missing"));
+            } else if extra > 0 {
+                self.cp.report.access_to_revoke += 1;
+                self.plan(&email, "revoke access", format!("{extra} grant(s) of rules no longer met"));
+            } else {
+                continue;
+            }
+            changed.insert(c.id.clone(), email);
+        }
+        // Logins holding the rules' videos whose contact carries no rule's tag: revoked when the
+        // sync recorded granting that contact access (grants made by hand are left alone).
+        for (email, login) in &logins {
+            if tagged_emails.contains(email) || self.person(email).is_none() {
+                continue;
+            }
+            let extra = granted.get(login).map_or(0, |h| h.iter().filter(|v| managed.contains(v)).count());
+            if extra == 0 {
+                continue;
+            }
+            let Some(contact) = self.r.ghl.find_duplicate(Some(email), None).await? else { continue };
+            let record = shared::state::access_value_name(&location, &contact.id);
+            if self.r.store.get_value(&record).await?.is_none() {
+                continue;
+            }
+            self.cp.report.access_to_revoke += 1;
+            self.plan(email, "revoke access", format!("{extra} grant(s), and the contact carries no rule's tag"));
+            changed.insert(contact.id.clone(), email.clone());
+        }
+        let now = Utc::now();
+        let commands: Vec<SyncCommand> = changed
+            .keys()
+            .map(|contact_id| {
+                SyncCommand::new(
+                    Source::Reconcile(format!("{}:access:{contact_id}", self.run_id)),
+                    "contact_changed",
+                    now,
+                    CommandBody::ContactChanged { location_id: location.clone(), contact_id: contact_id.clone() },
+                )
+            })
+            .collect();
+        let n = commands.len();
+        if !self.cp.input.dry_run && n > 0 {
             self.lease.renew(self.r.store.as_ref()).await?;
             self.r.queue.send(&commands).await?;
             self.cp.report.commands_queued += n as u64;

@@ -372,6 +372,9 @@ impl Worker {
                 Ok(applied)
             }
             CommandBody::VideoChanged { video_id } => self.video_changed(video_id, &cmd.source_event).await,
+            CommandBody::ContactChanged { location_id, contact_id } => {
+                self.contact_changed(location_id, contact_id).await
+            }
         }
     }
 

@@ -1,8 +1,9 @@
 //! The sync worker: applies queued commands to HighLevel, exactly once in effect.
 //!
 //! `handler` is the SQS adapter (Lambda event in, partial batch response out); `apply` is the
-//! logic and never sees a Lambda type; `wiring` builds it from the configuration.
+//! logic and never sees a Lambda type (`access` is its part for course access from GHL tags); `wiring` builds it from the configuration.
 
+pub mod access;
 pub mod apply;
 pub mod handler;
 pub mod wiring;

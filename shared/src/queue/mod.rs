@@ -102,6 +102,12 @@ impl MessageGroupId {
         Self::new(format!("v-{}", digest_prefix(video_id))).expect("a hex digest is a valid id")
     }
 
+    /// One GHL contact's group, `c-` and a hash of its location and id.
+    pub fn for_contact(location_id: &str, contact_id: &str) -> Self {
+        Self::new(format!("c-{}", digest_prefix(&format!("{location_id}/{contact_id}"))))
+            .expect("a hex digest is a valid id")
+    }
+
     /// The group of a parked message that names none.
     pub fn parked() -> Self {
         Self("parked".into())

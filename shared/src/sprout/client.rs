@@ -170,6 +170,11 @@ impl SproutClient {
         self.all(&["videos"], "videos", &[]).await
     }
 
+    /// Every video carrying the tag (`GET /videos?tag_id=`).
+    pub async fn list_videos_tagged(&self, tag_id: &str) -> Result<Vec<Video>, SproutError> {
+        self.all(&["videos"], "videos", &[("tag_id", tag_id.to_string())]).await
+    }
+
     pub async fn list_logins(&self) -> Result<Vec<Login>, SproutError> {
         self.all(&["logins"], "logins", &[]).await
     }

@@ -371,6 +371,26 @@ impl StateStore for DynamoStore {
         Ok(())
     }
 
+    async fn put_value_if_absent(&self, name: &str, value: &str, ttl: Duration) -> Result<bool, StateError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&value_pk(name)))
+            .item("value", s(value))
+            .item("expires_at", expiry(ttl))
+            // An expired item (not deleted yet) counts as absent.
+            .condition_expression("attribute_not_exists(pk) OR expires_at <= :now")
+            .expression_attribute_values(":now", n(now()))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(state_error(&e)),
+        }
+    }
+
     async fn delete_value(&self, name: &str) -> Result<(), StateError> {
         self.client
             .delete_item()

@@ -292,6 +292,16 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
+    async fn put_value_if_absent(&self, name: &str, value: &str, ttl: Duration) -> Result<bool, StateError> {
+        let (pk, item) = self.value_item(name, value, Some(ttl))?;
+        let mut items = self.items();
+        if self.live(&mut items, &pk).is_some() {
+            return Ok(false);
+        }
+        items.insert(pk, item);
+        Ok(true)
+    }
+
     async fn delete_value(&self, name: &str) -> Result<(), StateError> {
         self.items().remove(&value_pk(name));
         Ok(())

@@ -1,7 +1,9 @@
 //! The sync state table (DynamoDB, one string partition key `pk`, TTL attribute `expires_at`):
 //! - `person#<email>`: the GHL contact id, the hash and tags of the last applied state, and when;
 //! - `idem#<key>`: the idempotency ledger: "pending" with a lease, or "done" with the created id;
-//! - `kv#<name>`: small named values (task ids by external id, checkpoints, high-water marks).
+//! - `kv#<name>`: small named values (task ids by external id, checkpoints, high-water marks,
+//!   `kv#ghl-webhook#<webhookId>` for HighLevel deliveries already taken, with a TTL, and
+//!   `kv#access#<location>/<contact>` for the SproutVideo login a GHL contact's access went to).
 //!
 //! Conditional writes make two workers racing on one key safe: exactly one claims it.
 //!
@@ -53,6 +55,12 @@ pub fn person_pk(email: &Email) -> String {
 /// The partition key of a ledger entry.
 pub fn ledger_pk(key: &IdempotencyKey) -> String {
     format!("idem#{}", key.as_str())
+}
+
+/// The named value recording the SproutVideo login a GHL contact's course access went to
+/// (`kv#access#<location>/<contact>`), written by the worker, read by the reconciler.
+pub fn access_value_name(location_id: &str, contact_id: &str) -> String {
+    format!("access#{location_id}/{contact_id}")
 }
 
 /// The partition key of a named value.
@@ -160,6 +168,10 @@ pub trait StateStore: Send + Sync {
     async fn get_value(&self, name: &str) -> Result<Option<String>, StateError>;
     /// Stores a named value; with a `ttl` it is gone after that long, without one it stays.
     async fn put_value(&self, name: &str, value: &str, ttl: Option<Duration>) -> Result<(), StateError>;
+    /// Stores a named value only when none is stored (an expired one counts as none), with a
+    /// `ttl`: `true` when this call stored it, `false` when a live value was there already.
+    /// Two callers racing on one name: exactly one gets `true`.
+    async fn put_value_if_absent(&self, name: &str, value: &str, ttl: Duration) -> Result<bool, StateError>;
     async fn delete_value(&self, name: &str) -> Result<(), StateError>;
     /// Many named values at once (missing names are left out of the answer).
     async fn get_values(&self, names: &[String]) -> Result<HashMap<String, String>, StateError>;

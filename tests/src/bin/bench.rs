@@ -728,7 +728,16 @@ fn intake_router() -> axum::Router {
         queue: Arc::new(CountingQueue(AtomicUsize::new(0))),
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl,
+        sprout: shared::sprout::SproutClient::new(
+            shared::sprout::SproutSettings::new(url::Url::parse("http://127.0.0.1:9/v1").unwrap()),
+            Arc::new(shared::sprout::StaticKey(secrecy::SecretString::from("k"))),
+        )
+        .unwrap(),
         conflicts: intake::view::ConflictReader::new(Arc::new(shared::state::MemoryStore::new())),
+        ghl_webhooks: intake::GhlWebhooks::new(
+            intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
+            Arc::new(shared::state::MemoryStore::new()),
+        ),
     })
 }
 

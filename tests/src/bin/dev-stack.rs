@@ -11,9 +11,17 @@
 //! Lambda's Invoke API on `LAMBDA_API_ADDR`. Ctrl-C (or SIGTERM) stops everything and prints
 //! what each function was granted against what it used.
 //!
+//! With the local GHL and SproutVideo, course access works end to end: the local GHL signs its
+//! webhooks with keys of its own, which the intake is given (the template's key parameters),
+//! and sends each tag change to the intake's `/webhooks/ghl`; the functions read a mapping with
+//! one `[[access]]` rule (written to `DEV_DIR/mapping.toml` unless `SYNC_MAPPING_FILE` is
+//! set): tag `course-a` grants the two demo videos, the password goes to the custom field
+//! `contact.sv_password`.
+//!
 //! Environment (all optional):
 //! - `SYNC_WEBHOOK_TOKEN` (dev-webhook-token), `SYNC_SIGNING_SECRET` (dev-signing-secret),
-//!   `SYNC_READ_API_KEY` (dev-read-key): the local secret's values;
+//!   `SYNC_READ_API_KEY` (dev-read-key), `SYNC_GHL_WORKFLOW_TOKEN` (dev-ghl-workflow-token): the
+//!   local secret's values;
 //! - `GHL_TOKEN` + `GHL_LOCATION_ID`: talk to the real GHL instead of the local one;
 //! - `SPROUTVIDEO_API_KEY`: talk to the real SproutVideo instead of the local one;
 //! - `INTAKE_ADDR` (127.0.0.1:3000), `LAMBDA_API_ADDR` (127.0.0.1:9001), `LOCAL_GHL_ADDR`
@@ -36,6 +44,14 @@ use sync_tests::lambda_local::{DeploySettings, Deployment, moto};
 use tokio::process::{Child, Command};
 
 const DEV_LOCATION: &str = "devLocation000000001";
+/// The access rule of the dev mapping: the demo's two videos for tag `course-a`.
+const DEV_ACCESS_RULE: &str = r#"
+# Added by dev-stack: course access from the GHL tag `course-a`.
+[[access]]
+tag = "course-a"
+video_ids = ["a0b1c2d3e4f5a6b7c8", "d1a2b3c4d5e6f7a8b9"]
+password_field = "contact.sv_password"
+"#;
 const STACK_NAME: &str = "sv-ghl-sync-dev";
 
 struct Settings {
@@ -51,6 +67,7 @@ struct Settings {
     webhook_token: String,
     signing_secret: String,
     read_key: String,
+    workflow_token: String,
     ghl_token: Option<String>,
     ghl_location: Option<String>,
     sprout_key: Option<String>,
@@ -75,6 +92,7 @@ fn settings() -> anyhow::Result<Settings> {
         webhook_token: env_or("SYNC_WEBHOOK_TOKEN", "dev-webhook-token"),
         signing_secret: env_or("SYNC_SIGNING_SECRET", "dev-signing-secret"),
         read_key: env_or("SYNC_READ_API_KEY", "dev-read-key"),
+        workflow_token: env_or("SYNC_GHL_WORKFLOW_TOKEN", "dev-ghl-workflow-token"),
         ghl_token: std::env::var("GHL_TOKEN").ok().filter(|v| !v.is_empty()),
         ghl_location: std::env::var("GHL_LOCATION_ID").ok().filter(|v| !v.is_empty()),
         sprout_key: std::env::var("SPROUTVIDEO_API_KEY").ok().filter(|v| !v.is_empty()),
@@ -174,8 +192,14 @@ async fn stop(child: &mut Child) {
 /// Tuning variables given to dev-stack that the functions should see (never the secret values,
 /// which live in the secret, nor the ones the template resolves to the local resources).
 fn passed_on_env() -> BTreeMap<String, String> {
-    const SECRET_VARS: &[&str] =
-        &["GHL_TOKEN", "SPROUTVIDEO_API_KEY", "SYNC_WEBHOOK_TOKEN", "SYNC_SIGNING_SECRET", "SYNC_READ_API_KEY"];
+    const SECRET_VARS: &[&str] = &[
+        "GHL_TOKEN",
+        "SPROUTVIDEO_API_KEY",
+        "SYNC_WEBHOOK_TOKEN",
+        "SYNC_SIGNING_SECRET",
+        "SYNC_READ_API_KEY",
+        "SYNC_GHL_WORKFLOW_TOKEN",
+    ];
     const RESOURCE_VARS: &[&str] =
         &["SYNC_SECRET_ID", "SYNC_QUEUE_URL", "SYNC_DLQ_URL", "SYNC_TABLE", "GHL_LOCATION_ID"];
     std::env::vars()
@@ -220,6 +244,7 @@ async fn start(s: &Settings, procs: &mut Vec<Proc>, deployment: &mut Option<Depl
         "webhook_token": s.webhook_token,
         "signing_secrets": [s.signing_secret],
         "read_api_key": s.read_key,
+        "ghl_workflow_token": s.workflow_token,
         "ghl_token": s.ghl_token.clone().unwrap_or_else(|| "dev-ghl-token".into()),
         "sproutvideo_api_key": s.sprout_key.clone().unwrap_or_else(|| "dev-sproutvideo-key".into()),
     })
@@ -240,6 +265,29 @@ async fn start(s: &Settings, procs: &mut Vec<Proc>, deployment: &mut Option<Depl
     stack.put_secret(&secret).await?;
 
     let mut env = passed_on_env();
+    let local_world = !real_ghl && s.sprout_key.is_none();
+    let mut parameters = vec![("GhlLocationId".to_string(), location.clone())];
+    if !real_ghl {
+        // The intake trusts the keys the local GHL signs its webhooks with.
+        let hooks: serde_json::Value =
+            reqwest::get(format!("{ghl_base}_admin/webhooks")).await?.error_for_status()?.json().await?;
+        for (param, key) in [("GhlWebhookEd25519Keys", "ed25519_public_key"), ("GhlWebhookRsaKeys", "rsa_public_key")] {
+            let k = hooks[key].as_str().context("the local GHL's webhook keys")?;
+            parameters.push((param.to_string(), k.to_string()));
+        }
+        let field = json!({"name": "SproutVideo password", "fieldKey": "contact.sv_password", "dataType": "TEXT"});
+        reqwest::Client::new()
+            .post(format!("{ghl_base}_admin/locations/{location}/custom-fields"))
+            .json(&field)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    if local_world && !env.contains_key("SYNC_MAPPING_FILE") {
+        let path = std::path::absolute(s.dir.join("mapping.toml"))?;
+        std::fs::write(&path, format!("{}{DEV_ACCESS_RULE}", shared::mapping::DEFAULT_MAPPING))?;
+        env.insert("SYNC_MAPPING_FILE".into(), path.display().to_string());
+    }
     env.insert("GHL_BASE_URL".into(), ghl_base.clone());
     env.insert("SPROUTVIDEO_BASE_URL".into(), sprout_base.clone());
     env.insert("LOG_FORMAT".into(), env_or("LOG_FORMAT", "text"));
@@ -247,7 +295,7 @@ async fn start(s: &Settings, procs: &mut Vec<Proc>, deployment: &mut Option<Depl
     let mut ds = DeploySettings::new(s.bin_dir.clone(), s.dir.join("logs"), &endpoint);
     ds.iam = true;
     ds.stack_name = STACK_NAME.into();
-    ds.parameters = vec![("GhlLocationId".into(), location.clone())];
+    ds.parameters = parameters;
     ds.env = env.clone();
     ds.http_addr = Some(s.intake_addr.clone());
     ds.invoke_addr = Some(s.lambda_api_addr.clone());
@@ -262,6 +310,15 @@ async fn start(s: &Settings, procs: &mut Vec<Proc>, deployment: &mut Option<Depl
         "the intake answered {} to /health; see .dev/logs/sv-intake.log",
         health.status()
     );
+    if !real_ghl {
+        let hooks = json!({"url": format!("http://{}/webhooks/ghl", s.intake_addr)});
+        reqwest::Client::new()
+            .put(format!("{ghl_base}_admin/webhooks"))
+            .json(&hooks)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
     write_state(s, procs, &d, &stack, &ghl_base, &sprout_base, &location)?;
     print_next_steps(s, &ghl_base, &sprout_base, real_ghl);
     *deployment = Some(d);
@@ -301,6 +358,8 @@ fn write_state(
     let v = json!({
         "intake_url": format!("http://{}", s.intake_addr),
         "webhook_url": format!("http://{}/webhooks/sproutvideo/<SYNC_WEBHOOK_TOKEN>", s.intake_addr),
+        "ghl_webhook_url": format!("http://{}/webhooks/ghl", s.intake_addr),
+        "ghl_workflow_webhook_url": format!("http://{}/webhooks/ghl-workflow/<SYNC_GHL_WORKFLOW_TOKEN>", s.intake_addr),
         "lambda_api_url": format!("http://{}", s.lambda_api_addr),
         "ghl_base_url": ghl, "sproutvideo_base_url": sprout, "ghl_location_id": location,
         "queue_url": stack.queue_url, "dlq_url": stack.dlq_url, "table": stack.names.table, "secret_id": stack.names.secret,
@@ -343,7 +402,7 @@ Then look:
 
   curl -s http://{intake}/v1/contacts/demo@example.com -H 'authorization: Bearer {read}'
   {state_hint}
-"#,
+{access_hint}"#,
         dir = s.dir.display(),
         lambda = s.lambda_api_addr,
         ghl_note = if real_ghl { " (real)" } else { "  (local; everything it holds: /_admin/state)" },
@@ -351,6 +410,25 @@ Then look:
         secret = s.signing_secret,
         read = s.read_key,
         state_hint = if real_ghl { String::new() } else { format!("curl -s {ghl}_admin/state") },
+        access_hint = if real_ghl {
+            String::new()
+        } else {
+            format!(
+                r#"
+Course access: tag a contact `course-a` in the local GHL (it sends a signed webhook to the intake):
+
+  ID=$(curl -s {ghl}contacts/upsert -H 'authorization: Bearer dev-ghl-token' -H 'version: 2021-07-28' \
+       -H 'content-type: application/json' -d '{{"locationId":"{loc}","email":"student@example.com"}}' | jq -r .contact.id)
+  curl -s {ghl}contacts/$ID/tags -H 'authorization: Bearer dev-ghl-token' -H 'version: 2021-07-28' \
+       -H 'content-type: application/json' -d '{{"tags":["course-a"]}}'
+  curl -s {sprout_admin}/_admin/access     # the login and its grants; the password is in GHL's contact.sv_password
+  curl -s -X DELETE {ghl}contacts/$ID/tags -H 'authorization: Bearer dev-ghl-token' -H 'version: 2021-07-28' \
+       -H 'content-type: application/json' -d '{{"tags":["course-a"]}}'   # revokes the grants
+"#,
+                loc = DEV_LOCATION,
+                sprout_admin = sprout.trim_end_matches('/').trim_end_matches("/v1"),
+            )
+        },
     );
 }
 

@@ -5,7 +5,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::{Faults, GhlBehaviour, LocalGhl, Store, new_id, now_iso};
+use super::{Faults, GhlBehaviour, LocalGhl, Store, WebhookSettings, new_id, now_iso};
 
 pub(super) fn add_custom_field(s: &mut Store, location: &str, name: &str, field_key: &str, data_type: &str) -> String {
     let id = new_id();
@@ -116,8 +116,28 @@ pub(super) async fn admin(ghl: &LocalGhl, method: &Method, rest: &str, body: &[u
         }
         ("POST", ["reset"]) => {
             let behaviour = s.behaviour.clone();
-            *s = Store { behaviour, ..Default::default() };
+            let webhooks = s.webhooks.clone();
+            let webhook_signer = s.webhook_signer.take();
+            *s = Store { behaviour, webhooks, webhook_signer, ..Default::default() };
             StatusCode::NO_CONTENT.into_response()
+        }
+        ("GET", ["webhooks"]) => {
+            drop(s);
+            axum::Json(ghl.webhooks_json().await).into_response()
+        }
+        ("PUT", ["webhooks"]) => match serde_json::from_slice::<WebhookSettings>(body) {
+            Ok(w) => {
+                drop(s);
+                ghl.set_webhooks(w).await;
+                StatusCode::NO_CONTENT.into_response()
+            }
+            Err(e) => bad(format!("bad webhook settings: {e}")),
+        },
+        ("POST", ["webhooks", "release"]) => {
+            drop(s);
+            let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let statuses = ghl.release_webhooks(v["reverse"].as_bool().unwrap_or(false)).await;
+            axum::Json(json!({"statuses": statuses})).into_response()
         }
         ("POST", ["locations", loc, "custom-fields"]) => {
             let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);

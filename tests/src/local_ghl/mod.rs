@@ -12,12 +12,14 @@
 //! - `POST /_admin/locations/{id}/custom-fields`: define a custom field `{name, fieldKey, dataType}`;
 //! - `POST /_admin/locations/{id}/appointments`: add an appointment `{contactId, title, startTime,
 //!   ...}` (any property of the OpenAPI's `GetEventSchema`);
-//! - `POST /_admin/reset`: forget everything.
+//! - `GET`/`PUT /_admin/webhooks`, `POST /_admin/webhooks/release`: signed webhooks on tag
+//!   changes, with drop, duplicate, delay and hold modes (see `webhooks`);
+//! - `POST /_admin/reset`: forget everything (the webhook settings and keys stay).
 //!
 //! The server is split by concern: `routing` (the entry point and the path table), `gate` (auth,
 //! the rate window, injected faults, OAuth refresh), `contacts` (contact writes, matching,
 //! validation), `records` (tasks and notes), `search` (search, the duplicate lookup and lists),
-//! and `admin` (the admin paths).
+//! `admin` (the admin paths) and `webhooks` (the webhooks it sends).
 
 mod admin;
 mod contacts;
@@ -25,6 +27,9 @@ mod gate;
 mod records;
 mod routing;
 mod search;
+mod webhooks;
+
+pub use webhooks::{DeliveryRecord, Signing, WebhookSettings};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -265,6 +270,12 @@ struct Store {
     /// Refresh tokens that are spent (GHL rotates them on every refresh).
     spent_refresh_tokens: Vec<String>,
     oauth_refreshes: u64,
+    webhooks: WebhookSettings,
+    webhook_signer: Option<crate::ghl_signer::GhlSigner>,
+    /// Each contact's tags as the last webhook (or the webhook set-up) saw them.
+    last_tags: HashMap<String, Vec<String>>,
+    held_webhooks: Vec<webhooks::Delivery>,
+    webhook_log: Vec<DeliveryRecord>,
 }
 
 impl Store {
@@ -277,11 +288,12 @@ impl Store {
 #[derive(Clone)]
 pub struct LocalGhl {
     store: Arc<Mutex<Store>>,
+    http: reqwest::Client,
 }
 
 impl LocalGhl {
     pub fn new(behaviour: GhlBehaviour) -> Self {
-        Self { store: Arc::new(Mutex::new(Store { behaviour, ..Default::default() })) }
+        Self { store: Arc::new(Mutex::new(Store { behaviour, ..Default::default() })), http: reqwest::Client::new() }
     }
 
     pub fn router(&self) -> Router {

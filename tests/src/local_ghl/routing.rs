@@ -16,6 +16,7 @@ use super::contacts::{
 use super::gate::{authorize, gatekeep, oauth_token, take_fault};
 use super::records::{NOTE_FIELDS, TASK_FIELDS, child, create_note, create_task, delete_child, update_child};
 use super::search::{by_business, duplicate, list_contacts, search};
+use super::webhooks::events_after_write;
 use super::{FaultKind, LocalGhl, LoggedRequest, Reply, Store, trace_id};
 
 pub(super) async fn handle(
@@ -62,6 +63,8 @@ pub(super) async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let mut deliveries = Vec::new();
+    let mut delivery_delay = Duration::ZERO;
     let (reply, limits) = match pre {
         Err((reply, limits)) => (reply, limits),
         Ok(limits) => {
@@ -81,6 +84,12 @@ pub(super) async fn handle(
                 std::panic::resume_unwind(Box::new("local GHL drops this connection"));
             }
             let mut s = ghl.store.lock().await;
+            let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            let path_contact = match segs.as_slice() {
+                ["contacts", id, ..] if !["", "upsert", "search", "business"].contains(id) => Some(id.to_string()),
+                _ => None,
+            };
+            let owner = path_contact.as_ref().and_then(|id| s.owner.get(id).cloned());
             let mut reply = match authorize(&s, token.as_deref(), &method, &path, &query, &parsed_body) {
                 Ok(()) => {
                     let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
@@ -89,6 +98,20 @@ pub(super) async fn handle(
                 Err(refused) => refused,
             };
             let wrote = method != Method::GET && reply.status.is_success();
+            if wrote && s.webhooks.url.is_some() {
+                let deleted = (method == Method::DELETE && segs.len() == 2)
+                    .then(|| path_contact.clone().zip(owner.clone()))
+                    .flatten();
+                let mut ids: Vec<String> = path_contact.iter().cloned().collect();
+                if let Some(id) = reply.body["contact"]["id"].as_str() {
+                    ids.push(id.to_string());
+                }
+                if deleted.is_some() {
+                    ids.clear();
+                }
+                deliveries = events_after_write(&mut s, &ids, deleted);
+                delivery_delay = Duration::from_millis(s.webhooks.delay_ms);
+            }
             if fault == Some(FaultKind::WriteThenFail) && wrote {
                 reply = Reply::err(500, "Internal server error");
             }
@@ -131,6 +154,7 @@ pub(super) async fn handle(
         let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "local GHL cuts this answer off");
         *resp.body_mut() = axum::body::Body::from_stream(futures::stream::iter([Ok(half), Err(cut)]));
     }
+    ghl.send_in_background(deliveries, delivery_delay);
     let h = resp.headers_mut();
     for (k, v) in limits {
         h.insert(k, HeaderValue::from_str(&v).expect("header value"));

@@ -192,3 +192,65 @@ async fn write_then_garbage_writes_and_answers_a_cut_off_body() {
     assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
     assert_eq!(f.contact(&id).await["notes"].as_array().unwrap().len(), 1, "the note was written");
 }
+
+/// A receiver that keeps every request's headers and raw body.
+async fn receiver() -> (String, std::sync::Arc<tokio::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>) {
+    let got = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let keep = keep.clone();
+        async move {
+            keep.lock().await.push((headers, body.to_vec()));
+            axum::http::StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), got)
+}
+
+#[tokio::test]
+async fn a_tag_change_through_the_api_sends_a_signed_contact_tag_update() {
+    use super::{Signing, WebhookSettings};
+    use aws_lc_rs::signature::{ED25519, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+
+    let f = Fake::start(GhlBehaviour::default()).await;
+    let (url, got) = receiver().await;
+    let id = f.seed(json!({"email": "ada@example.com", "firstName": "Ada", "tags": ["vip"]})).await;
+    f.ghl.set_webhooks(WebhookSettings { url: Some(url), signing: Signing::Both, ..Default::default() }).await;
+    // A write that leaves the tags as they are sends nothing.
+    let (status, _) = f.call(reqwest::Method::PUT, &format!("/contacts/{id}"), Some(json!({"firstName": "A"}))).await;
+    assert_eq!(status, 200);
+    let (status, _) =
+        f.call(reqwest::Method::POST, &format!("/contacts/{id}/tags"), Some(json!({"tags": ["Course-A"]}))).await;
+    assert_eq!(status, 201);
+    // Wait until the delivery was answered (nothing here measures how long it took).
+    for _ in 0..500 {
+        if f.ghl.webhook_deliveries().await.iter().all(|d| d.status.is_some()) && !got.lock().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let got = got.lock().await.clone();
+    assert_eq!(got.len(), 1, "one delivery, for the tag change only");
+    let (headers, body) = &got[0];
+    let v: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v["type"], "ContactTagUpdate");
+    assert_eq!((v["locationId"].as_str(), v["id"].as_str()), (Some(LOC), Some(id.as_str())));
+    assert_eq!(v["tags"], json!(["vip", "course-a"]));
+    assert_eq!(v["email"], "ada@example.com");
+    assert!(v["webhookId"].is_string() && v["timestamp"].as_str().unwrap().ends_with('Z'));
+    // Both signatures verify over the raw bytes with the published test keys.
+    let (ed, rsa) = f.ghl.webhook_public_keys().await;
+    let sig = |h: &str| b64.decode(headers.get(h).unwrap().to_str().unwrap()).unwrap();
+    UnparsedPublicKey::new(&ED25519, b64.decode(ed).unwrap()).verify(body, &sig("x-ghl-signature")).unwrap();
+    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, b64.decode(rsa).unwrap())
+        .verify(body, &sig("x-wh-signature"))
+        .unwrap();
+    let log = f.ghl.webhook_deliveries().await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].status, Some(200));
+}

@@ -32,13 +32,23 @@ struct Setup {
     /// A GHL contact with a task, a note and an appointment, and a SproutVideo access grant.
     records: bool,
     capture: Option<PathBuf>,
+    /// The mapping has an access rule with password field `contact.sv_password`; this is the
+    /// type it is defined with in GHL (`None` inside: not defined).
+    access: Option<Option<&'static str>>,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Self { grant: None, define_field: true, sessions_key: None, records: false, capture: None }
+        Self { grant: None, define_field: true, sessions_key: None, records: false, capture: None, access: None }
     }
 }
+
+const ACCESS_RULE: &str = r#"
+[[access]]
+tag = "course-a"
+video_ids = ["v1"]
+password_field = "contact.sv_password"
+"#;
 
 /// A contact with a task, a note and an appointment in the local GHL at `base`.
 async fn seed_contact(ghl: &LocalGhl, base: &str) {
@@ -75,6 +85,9 @@ async fn doctor(tag: &str, setup: Setup) -> reconciler::doctor::DoctorReport {
     if setup.records {
         seed_contact(&ghl, &ghl_url).await;
     }
+    if let Some(Some(data_type)) = setup.access {
+        ghl.define_custom_field(LOC, "SV password", "contact.sv_password", data_type).await;
+    }
     let mut sb = SproutBehaviour::default();
     if let Some(k) = setup.sessions_key {
         sb.renamed_list_keys.insert("sessions".into(), k.into());
@@ -110,7 +123,8 @@ async fn doctor(tag: &str, setup: Setup) -> reconciler::doctor::DoctorReport {
     .await
     .unwrap();
     let mapping = std::env::temp_dir().join(format!("{}-doctor.toml", stack.names.table));
-    std::fs::write(&mapping, MAPPING).unwrap();
+    let text = if setup.access.is_some() { format!("{MAPPING}{ACCESS_RULE}") } else { MAPPING.to_string() };
+    std::fs::write(&mapping, text).unwrap();
     let config = stack.config(&ghl_url, &sprout_url, LOC, &[("SYNC_MAPPING_FILE", mapping.to_str().unwrap())]);
     let (_, deps) = reconciler::build(config).await.unwrap();
     ghl.clear_requests().await;
@@ -176,6 +190,19 @@ async fn a_missing_custom_field_is_named_with_its_fix() {
     let r = doctor("doc-field", Setup { define_field: false, ..Default::default() }).await;
     let c = failed(&r, "custom field contact.sv_last_video");
     assert!(c.fix.as_deref().unwrap().contains("create it in GHL"), "{c:?}");
+}
+
+#[tokio::test]
+async fn the_access_password_field_must_exist_as_a_text_field() {
+    let r = doctor("doc-access-ok", Setup { access: Some(Some("TEXT")), ..Default::default() }).await;
+    assert!(r.all_ok(), "{}", r.table());
+    assert!(r.checks.iter().any(|c| c.ok && c.what == "access field contact.sv_password"), "{}", r.table());
+    let r = doctor("doc-access-missing", Setup { access: Some(None), ..Default::default() }).await;
+    let c = failed(&r, "access field contact.sv_password");
+    assert!(c.fix.as_deref().unwrap().contains("create a TEXT field"), "{c:?}");
+    let r = doctor("doc-access-type", Setup { access: Some(Some("NUMERICAL")), ..Default::default() }).await;
+    let c = failed(&r, "access field contact.sv_password");
+    assert!(c.detail.contains("NUMERICAL"), "{c:?}");
 }
 
 #[tokio::test]

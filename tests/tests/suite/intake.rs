@@ -44,7 +44,12 @@ async fn env(tag: &str) -> Env {
         queue: Arc::new(deps.queue.clone()),
         mapping: deps.config.mapping.clone(),
         ghl: deps.ghl.clone(),
+        sprout: deps.sprout.clone(),
         conflicts: intake::view::ConflictReader::new(deps.store.clone()),
+        ghl_webhooks: intake::GhlWebhooks::new(
+            intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
+            deps.store.clone(),
+        ),
     });
     Env { stack, ghl, app, ghl_client: deps.ghl.clone() }
 }
@@ -217,7 +222,16 @@ async fn sqs_down_answers_503_so_the_sender_retries() {
         queue: Arc::new(deps_queue),
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl: e.ghl_client.clone(),
+        sprout: shared::sprout::SproutClient::new(
+            shared::sprout::SproutSettings::new(url::Url::parse("http://127.0.0.1:9/v1").unwrap()),
+            Arc::new(shared::sprout::StaticKey(secrecy::SecretString::from("k"))),
+        )
+        .unwrap(),
         conflicts: intake::view::ConflictReader::new(Arc::new(shared::state::MemoryStore::new())),
+        ghl_webhooks: intake::GhlWebhooks::new(
+            intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
+            Arc::new(shared::state::MemoryStore::new()),
+        ),
     });
     let body = event("evt-400").to_string();
     let (status, v) = call(&app, signed(body.as_bytes(), CURRENT_KEY, now())).await;
@@ -351,7 +365,16 @@ fn offline_app(source: Arc<dyn SecretSource>, queue: Arc<CountingQueue>) -> axum
         queue,
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl,
+        sprout: shared::sprout::SproutClient::new(
+            shared::sprout::SproutSettings::new(url::Url::parse("http://127.0.0.1:9/v1").unwrap()),
+            Arc::new(shared::sprout::StaticKey(secrecy::SecretString::from("k"))),
+        )
+        .unwrap(),
         conflicts: intake::view::ConflictReader::new(Arc::new(shared::state::MemoryStore::new())),
+        ghl_webhooks: intake::GhlWebhooks::new(
+            intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
+            Arc::new(shared::state::MemoryStore::new()),
+        ),
     })
 }
 
@@ -515,7 +538,16 @@ async fn a_persons_view_answers_from_its_reserve_while_writes_saturate_the_locat
         queue: Arc::new(CountingQueue(AtomicUsize::new(0))),
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
         ghl: client(Duration::from_secs(1), Lane::Interactive),
+        sprout: shared::sprout::SproutClient::new(
+            shared::sprout::SproutSettings::new(url::Url::parse("http://127.0.0.1:9/v1").unwrap()),
+            Arc::new(shared::sprout::StaticKey(secrecy::SecretString::from("k"))),
+        )
+        .unwrap(),
         conflicts: intake::view::ConflictReader::new(store.clone()),
+        ghl_webhooks: intake::GhlWebhooks::new(
+            intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
+            store.clone(),
+        ),
     });
     let view = Request::get("/v1/contacts/ada@example.com")
         .header("authorization", format!("Bearer {READ_KEY}"))

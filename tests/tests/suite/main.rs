@@ -6,10 +6,12 @@
 //!
 //! The chaos soak is its own binary (`--test soak`), so `make soak` can run it at length.
 
+mod access;
 mod contracts;
 mod doctor;
 mod fixtures;
 mod ghl_client;
+mod ghl_webhooks;
 mod iam;
 mod intake;
 mod lambda_entry_points;

@@ -307,7 +307,12 @@ async fn one_view(env: &Env, w: &Worker, e: &str) -> Value {
         queue: Arc::new(deps.queue.clone()),
         mapping: deps.config.mapping.clone(),
         ghl: deps.ghl.clone(),
+        sprout: deps.sprout.clone(),
         conflicts: intake::view::ConflictReader::new(w.store.clone()),
+        ghl_webhooks: intake::GhlWebhooks::new(
+            intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
+            w.store.clone(),
+        ),
     });
     let req = axum::http::Request::get(format!("/v1/contacts/{e}"))
         .header("authorization", "Bearer rk")

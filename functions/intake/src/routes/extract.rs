@@ -101,6 +101,17 @@ impl FromRequest<AppState> for WebhookBody {
     }
 }
 
+/// A body as received, at most [`MAX_BODY`] bytes (checked by the handler).
+pub struct RawBody(pub Bytes);
+
+impl FromRequest<AppState> for RawBody {
+    type Rejection = Refusal;
+
+    async fn from_request(req: Request, _state: &AppState) -> Result<Self, Refusal> {
+        Ok(RawBody(read_body(req.into_body()).await?))
+    }
+}
+
 /// A caller that presented the secret's `read_api_key` as `Authorization: Bearer <key>`.
 pub struct ReadKey;
 
