@@ -58,7 +58,8 @@ pub struct BudgetSettings {
     pub interactive_reserve: u32,
     /// Requests of each day bulk work leaves to interactive reads (`GHL_DAILY_RESERVE`, 2,000).
     pub daily_reserve: u64,
-    /// A granted start not used within this is given up (still counted).
+    /// A granted start not used within this is given up (still counted); a start whose grant
+    /// came back later than this plus half the arrival margin is given up at once.
     pub start_within: Duration,
     /// How late after its start a request may reach GHL, clock differences between hosts
     /// included (`GHL_ARRIVAL_MARGIN_MS`, 150).
@@ -158,8 +159,9 @@ impl WindowState {
     }
 
     fn roll_day(&mut self, now_ms: i64) {
+        // Only forward: a host whose clock is a little behind must not reopen yesterday.
         let day = now_ms.div_euclid(DAY_MS);
-        if day != self.day {
+        if day > self.day {
             self.day = day;
             self.day_used = 0;
         }
@@ -301,6 +303,8 @@ pub struct BudgetStats {
     /// Starts granted to this process, and how long its callers waited for them in all (ms).
     pub granted: AtomicU64,
     pub waited_ms: AtomicU64,
+    /// Starts given up because the write that took them came back too late to use them.
+    pub late: AtomicU64,
 }
 
 /// How many read-and-write rounds a request makes before the record counts as unavailable.
@@ -399,14 +403,23 @@ impl FleetBudget {
                     }
                     let want = self.waiting[i].load(Ordering::SeqCst).clamp(1, self.settings.batch_max.max(1));
                     match self.round(lane, want).await? {
-                        Decision::Granted(n) => {
+                        (Decision::Granted(n), stamped) => {
+                            // The starts count from when they were stamped. One used after
+                            // `start_within` eats into the arrival margin; past half of it, it
+                            // could reach GHL after the record stops counting it, so a write
+                            // that came back that late gives its starts up (still counted).
+                            let until = stamped + self.settings.start_within;
+                            if Instant::now() >= until + self.settings.arrival_margin / 2 {
+                                self.stats.late.fetch_add(n as u64, Ordering::Relaxed);
+                                continue;
+                            }
                             let mut s = self.stash[i].lock().unwrap_or_else(|e| e.into_inner());
                             s.left = n - 1;
-                            s.until = Some(Instant::now() + self.settings.start_within);
+                            s.until = Some(until);
                             return Ok(());
                         }
-                        Decision::DaySpent(d) => return Err(BudgetError::DaySpent(d)),
-                        Decision::Wait(d) => d,
+                        (Decision::DaySpent(d), _) => return Err(BudgetError::DaySpent(d)),
+                        (Decision::Wait(d), _) => d,
                     }
                 };
                 if let Some(m) = max_wait
@@ -427,16 +440,17 @@ impl FleetBudget {
         r
     }
 
-    /// One read-and-write of the record.
-    async fn round(&self, lane: Lane, want: u32) -> Result<Decision, BudgetError> {
+    /// One read-and-write of the record: the decision, and when its starts were stamped.
+    async fn round(&self, lane: Lane, want: u32) -> Result<(Decision, Instant), BudgetError> {
         for _ in 0..MAX_ROUNDS {
             let (mut st, ver) = self.load().await?;
+            let stamped = Instant::now();
             let d = st.take((self.now_ms)(), want, lane, &self.settings);
             if !matches!(d, Decision::Granted(_)) {
-                return Ok(d);
+                return Ok((d, stamped));
             }
             if self.swap(ver, &st).await? {
-                return Ok(d);
+                return Ok((d, stamped));
             }
             tokio::time::sleep(Duration::from_millis(fastrand::u64(0..3))).await;
         }
@@ -481,6 +495,7 @@ impl FleetBudget {
             if self.swap(ver, &st).await? {
                 return Ok(());
             }
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..3))).await;
         }
         Err(BudgetError::Store(StateError::Unavailable("the budget record kept changing".into())))
     }

@@ -73,6 +73,9 @@ pub struct SproutFaults {
     /// Writes that are applied and then answered with an error status instead of their answer
     /// (a lost answer): the first entry whose method and path match is used up.
     pub lost_answers: VecDeque<LostAnswer>,
+    /// Writes refused with `status` before anything is applied: the first entry whose method
+    /// and path match is used up.
+    pub refused: VecDeque<LostAnswer>,
 }
 
 /// A write that takes effect but is answered `status` (e.g. a 500 after the grant was made).
@@ -99,6 +102,8 @@ struct Store {
     faults: SproutFaults,
     videos: BTreeMap<String, Map<String, Value>>,
     logins: BTreeMap<String, Map<String, Value>>,
+    /// Each login's password, by login id (never part of an answer).
+    login_passwords: BTreeMap<String, String>,
     grants: BTreeMap<String, Map<String, Value>>,
     /// The order videos, logins and grants were created in (ties of `created_at`, which has
     /// whole seconds, are listed in this order).
@@ -227,6 +232,14 @@ impl LocalSprout {
 
     /// The video JSON SproutVideo would POST to a webhook URL.
     /// Every login and access grant, as the API would list them.
+    /// The password the login of `email` was created or last updated with (tests compare it
+    /// with what GHL holds); None without such a login.
+    pub async fn login_password(&self, email: &str) -> Option<String> {
+        let s = self.store.lock().await;
+        let id = s.logins.iter().find(|(_, l)| l["email"] == email).map(|(id, _)| id.clone())?;
+        s.login_passwords.get(&id).cloned()
+    }
+
     pub async fn access_json(&self) -> Value {
         let s = self.store.lock().await;
         json!({"logins": by_created_at(&s, &s.logins), "access_grants": by_created_at(&s, &s.grants)})
@@ -421,6 +434,14 @@ async fn handle(State(sv): State<LocalSprout>, method: Method, uri: Uri, headers
         tokio::time::sleep(latency).await;
     }
     let mut s = sv.store.lock().await;
+    if let Some(i) =
+        s.faults.refused.iter().position(|l| l.method == method.as_str() && path.ends_with(&l.path_ends_with))
+    {
+        let refused = s.faults.refused.remove(i).expect("found above");
+        s.log.push(SproutRequest { method: method.to_string(), path, query, status: refused.status });
+        let code = StatusCode::from_u16(refused.status).expect("status");
+        return (code, axum::Json(json!({"error": "Internal Server Error"}))).into_response();
+    }
     let (mut status, mut body, retry_after) = respond(&mut s, &method, &path, &query, &headers, &body);
     if (200..300).contains(&status)
         && let Some(i) =
@@ -519,10 +540,11 @@ fn respond(
             None => err(404, "Not Found"),
         },
         ("POST", ["logins"]) => {
-            let (Some(email), Some(_pw)) = (body["email"].as_str(), body["password"].as_str()) else {
+            let (Some(email), Some(pw)) = (body["email"].as_str(), body["password"].as_str()) else {
                 return (422, json!({"error": ["email is required", "password is required"]}), None);
             };
             let id = insert_login(s, email);
+            s.login_passwords.insert(id.clone(), pw.to_string());
             (201, Value::Object(s.logins[&id].clone()), None)
         }
         // A deleted login's grants go with it (UNCONFIRMED; the plausible reading of "a login
@@ -551,9 +573,11 @@ fn respond(
                 return (422, json!({"error": ["password is required"]}), None);
             }
             let stamp = ts(s, Utc::now());
+            let password = body["password"].as_str().unwrap_or_default().to_string();
             match s.logins.get_mut(*id) {
                 Some(l) => {
                     l.insert("updated_at".into(), stamp);
+                    s.login_passwords.insert(id.to_string(), password);
                     (200, Value::Object(l.clone()), None)
                 }
                 None => err(404, "Not Found"),

@@ -24,7 +24,12 @@ async fn main() -> anyhow::Result<()> {
         queue: Arc::new(deps.queue.clone()),
         mapping: deps.config.mapping.clone(),
         // A person waits for the one-view: its reads take the interactive lane of the budget.
-        ghl: deps.ghl.with_budget(deps.budget.clone(), shared::budget::Lane::Interactive),
+        ghl: deps.ghl.with_budget(deps.budget.clone(), shared::budget::Lane::Interactive).with_retry(
+            shared::retry::RetryPolicy {
+                deadline: Some(intake::view::VIEW_RETRY_DEADLINE),
+                ..deps.config.ghl_settings().retry
+            },
+        ),
         sprout: deps.sprout.clone(),
         conflicts: intake::view::ConflictReader::new(deps.store.clone()),
         ghl_webhooks: intake::GhlWebhooks::new(keys, deps.store.clone()),

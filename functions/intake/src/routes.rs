@@ -53,11 +53,6 @@ impl GhlWebhooks {
     async fn take(&self, webhook_id: &str) -> Result<bool, StateError> {
         self.seen.put_value_if_absent(&ghl_webhook::seen_value_name(webhook_id), "1", ghl_webhook::SEEN_TTL).await
     }
-
-    /// Forgets a delivery whose command could not be queued, so its redelivery is taken.
-    async fn forget(&self, webhook_id: &str) -> Result<(), StateError> {
-        self.seen.delete_value(&ghl_webhook::seen_value_name(webhook_id)).await
-    }
 }
 
 #[derive(Clone)]
@@ -196,35 +191,28 @@ async fn take_ghl_delivery(state: &AppState, delivery: Delivery) -> Response {
         }
         Delivery::Change { command, webhook_id, kind } => (*command, webhook_id, kind),
     };
+    // Queued first, recorded after: a delivery is never marked seen without its command queued
+    // (an intake stopped in between would otherwise lose it). A replay queued again is dropped
+    // by the queue, whose deduplication id is the webhookId and which remembers it longer than
+    // a delivery's timestamp is accepted; and a contact change applied twice reads GHL twice.
+    if let Err(e) = state.queue.send(std::slice::from_ref(&command)).await {
+        tracing::error!(source = %command.source_event, error = %e, "queue refused the HighLevel delivery; asking for a redelivery");
+        return ghl_retry_later("the delivery could not be queued; retry later");
+    }
     if let Some(id) = &webhook_id {
         match state.ghl_webhooks.take(id).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::info!(webhook_id = %id, "HighLevel delivery seen before; not queued again");
+                tracing::info!(webhook_id = %id, "HighLevel delivery seen before; the queue drops its copy");
                 return (StatusCode::OK, axum::Json(json!({ "duplicate": true, "webhook_id": id }))).into_response();
             }
             Err(e) => {
-                tracing::error!(error = %e, "could not record the HighLevel delivery; asking for a redelivery");
-                return ghl_retry_later("the delivery could not be recorded; retry later");
+                tracing::warn!(webhook_id = %id, error = %e, "could not record the HighLevel delivery; it is queued");
             }
         }
     }
-    match state.queue.send(std::slice::from_ref(&command)).await {
-        Ok(()) => {
-            tracing::info!(source = %command.source_event, kind, "HighLevel contact change queued");
-            (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": true, "event_id": command.source_event })))
-                .into_response()
-        }
-        Err(e) => {
-            tracing::error!(source = %command.source_event, error = %e, "queue refused the HighLevel delivery; asking for a redelivery");
-            if let Some(id) = &webhook_id
-                && let Err(e) = state.ghl_webhooks.forget(id).await
-            {
-                tracing::error!(webhook_id = %id, error = %e, "could not forget the delivery: its redelivery will read as a duplicate");
-            }
-            ghl_retry_later("the delivery could not be queued; retry later")
-        }
-    }
+    tracing::info!(source = %command.source_event, kind, "HighLevel contact change queued");
+    (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": true, "event_id": command.source_event }))).into_response()
 }
 
 async fn ghl_webhook(

@@ -19,6 +19,10 @@ pub struct AccessView<'a> {
 /// Shown in place of the password field's value.
 pub const REDACTED: &str = "[redacted]";
 
+/// No GHL retry of a one-view read starts this long after the read began (the intake's function
+/// times out after 10 s): a person gets a JSON answer asking to retry, not a gateway timeout.
+pub const VIEW_RETRY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The one read of the state table the intake makes: a person's identity conflict record
 /// (its IAM policy allows reading only those items).
 #[derive(Clone)]

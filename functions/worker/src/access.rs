@@ -72,6 +72,10 @@ pub use shared::state::access_value_name;
 pub struct AccessRecord {
     pub login_id: String,
     pub email: String,
+    /// The login is to be deleted (a revoked rule says so): kept until it is, so a retry after
+    /// the grants were revoked still deletes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_login: bool,
 }
 
 /// When a grant's access ends.
@@ -252,7 +256,8 @@ impl Worker {
             return Ok(if written { Applied::Written } else { Applied::Unchanged });
         };
         if !desired.is_empty() {
-            let record = AccessRecord { login_id: login.id.clone(), email: email.as_str().to_string() };
+            let record =
+                AccessRecord { login_id: login.id.clone(), email: email.as_str().to_string(), delete_login: false };
             if recorded.as_ref() != Some(&record) {
                 self.store
                     .put_value(&record_name, &serde_json::to_string(&record).expect("a record serialises"), None)
@@ -276,6 +281,27 @@ impl Worker {
             .filter(|g| g.video_id.as_deref().is_some_and(|v| managed.contains(v) && !desired.contains_key(v)))
             .collect();
 
+        // No rule met any more: the login goes when a revoked rule says so and it holds no grant
+        // the rules do not manage. Decided before the grants go, and written down, so that a
+        // retry that finds them gone still deletes the login.
+        let revoked_rules_delete = self.mapping.access.iter().any(|r| {
+            r.delete_login_on_revoke
+                && extra.iter().any(|g| {
+                    g.video_id.as_deref().is_some_and(|v| videos_of.get(&r.tag).is_some_and(|s| s.contains(v)))
+                })
+        });
+        let delete_pending = recorded.as_ref().is_some_and(|r| r.delete_login && r.login_id == login.id);
+        if met.is_empty()
+            && revoked_rules_delete
+            && !delete_pending
+            && let Some(r) = recorded.as_ref().filter(|r| r.login_id == login.id)
+        {
+            let record = AccessRecord { delete_login: true, ..r.clone() };
+            self.store
+                .put_value(&record_name, &serde_json::to_string(&record).expect("a record serialises"), None)
+                .await?;
+        }
+
         if !missing.is_empty() {
             written = true;
             self.create_grants(&login.id, &missing).await?;
@@ -293,16 +319,8 @@ impl Worker {
         }
         written |= self.delete_grants(&extra).await?;
 
-        // No rule met any more: the login goes when a revoked rule says so and it holds no
-        // grant the rules do not manage.
-        let revoked_rules_delete = self.mapping.access.iter().any(|r| {
-            r.delete_login_on_revoke
-                && extra.iter().any(|g| {
-                    g.video_id.as_deref().is_some_and(|v| videos_of.get(&r.tag).is_some_and(|s| s.contains(v)))
-                })
-        });
         let unmanaged_left = grants.iter().any(|g| g.video_id.as_deref().is_none_or(|v| !managed.contains(v)));
-        if met.is_empty() && revoked_rules_delete && !unmanaged_left {
+        if met.is_empty() && (revoked_rules_delete || delete_pending) && !unmanaged_left {
             match self.sprout.delete_login(&login.id).await {
                 Ok(()) | Err(SproutError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -413,9 +431,18 @@ impl Worker {
             )));
         }
         let password = new_password()?;
+        // What the field held before: put back if the login turns out to exist already, so the
+        // field never offers a password that login does not have.
+        let previous = contact
+            .custom_fields
+            .iter()
+            .find(|f| f.id == field_id)
+            .map(|f| f.value.clone())
+            .filter(|v| !v.is_null())
+            .unwrap_or_else(|| Value::String(String::new()));
         let body = UpdateContactDto {
             custom_fields: Some(vec![CustomFieldInput {
-                id: field_id,
+                id: field_id.clone(),
                 field_value: Value::String(password.expose_secret().to_string()),
             }]),
             ..Default::default()
@@ -431,6 +458,18 @@ impl Worker {
                 // The login may exist now (a lost answer, or another attempt made it): look.
                 let found = self.sprout.list_logins().await?.into_iter().find(|l| same_email(l, email));
                 match found {
+                    // Refused: the login was there before this attempt (made by hand, by another
+                    // contact with this email, or by an earlier attempt the list had not shown)
+                    // and keeps its own password. The field gets its earlier value back.
+                    Some(l) if matches!(e, SproutError::Invalid { .. }) => {
+                        let restore = UpdateContactDto {
+                            custom_fields: Some(vec![CustomFieldInput { id: field_id, field_value: previous }]),
+                            ..Default::default()
+                        };
+                        self.ghl.update_contact(&contact.id, &restore).await?;
+                        tracing::info!(contact_id = %contact.id, login_id = %l.id, "an existing SproutVideo login is used; its password is unchanged");
+                        Ok(l)
+                    }
                     Some(l) => Ok(l),
                     None if e.is_retryable() => {
                         Err(transient(format!("creating the login failed ({e}); will look again")))

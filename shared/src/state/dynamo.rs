@@ -473,10 +473,10 @@ impl crate::budget::BudgetStore for DynamoStore {
         req = match expected {
             // An expired record DynamoDB has not deleted yet counts as none.
             None => req
-                .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+                .condition_expression("attribute_not_exists(pk) OR expires_at <= :now")
                 .expression_attribute_values(":now", n(now())),
             Some(v) => req
-                .condition_expression("ver = :v AND expires_at >= :now")
+                .condition_expression("ver = :v AND expires_at > :now")
                 .expression_attribute_values(":v", n(v as i64))
                 .expression_attribute_values(":now", n(now())),
         };

@@ -10,7 +10,13 @@ batch calls are checked under their own names, which IAM does not have. This lau
 - authorizes SendMessageBatch, DeleteMessageBatch and ChangeMessageVisibilityBatch as
   sqs:SendMessage, sqs:DeleteMessage and sqs:ChangeMessageVisibility, as IAM does;
 - appends one JSON line per authorization decision to $MOTO_IAM_AUDIT_LOG:
-  {"key": access key id, "action": "sqs:SendMessage", "resource": arn, "allowed": true}.
+  {"key": access key id, "action": "sqs:SendMessage", "resource": arn, "allowed": true};
+- applies DynamoDB requests one at a time. DynamoDB applies a conditional write atomically, so of
+  two racing conditional writes on one item at most one succeeds; moto's threaded server checks
+  the condition and writes without a lock, so both could.
+
+Without $MOTO_IAM_AUDIT_LOG and INITIAL_NO_AUTH_ACTION_COUNT, authorization stays off as in plain
+moto (scripts/with-moto.sh runs it so).
 
 Usage: python moto_server.py [moto_server arguments]
 """
@@ -101,6 +107,17 @@ def _authorize(self, iam_request_cls, resource="*"):
 
 
 ActionAuthenticatorMixin._authenticate_and_authorize_action = _authorize
+
+_dynamodb_lock = threading.Lock()
+_original_call_action = DynamoHandler.call_action
+
+
+def _call_action_atomically(self):
+    with _dynamodb_lock:
+        return _original_call_action(self)
+
+
+DynamoHandler.call_action = _call_action_atomically
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -183,6 +183,11 @@ async fn worker_a_tagged_contact_gets_a_login_its_password_in_ghl_and_the_course
     assert!(!w.granted("ada@example.com").await.contains(&w.other_video));
     let password = w.password_in_ghl(&ada).await.expect("the password is in the GHL field");
     assert!(password.len() >= 20, "a strong password");
+    assert_eq!(
+        w.sprout.login_password("ada@example.com").await.as_deref(),
+        Some(password.as_str()),
+        "it opens the login"
+    );
 
     // The password reached GHL before the login was made.
     let ghl_put = w.ghl.requests().await.iter().position(|r| r.method == "PUT" && r.path.contains(&ada));
@@ -316,7 +321,9 @@ async fn worker_a_login_answered_500_after_it_was_made_is_reused_with_the_passwo
     w.changed(&ada, "wh-2").await.unwrap();
     assert_eq!(w.logins("ada@example.com").await.len(), 1);
     assert_eq!(w.sprout_calls("POST", "/logins").await, 1, "created once");
-    assert!(w.password_in_ghl(&ada).await.is_some());
+    let in_ghl = w.password_in_ghl(&ada).await;
+    assert!(in_ghl.as_ref().is_some_and(|p| p.len() >= 20), "a strong password is in GHL");
+    assert_eq!(in_ghl, w.sprout.login_password("ada@example.com").await, "the password in GHL opens the login");
     assert_eq!(w.granted("ada@example.com").await, w.course);
 }
 
@@ -351,6 +358,36 @@ async fn worker_the_login_goes_on_revoke_when_the_rule_says_so() {
     w.changed(&ada, "wh-3").await.unwrap();
     assert_eq!(w.logins("ada@example.com").await.len(), 1);
     assert_ne!(w.password_in_ghl(&ada).await.unwrap(), old);
+}
+
+#[tokio::test]
+async fn worker_a_login_whose_deletion_failed_after_its_grants_went_is_deleted_on_the_retry() {
+    let w = World::new(true).await;
+    let ada = w.contact("ada@example.com", &["course-a"]).await;
+    w.changed(&ada, "wh-1").await.unwrap();
+    let login = w.logins("ada@example.com").await[0]["id"].as_str().unwrap().to_string();
+    w.set_tags(&ada, &[]).await;
+    w.sprout
+        .set_faults(SproutFaults {
+            // Every attempt the client makes within this delivery is refused.
+            refused: (0..10)
+                .map(|_| LostAnswer {
+                    method: "DELETE".into(),
+                    path_ends_with: format!("/logins/{login}"),
+                    status: 500,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await;
+    assert!(w.changed(&ada, "wh-2").await.is_err(), "the login could not be deleted");
+    w.sprout.set_faults(SproutFaults::default()).await;
+    assert!(w.granted("ada@example.com").await.is_empty(), "its grants went first");
+    assert_eq!(w.logins("ada@example.com").await.len(), 1);
+    // The retry finds no grant left to revoke, and still deletes the login.
+    w.changed(&ada, "wh-2").await.unwrap();
+    assert!(w.logins("ada@example.com").await.is_empty(), "deleted on the retry");
+    assert_eq!(w.store.get_value(&format!("access#{LOC}/{ada}")).await.unwrap(), None, "nothing left to take back");
 }
 
 #[tokio::test]
