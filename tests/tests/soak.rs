@@ -7,6 +7,11 @@
 //! expected contact, note and task exists exactly once, nothing landed on another person, and the
 //! dead-letter queue holds exactly the planted poison.
 //!
+//! The other direction runs alongside: learners are tagged `course-a` in GHL (every third untagged
+//! again), while the local GHL doubles each event and redelivers each delivery. Afterwards each
+//! tagged learner holds one login and each course video granted once, each untagged one no grant,
+//! and no password appears in any log.
+//!
 //! `make test` runs a short version; `make soak` runs `SOAK_PEOPLE=150 SOAK_SECS=600`.
 
 use std::process::Command;
@@ -57,6 +62,18 @@ async fn chaos_soak_loses_and_doubles_nothing() {
     assert!(status < 300, "{status} {bob}");
     let bob_id = bob["contact"]["id"].as_str().unwrap().to_string();
     let bob_before = contact_by_id(&p.ghl_contacts().await, &bob_id);
+
+    // The other direction: GHL sends every event twice (each with its own webhookId) and every
+    // delivery twice (the same webhookId).
+    let hook = format!("{}/webhooks/ghl", p.url("intake_url"));
+    let r = p
+        .http
+        .put(format!("{ghl_admin}/_admin/webhooks"))
+        .json(&json!({"url": hook, "duplicate": true, "double_events": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
 
     // Poison planted straight on the queue, as a broken producer would.
     let sqs = p.sqs().await;
@@ -124,6 +141,27 @@ async fn chaos_soak_loses_and_doubles_nothing() {
             }
         }
     }
+    // Learners are tagged course-a in GHL by the agency's tools; every third is untagged again
+    // once all were tagged.
+    let learners = (people / 2).max(4);
+    let loc = p.state["ghl_location_id"].as_str().unwrap().to_string();
+    let mut learner_ids = Vec::new();
+    for i in 0..learners {
+        let body = json!({"locationId": loc, "email": learner(i), "firstName": "Lea"});
+        let (status, c) = p.ghl_call(reqwest::Method::POST, "contacts/upsert", Some(body)).await;
+        assert!(status < 300, "{status} {c}");
+        let id = c["contact"]["id"].as_str().unwrap().to_string();
+        let tags = format!("contacts/{id}/tags");
+        let (status, _) = p.ghl_call(reqwest::Method::POST, &tags, Some(json!({"tags": ["course-a"]}))).await;
+        assert!(status < 300, "tagging answered {status}");
+        learner_ids.push(id);
+    }
+    for id in learner_ids.iter().step_by(3) {
+        let tags = format!("contacts/{id}/tags");
+        let (status, _) = p.ghl_call(reqwest::Method::DELETE, &tags, Some(json!({"tags": ["course-a"]}))).await;
+        assert!(status < 300, "untagging answered {status}");
+    }
+
     // Senders replay some events later (after SQS's own de-duplication window would have
     // forgotten them in a long run): they change nothing.
     for e in &replays {
@@ -213,16 +251,32 @@ async fn chaos_soak_loses_and_doubles_nothing() {
         }
     }
     assert_eq!(contact_by_id(&contacts, &bob_id), bob_before, "Bob's record is unchanged");
+
+    // Course access ends as GHL holds it: tagged learners have the course, once; untagged, nothing.
+    let mut access = learner_access(&p, learners).await;
+    let access_deadline = Instant::now() + Duration::from_secs(60);
+    while access.missing + access.extra > 0 && Instant::now() < access_deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        access = learner_access(&p, learners).await;
+    }
     let parked = dlq_reasons(&p, &sqs).await;
     let (queued, _) = p.queue_depths().await;
     println!(
         "soak tally: people {people}, events sent {sent}, accepted {accepted}, applied people {}, parked {}, \
-         duplicates {duplicates}, missing {missing}, misplaced {}, worker kills {kills}, left queued {queued}, {:.0} s",
+         duplicates {duplicates}, missing {missing}, misplaced {}, worker kills {kills}, left queued {queued}, \
+         learners {learners} (grants {}, missing {}, not revoked {}, doubled {}), {:.0} s",
         complete(&contacts),
         parked.len(),
         misplaced.len(),
+        access.granted,
+        access.missing,
+        access.extra,
+        access.doubled,
         started.elapsed().as_secs_f64()
     );
+    assert_eq!(access.doubled, 0, "no login or grant made twice: {access:?}");
+    assert_eq!(access.missing, 0, "every tagged learner holds the course: {access:?}");
+    assert_eq!(access.extra, 0, "every untagged learner's grants are revoked: {access:?}");
     assert!(misplaced.is_empty(), "written onto the wrong person: {misplaced:?}");
     assert_eq!(accepted, sent, "every event was accepted");
     assert_eq!(duplicates, 0, "nothing doubled");
@@ -234,10 +288,93 @@ async fn chaos_soak_loses_and_doubles_nothing() {
     for s in SECRET_VALUES {
         assert!(!logs.contains(s), "a secret value ({s}) appeared in the logs");
     }
+    let passwords = learner_passwords(&p).await;
+    assert!(!passwords.is_empty(), "the learners' passwords are in GHL");
+    assert!(passwords.iter().all(|pw| !logs.contains(pw.as_str())), "a viewer's password appeared in the logs");
     p.stop();
 }
 
 const BOB_PHONE: &str = "+14155550100";
+
+/// The demo course: the videos the dev mapping grants for `course-a`.
+const COURSE: [&str; 2] = ["a0b1c2d3e4f5a6b7c8", "d1a2b3c4d5e6f7a8b9"];
+
+fn learner(i: usize) -> String {
+    format!("learner{i:03}@example.com")
+}
+
+/// What the local SproutVideo holds for the learners, against what GHL's tags call for.
+#[derive(Debug, Default)]
+struct Access {
+    granted: usize,
+    /// Course videos a tagged learner lacks.
+    missing: usize,
+    /// Grants an untagged learner still holds.
+    extra: usize,
+    /// Logins beyond one per email, and grants beyond one per login and video.
+    doubled: usize,
+}
+
+async fn learner_access(p: &Pipeline, learners: usize) -> Access {
+    let base = p.url("sproutvideo_base_url");
+    let a: Value = p
+        .http
+        .get(format!("{}/_admin/access", base.trim_end_matches("/v1")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut out = Access::default();
+    for i in 0..learners {
+        let email = learner(i);
+        let logins: Vec<&Value> =
+            a["logins"].as_array().unwrap().iter().filter(|l| l["email"] == email.as_str()).collect();
+        out.doubled += logins.len().saturating_sub(1);
+        let mut videos: Vec<&str> = a["access_grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| logins.iter().any(|l| l["id"] == g["login_id"]))
+            .filter_map(|g| g["video_id"].as_str())
+            .collect();
+        videos.sort_unstable();
+        let before = videos.len();
+        videos.dedup();
+        out.doubled += before - videos.len();
+        out.granted += videos.len();
+        if i % 3 == 0 {
+            out.extra += videos.len();
+        } else {
+            out.missing += COURSE.iter().filter(|v| !videos.contains(v)).count();
+        }
+    }
+    out
+}
+
+/// The passwords the sync wrote to the learners' GHL field.
+async fn learner_passwords(p: &Pipeline) -> Vec<String> {
+    let state: Value =
+        p.http.get(format!("{}/_admin/state", p.url("ghl_base_url"))).send().await.unwrap().json().await.unwrap();
+    let loc = p.state["ghl_location_id"].as_str().unwrap();
+    let field = state["locations"][loc]["customFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["fieldKey"] == "contact.sv_password")
+        .map(|f| f["id"].clone())
+        .unwrap_or_default();
+    p.ghl_contacts()
+        .await
+        .iter()
+        .filter(|c| c["email"].as_str().is_some_and(|e| e.starts_with("learner")))
+        .flat_map(|c| c["customFields"].as_array().cloned().unwrap_or_default())
+        .filter(|f| f["id"] == field)
+        .filter_map(|f| f["value"].as_str().map(str::to_string))
+        .filter(|v| !v.is_empty())
+        .collect()
+}
 const BOB_PHONE_AS_SENT: &str = "(415) 555-0100";
 
 /// Every fourth person's sender gives them Bob's phone.
