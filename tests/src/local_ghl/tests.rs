@@ -254,3 +254,58 @@ async fn a_tag_change_through_the_api_sends_a_signed_contact_tag_update() {
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].status, Some(200));
 }
+
+#[tokio::test]
+async fn a_delivery_answered_429_is_sent_again_as_it_was_and_others_are_not() {
+    use super::{Signing, WebhookSettings};
+    // The receiver answers 429 to the first delivery it sees, and 500 to the second contact's.
+    let got = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::<(axum::http::HeaderMap, Vec<u8>)>::new()));
+    let keep = got.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let keep = keep.clone();
+        async move {
+            let mut k = keep.lock().await;
+            k.push((headers, body.to_vec()));
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let answer = if v["email"] == "bob@example.com" {
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR
+            } else if k.len() == 1 {
+                axum::http::StatusCode::TOO_MANY_REQUESTS
+            } else {
+                axum::http::StatusCode::OK
+            };
+            (answer, [("retry-after", "0")])
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let f = Fake::start(GhlBehaviour::default()).await;
+    let ada = f.seed(json!({"email": "ada@example.com"})).await;
+    let bob = f.seed(json!({"email": "bob@example.com"})).await;
+    let url = format!("http://{addr}/hook");
+    f.ghl.set_webhooks(WebhookSettings { url: Some(url), signing: Signing::Ed25519, ..Default::default() }).await;
+    for id in [&ada, &bob] {
+        let (status, _) =
+            f.call(reqwest::Method::POST, &format!("/contacts/{id}/tags"), Some(json!({"tags": ["course-a"]}))).await;
+        assert_eq!(status, 201);
+    }
+    for _ in 0..500 {
+        if f.ghl.webhook_deliveries().await.iter().filter(|d| d.status.is_some()).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let got = got.lock().await.clone();
+    let bodies: Vec<Value> = got.iter().map(|(_, b)| serde_json::from_slice(b).unwrap()).collect();
+    let to = |email: &str| got.iter().zip(&bodies).filter(|(_, v)| v["email"] == email).count();
+    assert_eq!(to("ada@example.com"), 2, "the 429 brought the delivery again");
+    assert_eq!(to("bob@example.com"), 1, "a 500 is not retried, as with GHL");
+    let ada_sent: Vec<_> = got.iter().zip(&bodies).filter(|(_, v)| v["email"] == "ada@example.com").collect();
+    assert_eq!(ada_sent[0].0.1, ada_sent[1].0.1, "the same bytes");
+    assert_eq!(ada_sent[0].0.0.get("x-ghl-signature"), ada_sent[1].0.0.get("x-ghl-signature"), "the same signature");
+    let log = f.ghl.webhook_deliveries().await;
+    let status_of = |id: &str| log.iter().find(|d| d.contact_id == id).and_then(|d| d.status);
+    assert_eq!((status_of(&ada), status_of(&bob)), (Some(200), Some(500)));
+}

@@ -66,6 +66,9 @@ pub struct DeliveryRecord {
     pub dropped: bool,
 }
 
+/// How many times a delivery answered 429 is sent again.
+pub const REDELIVERIES: u32 = 3;
+
 /// A signed delivery, ready to send.
 #[derive(Debug, Clone)]
 pub(super) struct Delivery {
@@ -226,12 +229,28 @@ impl LocalGhl {
         });
     }
 
+    /// Sends one delivery. GHL sends a delivery again only when it was answered 429: here up to
+    /// [`REDELIVERIES`] times, the same bytes and signatures, after the answer's `Retry-After`
+    /// (at most 5 s; 1 s without one). The schedule of GHL's own redeliveries is not documented.
     async fn deliver(&self, d: Delivery) -> u16 {
-        let mut rb = self.http.post(&d.url).body(d.body.clone()).timeout(Duration::from_secs(30));
-        for (k, v) in &d.headers {
-            rb = rb.header(*k, v);
+        let mut status = 0;
+        for attempt in 0..=REDELIVERIES {
+            let mut rb = self.http.post(&d.url).body(d.body.clone()).timeout(Duration::from_secs(30));
+            for (k, v) in &d.headers {
+                rb = rb.header(*k, v);
+            }
+            let answer = rb.send().await;
+            status = answer.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+            if status != 429 || attempt == REDELIVERIES {
+                break;
+            }
+            let wait = answer
+                .ok()
+                .and_then(|r| r.headers().get("retry-after")?.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(1)
+                .min(5);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
         }
-        let status = rb.send().await.map(|r| r.status().as_u16()).unwrap_or(0);
         let mut s = self.store.lock().await;
         if let Some(r) = s.webhook_log.iter_mut().rev().find(|r| r.webhook_id == d.webhook_id) {
             r.status = Some(status);
