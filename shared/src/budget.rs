@@ -428,7 +428,7 @@ impl FleetBudget {
                     return Err(BudgetError::Full(wait));
                 }
                 // A little spread, so that processes woken for the same place do not all ask at once.
-                tokio::time::sleep(wait + Duration::from_millis(fastrand::u64(0..4))).await;
+                tokio::time::sleep(wait + Duration::from_millis(fastrand::u64(0..16))).await;
             }
         }
         .await;

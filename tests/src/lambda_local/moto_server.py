@@ -11,9 +11,10 @@ batch calls are checked under their own names, which IAM does not have. This lau
   sqs:SendMessage, sqs:DeleteMessage and sqs:ChangeMessageVisibility, as IAM does;
 - appends one JSON line per authorization decision to $MOTO_IAM_AUDIT_LOG:
   {"key": access key id, "action": "sqs:SendMessage", "resource": arn, "allowed": true};
-- applies DynamoDB requests one at a time. DynamoDB applies a conditional write atomically, so of
-  two racing conditional writes on one item at most one succeeds; moto's threaded server checks
-  the condition and writes without a lock, so both could.
+- applies DynamoDB requests on one item one at a time (and requests on many items alone).
+  DynamoDB applies a conditional write atomically, so of two racing conditional writes on one
+  item at most one succeeds; moto's threaded server checks the condition and writes without a
+  lock, so both could.
 
 Without $MOTO_IAM_AUDIT_LOG and INITIAL_NO_AUTH_ACTION_COUNT, authorization stays off as in plain
 moto (scripts/with-moto.sh runs it so).
@@ -21,6 +22,7 @@ moto (scripts/with-moto.sh runs it so).
 Usage: python moto_server.py [moto_server arguments]
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -108,12 +110,72 @@ def _authorize(self, iam_request_cls, resource="*"):
 
 ActionAuthenticatorMixin._authenticate_and_authorize_action = _authorize
 
-_dynamodb_lock = threading.Lock()
+class _ItemLocks:
+    """Requests on one item wait for each other; a request on many items (a batch, a query, a
+    scan, a table operation) runs alone. New single-item requests wait while one is queued."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._items = set()
+        self._whole = False
+        self._whole_waiting = 0
+
+    @contextlib.contextmanager
+    def item(self, key):
+        with self._cond:
+            while self._whole or self._whole_waiting or key in self._items:
+                self._cond.wait()
+            self._items.add(key)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._items.discard(key)
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def whole(self):
+        with self._cond:
+            self._whole_waiting += 1
+            while self._whole or self._items:
+                self._cond.wait()
+            self._whole_waiting -= 1
+            self._whole = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._whole = False
+                self._cond.notify_all()
+
+
+_locks = _ItemLocks()
+_SINGLE_ITEM = {"GetItem", "PutItem", "UpdateItem", "DeleteItem"}
+
+
+def _item_key(self):
+    """(table, key) of a single-item request; None for anything else."""
+    params = getattr(self, "params", None) or {}
+    if self._get_action() not in _SINGLE_ITEM:
+        return None
+    table = params.get("TableName")
+    key = params.get("Key")
+    if key is None:
+        try:
+            t = self.dynamodb_backend.get_table(table)
+        except Exception:
+            return None
+        names = [t.hash_key_attr] + ([t.range_key_attr] if t.range_key_attr else [])
+        key = {n: (params.get("Item") or {}).get(n) for n in names}
+    return (table, json.dumps(key, sort_keys=True))
+
+
 _original_call_action = DynamoHandler.call_action
 
 
 def _call_action_atomically(self):
-    with _dynamodb_lock:
+    key = _item_key(self)
+    with _locks.whole() if key is None else _locks.item(key):
         return _original_call_action(self)
 
 
