@@ -390,7 +390,15 @@ impl FleetBudget {
     pub async fn take(&self, lane: Lane, max_wait: Option<Duration>) -> Result<(), BudgetError> {
         let asked = Instant::now();
         let i = lane_index(lane);
+        // Counted while waiting, and no longer once this call ends or is dropped.
+        struct Waiting<'a>(&'a AtomicU32);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         self.waiting[i].fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting(&self.waiting[i]);
         let r = async {
             loop {
                 if self.take_stashed(lane) {
@@ -432,7 +440,7 @@ impl FleetBudget {
             }
         }
         .await;
-        self.waiting[i].fetch_sub(1, Ordering::SeqCst);
+        drop(waiting);
         if r.is_ok() {
             self.stats.granted.fetch_add(1, Ordering::Relaxed);
         }

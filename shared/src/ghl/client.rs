@@ -602,8 +602,11 @@ impl GhlClient {
                 Err(BudgetError::Full(wait)) => {
                     return Err(Failure::Final(GhlError::RateLimited { retry_after: Some(wait) }));
                 }
-                Err(BudgetError::DaySpent(retry_in)) => {
+                Err(BudgetError::DaySpent(until_reset)) => {
+                    // Held like a spent quota, so a worker holds its messages until the day
+                    // turns instead of spending their receives.
                     self.stats.daily_quota_refusals.fetch_add(1, Ordering::Relaxed);
+                    let retry_in = self.block_until_daily_reset(Some(until_reset));
                     return Err(Failure::Final(GhlError::DailyQuotaExhausted { retry_in }));
                 }
                 Err(e @ BudgetError::Store(_)) => {

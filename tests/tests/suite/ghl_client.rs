@@ -774,3 +774,26 @@ async fn a_full_search_page_without_a_cursor_is_an_error_not_a_short_read() {
     let all: Vec<_> = clients.ghl.search(search_request(), SearchPaging::SearchAfter).try_collect().await.unwrap();
     assert_eq!(all.len(), 4, "two pages read through the `sort` cursor");
 }
+
+#[tokio::test]
+async fn background_work_past_the_days_budget_less_the_reserve_is_held_without_calling_ghl() {
+    use shared::budget::{BudgetSettings, BudgetStore, FleetBudget, Lane, WindowState};
+    let (ghl, url) = start(GhlBehaviour::default()).await;
+    let store = Arc::new(shared::state::MemoryStore::new());
+    let settings = BudgetSettings { daily_max: 1000, daily_reserve: 100, ..Default::default() };
+    // The fleet has spent 900 of the location's 1,000 today: what is left is the reserve.
+    let today = Utc::now().timestamp_millis().div_euclid(24 * 3600 * 1000);
+    let spent = WindowState { day: today, day_used: 900, ..Default::default() };
+    assert!(store.swap_budget("loc1", None, &spent).await.unwrap());
+    let budget = Arc::new(FleetBudget::new(store.clone(), "loc1", settings));
+    let bulk = client(&url).with_budget(budget.clone(), Lane::Bulk);
+    let err = bulk.get_contact("c1").await.unwrap_err();
+    let GhlError::DailyQuotaExhausted { retry_in } = err else { panic!("{err:?}") };
+    assert!(retry_in >= Duration::from_secs(60), "{retry_in:?}");
+    assert!(bulk.held_for().await.is_some(), "a worker holds its messages until the day turns");
+    assert!(ghl.requests().await.is_empty(), "GHL was not called");
+    // A person's view still reads from the reserve.
+    let view = client(&url).with_budget(budget, Lane::Interactive);
+    assert!(matches!(view.get_contact("c1").await, Err(GhlError::NotFound { .. })), "it reached GHL");
+    assert_eq!(ghl.requests().await.len(), 1);
+}
