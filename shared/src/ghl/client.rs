@@ -668,7 +668,12 @@ impl GhlClient {
                     .unwrap_or_else(|| self.settings.retry.backoff(a.number))
                     .min(MAX_SERVER_WAIT);
                 self.limiter.pause(wait).await;
-                if let Some((budget, _)) = &self.budget {
+                // The whole fleet pauses when GHL says its window is spent (or says nothing); a
+                // 429 while GHL reports budget left pauses only this process.
+                let window_spent = header_u64(&headers, "x-ratelimit-remaining").is_none_or(|r| r == 0);
+                if let Some((budget, _)) = &self.budget
+                    && window_spent
+                {
                     budget.pause(wait).await;
                 }
                 Err(Failure::NotApplied { error: GhlError::RateLimited { retry_after }, wait: Some(wait) })
