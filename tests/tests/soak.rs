@@ -8,7 +8,7 @@
 //! dead-letter queue holds exactly the planted poison.
 //!
 //! The other direction runs alongside: learners are tagged `course-a` in GHL (every third untagged
-//! again), while the local GHL doubles each event and redelivers each delivery. Afterwards each
+//! again), while the local GHL redelivers each delivery. Afterwards each
 //! tagged learner holds one login and each course video granted once, each untagged one no grant,
 //! and no password appears in any log.
 //!
@@ -70,13 +70,12 @@ async fn chaos_soak_loses_and_doubles_nothing() {
     };
     let bob_before = contact_by_id(&p.ghl_contacts().await, &bob_id);
 
-    // The other direction: GHL sends every event twice (each with its own webhookId) and every
-    // delivery twice (the same webhookId).
+    // The other direction: GHL sends every delivery twice (the same webhookId).
     let hook = format!("{}/webhooks/ghl", p.url("intake_url"));
     let r = p
         .http
         .put(format!("{ghl_admin}/_admin/webhooks"))
-        .json(&json!({"url": hook, "duplicate": true, "double_events": true}))
+        .json(&json!({"url": hook, "duplicate": true}))
         .send()
         .await
         .unwrap();
