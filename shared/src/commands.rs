@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::identity::{Email, Identity, Phone};
 use crate::queue::{DedupId, MessageGroupId};
+use crate::tenants::TenantId;
 
 /// The schema version this build writes and reads.
 pub const COMMAND_VERSION: u64 = 1;
@@ -260,8 +261,20 @@ pub struct SyncCommand {
     /// The id of the event (or reconciliation item) this came from.
     pub source_event: String,
     pub occurred_at: DateTime<Utc>,
+    /// Whose command this is ([`TenantId::default_tenant`], the deployment's own, unless a
+    /// tenant's intake or reconciler queued it).
+    #[serde(default, skip_serializing_if = "TenantId::is_default")]
+    pub tenant: TenantId,
+    /// How many times it was sent again after being held for a paused tenant (each time with a
+    /// new deduplication id).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resent: u32,
     #[serde(flatten)]
     pub body: CommandBody,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl SyncCommand {
@@ -274,6 +287,8 @@ impl SyncCommand {
             key: IdempotencyKey::derive(&source, body.email(), action),
             source_event: source.label(),
             occurred_at,
+            tenant: TenantId::default_tenant(),
+            resent: 0,
             body,
         }
     }
@@ -281,7 +296,18 @@ impl SyncCommand {
     /// The FIFO message group: one person's commands apply in order, one at a time (and one
     /// video's refreshes, and one GHL contact's changes). Derived from a hash, so it is valid
     /// for SQS whatever the address.
+    /// A tenant's groups are its own (`<tenant>/` before the group): one tenant's commands never
+    /// wait behind another's, and deduplication (per group) never spans two tenants.
     pub fn message_group(&self) -> MessageGroupId {
+        let group = self.own_group();
+        if self.tenant.is_default() {
+            group
+        } else {
+            MessageGroupId::new(format!("{}/{group}", self.tenant)).expect("a tenant id and a group make a valid id")
+        }
+    }
+
+    fn own_group(&self) -> MessageGroupId {
         match &self.body {
             CommandBody::VideoChanged { video_id } => MessageGroupId::for_video(video_id),
             CommandBody::ContactChanged { location_id, contact_id } => {
@@ -302,9 +328,14 @@ impl SyncCommand {
         self.message_group().as_str().to_string()
     }
 
-    /// The SQS deduplication id: the idempotency key.
+    /// The SQS deduplication id: the idempotency key (and, for a command sent again after it was
+    /// held, how many times).
     pub fn dedup_id(&self) -> DedupId {
-        DedupId::new(self.key.as_str()).expect("a key is 64 hex digits")
+        if self.resent == 0 {
+            DedupId::new(self.key.as_str()).expect("a key is 64 hex digits")
+        } else {
+            DedupId::digest(&format!("{}/resent/{}", self.key.as_str(), self.resent))
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -21,9 +21,15 @@ pub enum ConfigError {
     Mapping(#[from] MappingError),
 }
 
-/// Everything the three functions read from their environment.
+/// Everything the three functions read from their environment, for one tenant: the
+/// environment's own is `default`; [`Config::for_tenant`] makes a registered tenant's.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Whose configuration this is.
+    pub tenant: crate::tenants::TenantId,
+    /// How long a tenant's registry record is trusted before it is read again
+    /// (`TENANT_CACHE_TTL_SECS`, 30): an added, paused or resumed tenant is seen within that long.
+    pub tenant_cache_ttl: Duration,
     /// Name or ARN of the Secrets Manager secret (`SYNC_SECRET_ID`).
     pub secret_id: String,
     /// How long a read secret is trusted before it is read again (`SECRET_CACHE_TTL_SECS`, 300).
@@ -112,6 +118,8 @@ impl Config {
             ));
         }
         Ok(Self {
+            tenant: crate::tenants::TenantId::default_tenant(),
+            tenant_cache_ttl: Duration::from_secs(num(&get, "TENANT_CACHE_TTL_SECS", 30)?),
             secret_id: need("SYNC_SECRET_ID", "set it to the name or ARN of the sync's Secrets Manager secret")?,
             secret_ttl: Duration::from_secs(num(&get, "SECRET_CACHE_TTL_SECS", 300)?),
             queue_url: need("SYNC_QUEUE_URL", "set it to the URL of the sync's FIFO queue")?,
@@ -137,6 +145,25 @@ impl Config {
             max_orphan_deletes: num(&get, "RECONCILE_MAX_ORPHAN_DELETES", 25)?,
             mapping: Arc::new(mapping),
         })
+    }
+
+    /// The configuration of a registered tenant: the deployment's settings with the tenant's
+    /// location, secret, mapping and (when set) API addresses.
+    pub fn for_tenant(&self, record: &crate::tenants::TenantRecord) -> Result<Self, ConfigError> {
+        let mut c = self.clone();
+        c.tenant = record.id.clone();
+        c.ghl_location_id = record.location_id.clone();
+        c.secret_id = record.secret_id.clone();
+        if let Some(toml) = &record.mapping {
+            c.mapping = Arc::new(Mapping::from_toml(toml)?);
+        }
+        if let Some(u) = &record.ghl_base_url {
+            c.ghl_base_url = u.clone();
+        }
+        if let Some(u) = &record.sprout_base_url {
+            c.sprout_base_url = u.clone();
+        }
+        Ok(c)
     }
 
     /// How long one attempt at a ledgered write can take at most (lookup and create, each within

@@ -11,6 +11,7 @@ use crate::queue::SqsQueue;
 use crate::secrets::{SecretCache, SecretsManagerSource};
 use crate::sprout::{SecretApiKey, SproutClient};
 use crate::state::DynamoStore;
+use crate::tenants::{Registry, TenantQueue, TenantRecord};
 
 pub struct Deps {
     pub config: Config,
@@ -39,19 +40,43 @@ impl Deps {
     /// process allowed to write the secret may.
     pub async fn with_token_refresh(config: Config, refresh: TokenRefresh) -> anyhow::Result<Self> {
         let aws = crate::aws::load_config().await;
+        Self::build(aws, config, refresh)
+    }
+
+    /// Builds every client of one tenant (`config.tenant`) over AWS clients' configuration
+    /// `aws`: its secret, its state under its key prefix, its GHL budget, its queue's groups.
+    pub fn build(aws: aws_config::SdkConfig, config: Config, refresh: TokenRefresh) -> anyhow::Result<Self> {
         let sm = aws_sdk_secretsmanager::Client::new(&aws);
         let secrets = Arc::new(SecretCache::new(
             Arc::new(SecretsManagerSource::new(sm, config.secret_id.clone())),
             config.secret_ttl,
         ));
         let tokens = Arc::new(SecretTokenProvider::new(secrets.clone(), &config.ghl_base_url, refresh));
-        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), config.table.clone()));
+        let store = Arc::new(
+            DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), config.table.clone())
+                .with_prefix(config.tenant.key_prefix()),
+        );
         let budget =
             Arc::new(FleetBudget::new(store.clone(), config.ghl_location_id.clone(), config.budget_settings()));
         let ghl = GhlClient::new(config.ghl_settings(), tokens)?.with_budget(budget.clone(), Lane::Bulk);
         let sprout = SproutClient::new(config.sprout_settings(), Arc::new(SecretApiKey::new(secrets.clone())))?;
         let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), config.queue_url.clone(), config.dlq_url.clone());
         Ok(Self { config, aws, secrets, ghl, budget, sprout, queue, store })
+    }
+
+    /// The tenant's queue: every command sent through it is filed under the tenant.
+    pub fn command_queue(&self) -> Arc<dyn crate::queue::CommandQueue> {
+        Arc::new(TenantQueue { tenant: self.config.tenant.clone(), inner: Arc::new(self.queue.clone()) })
+    }
+
+    /// The tenant registry, in the deployment's own (unprefixed) part of the state table.
+    pub fn registry(&self) -> Registry {
+        Registry::new(Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&self.aws), self.config.table.clone())))
+    }
+
+    /// The clients of the registered tenant `record`, sharing this process's AWS configuration.
+    pub fn for_tenant(&self, record: &TenantRecord, refresh: TokenRefresh) -> anyhow::Result<Self> {
+        Self::build(self.aws.clone(), self.config.for_tenant(record)?, refresh)
     }
 }
 

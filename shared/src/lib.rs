@@ -21,3 +21,4 @@ pub mod retry;
 pub mod secrets;
 pub mod sprout;
 pub mod state;
+pub mod tenants;

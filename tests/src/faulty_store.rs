@@ -108,6 +108,9 @@ impl StateStore for FaultyStore {
     async fn delete_value(&self, name: &str) -> Result<(), StateError> {
         self.inner.delete_value(name).await
     }
+    async fn swap_value(&self, name: &str, expected: Option<&str>, new: Option<&str>) -> Result<bool, StateError> {
+        self.inner.swap_value(name, expected, new).await
+    }
     async fn get_values(&self, names: &[String]) -> Result<HashMap<String, String>, StateError> {
         self.inner.get_values(names).await
     }

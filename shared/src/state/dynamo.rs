@@ -14,11 +14,25 @@ use crate::identity::Email;
 pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    /// Put before every key: empty for the deployment's own (default) tenant, `t#<id>#` for
+    /// another tenant, so tenants sharing the table never share an item.
+    prefix: String,
 }
 
 impl DynamoStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self { client, table: table.into(), prefix: String::new() }
+    }
+
+    /// The same table, every key under `prefix` (see [`crate::tenants::TenantId::key_prefix`]).
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The stored key of `pk`.
+    fn k(&self, pk: &str) -> AttributeValue {
+        AttributeValue::S(format!("{}{pk}", self.prefix))
     }
 
     /// The item under `pk`, unless it is absent or expired.
@@ -32,7 +46,7 @@ impl DynamoStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(pk))
+            .key("pk", self.k(pk))
             .consistent_read(true)
             .send()
             .await
@@ -45,7 +59,7 @@ impl DynamoStore {
         let mut out = Vec::new();
         for chunk in pks.chunks(100) {
             let mut keys: Vec<HashMap<String, AttributeValue>> =
-                chunk.iter().map(|pk| HashMap::from([("pk".to_string(), s(pk))])).collect();
+                chunk.iter().map(|pk| HashMap::from([("pk".to_string(), self.k(pk))])).collect();
             for _ in 0..10 {
                 if keys.is_empty() {
                     break;
@@ -167,7 +181,7 @@ impl StateStore for DynamoStore {
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(&person_pk(email)))
+            .item("pk", self.k(&person_pk(email)))
             .item("contact_id", s(&p.contact_id))
             .item("state_hash", s(&p.state_hash))
             .item("tags", AttributeValue::L(p.tags.iter().map(|t| s(t)).collect()))
@@ -190,7 +204,7 @@ impl StateStore for DynamoStore {
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(&pk))
+            .item("pk", self.k(&pk))
             .item("status", s("pending"))
             .item("holder", s(holder.as_str()))
             .item("lease_until", n(lease_until))
@@ -221,7 +235,7 @@ impl StateStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(&pk))
+            .key("pk", self.k(&pk))
             .update_expression("SET lease_until = :new, attempts = :a, expires_at = :exp, holder = :h")
             .condition_expression("#st = :pending AND lease_until = :old")
             .expression_attribute_names("#st", "status")
@@ -244,7 +258,7 @@ impl StateStore for DynamoStore {
         self.client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(&ledger_pk(key)))
+            .key("pk", self.k(&ledger_pk(key)))
             .update_expression("SET #st = :done, #res = :r REMOVE lease_until, expires_at")
             .expression_attribute_names("#st", "status")
             .expression_attribute_names("#res", "result")
@@ -261,7 +275,7 @@ impl StateStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(&ledger_pk(key)))
+            .key("pk", self.k(&ledger_pk(key)))
             .update_expression("SET lease_until = :until")
             .condition_expression("#st = :pending AND holder = :h")
             .expression_attribute_names("#st", "status")
@@ -278,7 +292,7 @@ impl StateStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(&ledger_pk(key)))
+            .key("pk", self.k(&ledger_pk(key)))
             .update_expression("SET lease_until = :until, expires_at = :exp")
             .condition_expression("#st = :pending AND holder = :h")
             .expression_attribute_names("#st", "status")
@@ -300,7 +314,7 @@ impl StateStore for DynamoStore {
             .client
             .delete_item()
             .table_name(&self.table)
-            .key("pk", s(&ledger_pk(key)))
+            .key("pk", self.k(&ledger_pk(key)))
             .condition_expression("#st = :pending AND holder = :h")
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":pending", s("pending"))
@@ -320,7 +334,7 @@ impl StateStore for DynamoStore {
 
     async fn put_value(&self, name: &str, value: &str, ttl: Option<Duration>) -> Result<(), StateError> {
         let mut req =
-            self.client.put_item().table_name(&self.table).item("pk", s(&value_pk(name))).item("value", s(value));
+            self.client.put_item().table_name(&self.table).item("pk", self.k(&value_pk(name))).item("value", s(value));
         if let Some(t) = ttl {
             req = req.item("expires_at", expiry(t));
         }
@@ -332,7 +346,10 @@ impl StateStore for DynamoStore {
         let items = self.batch_get(names.iter().map(|n| value_pk(n)).collect()).await?;
         Ok(items
             .into_iter()
-            .filter_map(|i| Some((get_s(&i, "pk")?.strip_prefix("kv#")?.to_string(), get_s(&i, "value")?)))
+            .filter_map(|i| {
+                let pk = get_s(&i, "pk")?;
+                Some((pk.strip_prefix(self.prefix.as_str())?.strip_prefix("kv#")?.to_string(), get_s(&i, "value")?))
+            })
             .collect())
     }
 
@@ -342,7 +359,8 @@ impl StateStore for DynamoStore {
             let mut reqs: Vec<WriteRequest> = chunk
                 .iter()
                 .map(|(k, v)| {
-                    let mut item = HashMap::from([("pk".to_string(), s(&value_pk(k))), ("value".to_string(), s(v))]);
+                    let mut item =
+                        HashMap::from([("pk".to_string(), self.k(&value_pk(k))), ("value".to_string(), s(v))]);
                     if let Some(t) = ttl {
                         item.insert("expires_at".into(), expiry(t));
                     }
@@ -376,7 +394,7 @@ impl StateStore for DynamoStore {
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(&value_pk(name)))
+            .item("pk", self.k(&value_pk(name)))
             .item("value", s(value))
             .item("expires_at", expiry(ttl))
             // An expired item (not deleted yet) counts as absent.
@@ -391,11 +409,50 @@ impl StateStore for DynamoStore {
         }
     }
 
+    async fn swap_value(&self, name: &str, expected: Option<&str>, new: Option<&str>) -> Result<bool, StateError> {
+        let (cond, old) = match expected {
+            None => ("attribute_not_exists(pk)", None),
+            Some(v) => ("#v = :old", Some(s(v))),
+        };
+        let r = match new {
+            Some(v) => {
+                let mut put = self
+                    .client
+                    .put_item()
+                    .table_name(&self.table)
+                    .item("pk", self.k(&value_pk(name)))
+                    .item("value", s(v))
+                    .condition_expression(cond);
+                if let Some(old) = old {
+                    put = put.expression_attribute_names("#v", "value").expression_attribute_values(":old", old);
+                }
+                put.send().await.map(|_| ()).map_err(|e| (is_conditional_failure(&e), state_error(&e)))
+            }
+            None => {
+                let mut del = self
+                    .client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .key("pk", self.k(&value_pk(name)))
+                    .condition_expression(cond);
+                if let Some(old) = old {
+                    del = del.expression_attribute_names("#v", "value").expression_attribute_values(":old", old);
+                }
+                del.send().await.map(|_| ()).map_err(|e| (is_conditional_failure(&e), state_error(&e)))
+            }
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err((true, _)) => Ok(false),
+            Err((false, e)) => Err(e),
+        }
+    }
+
     async fn delete_value(&self, name: &str) -> Result<(), StateError> {
         self.client
             .delete_item()
             .table_name(&self.table)
-            .key("pk", s(&value_pk(name)))
+            .key("pk", self.k(&value_pk(name)))
             .send()
             .await
             .map_err(|e| state_error(&e))?;
@@ -466,7 +523,7 @@ impl crate::budget::BudgetStore for DynamoStore {
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(&pk))
+            .item("pk", self.k(&pk))
             .item("state", s(&text))
             .item("ver", n(ver as i64))
             .item("expires_at", expiry(crate::budget::BUDGET_TTL));

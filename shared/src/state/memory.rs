@@ -307,6 +307,28 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
+    async fn swap_value(&self, name: &str, expected: Option<&str>, new: Option<&str>) -> Result<bool, StateError> {
+        let pk = value_pk(name);
+        let fresh = match new {
+            Some(v) => Some(self.value_item(name, v, None)?.1),
+            None => None,
+        };
+        let mut items = self.items();
+        let current = match self.live(&mut items, &pk) {
+            Some(Entry::Value(v)) => Some(v),
+            Some(_) => return Err(StateError::Corrupt(pk)),
+            None => None,
+        };
+        if current.as_deref() != expected {
+            return Ok(false);
+        }
+        match fresh {
+            Some(item) => items.insert(pk, item),
+            None => items.remove(&pk),
+        };
+        Ok(true)
+    }
+
     async fn get_values(&self, names: &[String]) -> Result<HashMap<String, String>, StateError> {
         let mut items = self.items();
         let mut out = HashMap::new();

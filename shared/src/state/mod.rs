@@ -173,6 +173,10 @@ pub trait StateStore: Send + Sync {
     /// Two callers racing on one name: exactly one gets `true`.
     async fn put_value_if_absent(&self, name: &str, value: &str, ttl: Duration) -> Result<bool, StateError>;
     async fn delete_value(&self, name: &str) -> Result<(), StateError>;
+    /// Replaces a named value (without a TTL) only if it still is `expected` (`None`: absent);
+    /// `new` `None` deletes it. `true` when this call changed it: of two callers that read the
+    /// same value and swap it, exactly one wins.
+    async fn swap_value(&self, name: &str, expected: Option<&str>, new: Option<&str>) -> Result<bool, StateError>;
     /// Many named values at once (missing names are left out of the answer).
     async fn get_values(&self, names: &[String]) -> Result<HashMap<String, String>, StateError>;
     /// Many named values at once.
