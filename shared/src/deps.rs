@@ -11,7 +11,7 @@ use crate::queue::SqsQueue;
 use crate::secrets::{SecretCache, SecretsManagerSource};
 use crate::sprout::{SecretApiKey, SproutClient};
 use crate::state::DynamoStore;
-use crate::tenants::{Registry, TenantQueue, TenantRecord};
+use crate::tenants::{Registry, TenantQueue};
 
 pub struct Deps {
     pub config: Config,
@@ -72,11 +72,6 @@ impl Deps {
     /// The tenant registry, in the deployment's own (unprefixed) part of the state table.
     pub fn registry(&self) -> Registry {
         Registry::new(Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&self.aws), self.config.table.clone())))
-    }
-
-    /// The clients of the registered tenant `record`, sharing this process's AWS configuration.
-    pub fn for_tenant(&self, record: &TenantRecord, refresh: TokenRefresh) -> anyhow::Result<Self> {
-        Self::build(self.aws.clone(), self.config.for_tenant(record)?, refresh)
     }
 }
 

@@ -302,6 +302,16 @@ pub enum Delivery {
     Ignored(String),
 }
 
+/// The location a delivery names (to find its tenant), when the body says.
+pub fn delivery_location(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Location {
+        location_id: Option<String>,
+    }
+    serde_json::from_slice::<Location>(body).ok()?.location_id.filter(|l| !l.is_empty())
+}
+
 /// Reads a verified Marketplace delivery: checks the window and names the contact.
 pub fn signed_delivery(
     body: &[u8],

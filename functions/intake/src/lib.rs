@@ -12,5 +12,6 @@ pub mod ghl_webhook;
 pub mod routes;
 pub mod schema;
 pub mod view;
+pub mod wiring;
 
-pub use routes::{AppState, GhlWebhooks, router};
+pub use routes::{AppState, GhlWebhooks, Intake, router, router_for};

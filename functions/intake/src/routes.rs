@@ -30,6 +30,7 @@ use shared::mapping::Mapping;
 use shared::queue::CommandQueue;
 use shared::secrets::SecretCache;
 use shared::state::{StateError, StateStore};
+use shared::tenants::{Lookup, TenantCache, TenantId};
 
 pub use self::extract::{RawBody, ReadKey, Refusal, SignedEvent, WebhookBody};
 use crate::events::{self, InputError};
@@ -46,7 +47,13 @@ pub struct GhlWebhooks {
 
 impl GhlWebhooks {
     pub fn new(keys: WebhookKeys, store: Arc<dyn StateStore>) -> Self {
-        Self { keys: Arc::new(keys), seen: store }
+        Self::shared(Arc::new(keys), store)
+    }
+
+    /// One tenant's record of deliveries, with the keys every tenant shares (HighLevel signs
+    /// every location's deliveries with the same key).
+    pub fn shared(keys: Arc<WebhookKeys>, store: Arc<dyn StateStore>) -> Self {
+        Self { keys, seen: store }
     }
 
     /// Records `webhook_id` as taken; `false` when it was taken before.
@@ -55,6 +62,8 @@ impl GhlWebhooks {
     }
 }
 
+/// One tenant's intake: its secret, queue (filing commands under the tenant), mapping, and the
+/// clients and state its one-view reads.
 #[derive(Clone)]
 pub struct AppState {
     pub secrets: Arc<SecretCache>,
@@ -68,7 +77,71 @@ pub struct AppState {
     pub ghl_webhooks: GhlWebhooks,
 }
 
+/// Every tenant's intake: the deployment's own, and each registered tenant's, found from what
+/// a caller presents:
+/// - a token (the SproutVideo and workflow webhooks' path token, the one-view's bearer key):
+///   a registered tenant's tokens begin with its id and a dot (`acme.…`), any other token is
+///   the deployment's own;
+/// - a signed event's `X-Signature-Key-Id` (the tenant's id; none: the deployment's own);
+/// - a HighLevel delivery's `locationId`.
+///
+/// The tenant named is then checked as always: its own token, key or signature, in constant
+/// time. A token naming no registered tenant is refused like a wrong one.
+#[derive(Clone)]
+pub struct Intake {
+    pub tenants: Arc<TenantCache<AppState>>,
+}
+
+impl Intake {
+    /// An intake serving only its own tenant (tests and tools).
+    pub fn single(state: AppState) -> Self {
+        let registry = shared::tenants::Registry::new(state.ghl_webhooks.seen.clone());
+        Self {
+            tenants: Arc::new(TenantCache::new(registry, std::time::Duration::from_secs(30), Arc::new(state), |r| {
+                anyhow::bail!("this intake serves only its own tenant, not '{}'", r.id)
+            })),
+        }
+    }
+
+    fn own(&self) -> &Arc<AppState> {
+        self.tenants.default_tenant()
+    }
+
+    /// The tenant's intake; a tenant not registered is refused as unauthorized. A paused tenant's
+    /// events are still taken (its worker holds them).
+    pub async fn tenant(&self, id: &TenantId) -> Result<Arc<AppState>, Refusal> {
+        match self.tenants.get(id).await {
+            Ok(Lookup::Active(s) | Lookup::Paused(s)) => Ok(s),
+            Ok(Lookup::Unknown) => Err(Refusal::Unauthorized),
+            Err(e) => Err(Refusal::TenantUnavailable(e)),
+        }
+    }
+
+    /// The tenant a token names (see [`Intake`]).
+    pub async fn tenant_of_token(&self, token: &str) -> Result<Arc<AppState>, Refusal> {
+        self.tenant(&TenantId::from_token(token).unwrap_or_default()).await
+    }
+
+    /// The tenant a HighLevel location belongs to.
+    async fn tenant_of_location(&self, location: &str) -> Result<Arc<AppState>, Refusal> {
+        if location == self.own().ghl.location_id() {
+            return Ok(self.own().clone());
+        }
+        match self.tenants.registry().by_location(location).await {
+            Ok(Some(id)) => self.tenant(&id).await,
+            Ok(None) => Err(Refusal::Unauthorized),
+            Err(e) => Err(Refusal::TenantUnavailable(e)),
+        }
+    }
+}
+
+/// The routes of an intake serving only its own tenant.
 pub fn router(state: AppState) -> Router {
+    router_for(Intake::single(state))
+}
+
+/// The routes of an intake serving every tenant.
+pub fn router_for(intake: Intake) -> Router {
     Router::new()
         .route("/webhooks/sproutvideo/{token}", post(sproutvideo_webhook))
         .route("/webhooks/ghl", post(ghl_webhook))
@@ -80,7 +153,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
         })
-        .with_state(state)
+        .with_state(intake)
 }
 
 fn error(status: StatusCode, msg: &str) -> Response {
@@ -118,6 +191,10 @@ impl IntoResponse for Refusal {
                 retry_later("temporarily unavailable; retry later")
             }
             Refusal::Input(e) => e.into_response(),
+            Refusal::TenantUnavailable(e) => {
+                tracing::error!(error = %e, "tenant unavailable");
+                retry_later("temporarily unavailable; retry later")
+            }
         }
     }
 }
@@ -145,14 +222,14 @@ async fn enqueue(state: &AppState, accepted: events::AcceptedEvent) -> Response 
     }
 }
 
-async fn sproutvideo_webhook(State(state): State<AppState>, WebhookBody(body): WebhookBody) -> Response {
+async fn sproutvideo_webhook(WebhookBody(state, body): WebhookBody) -> Response {
     match events::webhook_commands(&body) {
         Ok(a) => enqueue(&state, a).await,
         Err(e) => e.into_response(),
     }
 }
 
-async fn signed_event(State(state): State<AppState>, SignedEvent(body): SignedEvent) -> Response {
+async fn signed_event(SignedEvent(state, body): SignedEvent) -> Response {
     match events::event_commands(&state.mapping, &body) {
         Ok(a) => enqueue(&state, a).await,
         Err(e) => {
@@ -215,16 +292,25 @@ async fn take_ghl_delivery(state: &AppState, delivery: Delivery) -> Response {
     (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": true, "event_id": command.source_event }))).into_response()
 }
 
-async fn ghl_webhook(
-    State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
-    RawBody(body): RawBody,
-) -> Response {
+async fn ghl_webhook(State(intake): State<Intake>, headers: axum::http::HeaderMap, RawBody(body): RawBody) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let keys = &state.ghl_webhooks.keys;
+    let keys = intake.own().ghl_webhooks.keys.clone();
     if let Err(e) = keys.verify(header("x-ghl-signature"), header("x-wh-signature"), &body) {
         return ghl_refusal(e);
     }
+    // Signed by HighLevel: the location it names is whose delivery it is.
+    let state = match ghl_webhook::delivery_location(&body) {
+        Some(location) => match intake.tenant_of_location(&location).await {
+            Ok(s) => s,
+            Err(Refusal::Unauthorized) => {
+                tracing::info!(location, "HighLevel delivery for a location no tenant has; ignored");
+                return (StatusCode::OK, axum::Json(json!({ "ignored": "no tenant has this location" })))
+                    .into_response();
+            }
+            Err(refusal) => return ghl_retry_later(&refusal.to_string()),
+        },
+        None => intake.own().clone(),
+    };
     match ghl_webhook::signed_delivery(&body, state.ghl.location_id(), keys.max_age_secs(), chrono::Utc::now()) {
         Ok(d) => take_ghl_delivery(&state, d).await,
         Err(e) => ghl_refusal(e),
@@ -232,10 +318,18 @@ async fn ghl_webhook(
 }
 
 async fn ghl_workflow_webhook(
-    State(state): State<AppState>,
+    State(intake): State<Intake>,
     Path(token): Path<String>,
     RawBody(body): RawBody,
 ) -> Response {
+    let state = match intake.tenant_of_token(&token).await {
+        Ok(s) => s,
+        Err(Refusal::Unauthorized) => return error(StatusCode::UNAUTHORIZED, "unauthorized"),
+        Err(e) => {
+            tracing::error!(error = %e, "tenant unavailable");
+            return ghl_retry_later("temporarily unavailable; retry later");
+        }
+    };
     let secrets = match state.secrets.get().await {
         Ok(s) => s,
         Err(e) => {
@@ -256,7 +350,7 @@ async fn ghl_workflow_webhook(
     }
 }
 
-async fn contact_view(State(state): State<AppState>, _: ReadKey, Path(email): Path<String>) -> Response {
+async fn contact_view(ReadKey(state): ReadKey, Path(email): Path<String>) -> Response {
     let email = match shared::identity::Email::parse(&email) {
         Ok(e) => e,
         Err(e) => return InputError::field("email", e.to_string()).into_response(),

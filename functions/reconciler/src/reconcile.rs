@@ -119,6 +119,19 @@ pub enum ReconcileError {
     ScratchGone,
 }
 
+impl ReconcileError {
+    /// Whether the next run may succeed without anyone changing the setup.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Sprout(e) => e.is_retryable(),
+            Self::Ghl(e) => e.is_retryable(),
+            Self::State(e) => e.is_retryable(),
+            Self::Queue(_) | Self::Busy | Self::LeaseLost | Self::ScratchGone => true,
+            Self::Mapping(_) | Self::Input(_) => false,
+        }
+    }
+}
+
 /// The lease that lets one run work at a time, renewed at every checkpoint.
 struct RunLease {
     key: IdempotencyKey,

@@ -198,7 +198,7 @@ pub enum Applied {
 
 /// What became of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Disposition {
+pub(crate) enum Disposition {
     Done(Applied),
     /// In the dead-letter queue with its reason.
     Parked,
@@ -248,6 +248,8 @@ pub struct BatchOutcome {
     pub applied: usize,
     pub unchanged: usize,
     pub parked: usize,
+    /// Held for a paused tenant (taken off the queue, kept in the state table).
+    pub held: usize,
     /// Phones another GHL contact holds, met while applying the batch.
     pub identity_conflicts: u64,
     /// SproutVideo answers in a shape the client does not read (the messages are parked).
@@ -979,7 +981,7 @@ impl Worker {
     }
 
     /// Sends a message to the dead-letter queue; when that fails, the message is retried.
-    async fn park(
+    pub(crate) async fn park(
         &self,
         m: &QueueMessage,
         cmd: Option<&SyncCommand>,
@@ -1006,7 +1008,7 @@ impl Worker {
 
     /// Spreads retries out: the message stays hidden for an exponentially growing time. One the
     /// deadline left unstarted is delivered again right away.
-    async fn delay(&self, m: &QueueMessage, why: Disposition) {
+    pub(crate) async fn delay(&self, m: &QueueMessage, why: Disposition) {
         let Some(handle) = &m.receipt_handle else {
             return;
         };
@@ -1025,7 +1027,9 @@ impl Worker {
     }
 
     /// One CloudWatch embedded-metric-format line for this invocation.
-    pub fn emf_line(&self, outcome: &BatchOutcome) -> String {
+    /// The batch's metrics as a CloudWatch embedded-metric line, for the whole deployment and
+    /// by `Tenant`.
+    pub fn emf_line(&self, tenant: &shared::tenants::TenantId, outcome: &BatchOutcome) -> String {
         let stats = self.ghl.stats();
         let remaining = stats.last_remaining.load(Ordering::Relaxed);
         let budget = self.ghl.budget().map(|b| b.stats());
@@ -1034,9 +1038,10 @@ impl Worker {
                 "Timestamp": chrono::Utc::now().timestamp_millis(),
                 "CloudWatchMetrics": [{
                     "Namespace": "SvGhlSync",
-                    "Dimensions": [[]],
+                    "Dimensions": [[], ["Tenant"]],
                     "Metrics": [
                         {"Name": "Applied", "Unit": "Count"},
+                        {"Name": "Held", "Unit": "Count"},
                         {"Name": "SkippedUnchanged", "Unit": "Count"},
                         {"Name": "Retried", "Unit": "Count"},
                         {"Name": "Parked", "Unit": "Count"},
@@ -1053,7 +1058,9 @@ impl Worker {
                     ]
                 }]
             },
+            "Tenant": tenant.as_str(),
             "Applied": outcome.applied,
+            "Held": outcome.held,
             "SkippedUnchanged": outcome.unchanged,
             "Retried": outcome.failed.len(),
             "Parked": outcome.parked,

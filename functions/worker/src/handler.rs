@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::{Context, LambdaEvent};
 
-use crate::apply::{BatchOutcome, Deadline, QueueMessage, Worker};
+use crate::apply::{BatchOutcome, Deadline, QueueMessage};
+use crate::fleet::Fleet;
 
 /// What a command needs besides the GHL request timeout before the deadline, to record its
 /// result and answer.
@@ -48,22 +49,29 @@ pub fn deadline(context: &Context, ghl_request_timeout: Duration) -> Deadline {
 
 /// The Lambda handler: decode each message on its own, stop starting commands when the deadline
 /// is near, report only the failures and the unstarted.
-pub async fn handle(worker: &Worker, event: LambdaEvent<SqsEvent>, ghl_request_timeout: Duration) -> SqsBatchResponse {
+pub async fn handle(fleet: &Fleet, event: LambdaEvent<SqsEvent>, ghl_request_timeout: Duration) -> SqsBatchResponse {
     let deadline = deadline(&event.context, ghl_request_timeout);
-    handle_batch(worker, event.payload, deadline).await
+    handle_batch(fleet, event.payload, deadline).await
 }
 
 /// The batch part of [`handle`], for a deadline already known.
-pub async fn handle_batch(worker: &Worker, event: SqsEvent, deadline: Deadline) -> SqsBatchResponse {
+/// Each tenant's messages go to its own worker (see [`Fleet`]); each tenant met gets its own
+/// metric line.
+pub async fn handle_batch(fleet: &Fleet, event: SqsEvent, deadline: Deadline) -> SqsBatchResponse {
     let msgs = event.records.into_iter().map(from_sqs).collect();
-    let outcome = worker.process_batch_within(msgs, deadline).await;
-    println!("{}", worker.emf_line(&outcome));
-    tracing::info!(
-        applied = outcome.applied,
-        unchanged = outcome.unchanged,
-        parked = outcome.parked,
-        retrying = outcome.failed.len(),
-        "batch done"
-    );
-    response(&outcome)
+    let mut all = BatchOutcome::default();
+    for (tenant, worker, outcome) in fleet.process_batch_within(msgs, deadline).await {
+        println!("{}", worker.emf_line(&tenant, &outcome));
+        tracing::info!(
+            tenant = %tenant,
+            applied = outcome.applied,
+            unchanged = outcome.unchanged,
+            parked = outcome.parked,
+            held = outcome.held,
+            retrying = outcome.failed.len(),
+            "batch done"
+        );
+        all.failed.extend(outcome.failed);
+    }
+    response(&all)
 }

@@ -12,11 +12,11 @@ async fn main() -> anyhow::Result<()> {
         shared::config::in_lambda(),
         "sv-worker runs under a Lambda runtime (AWS_LAMBDA_RUNTIME_API is not set); run it locally with `make dev`"
     );
-    let (worker, deps) = worker::build(Config::from_env()?).await?;
+    let (fleet, deps) = worker::build_fleet(Config::from_env()?).await?;
     let request_timeout = deps.config.ghl_request_timeout;
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
-        let worker = worker.clone();
-        async move { Ok::<_, lambda_runtime::Error>(worker::handle(&worker, ev, request_timeout).await) }
+        let fleet = fleet.clone();
+        async move { Ok::<_, lambda_runtime::Error>(worker::handle(&fleet, ev, request_timeout).await) }
     }))
     .await
     .map_err(|e| anyhow::anyhow!(e))

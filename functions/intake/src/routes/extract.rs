@@ -11,8 +11,9 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use shared::secrets::{SecretError, SyncSecrets};
+use shared::tenants::{TenantError, TenantId};
 
-use super::AppState;
+use super::{AppState, Intake};
 use crate::auth;
 use crate::events::{InputError, MAX_BODY};
 
@@ -28,6 +29,9 @@ pub enum Refusal {
     /// The body cannot be taken.
     #[error(transparent)]
     Input(#[from] InputError),
+    /// The tenant's record could not be read or used; a retry may help.
+    #[error(transparent)]
+    TenantUnavailable(#[from] TenantError),
 }
 
 async fn secrets(state: &AppState) -> Result<Arc<SyncSecrets>, Refusal> {
@@ -51,21 +55,27 @@ fn is_json(headers: &HeaderMap) -> bool {
     })
 }
 
-/// The raw body of a signed event (`POST /v1/events`): at most [`MAX_BODY`] bytes, declared
-/// JSON, and signed with a current or previous signing secret within the allowed clock skew.
-pub struct SignedEvent(pub Bytes);
+/// The raw body of a signed event (`POST /v1/events`) and its tenant: at most [`MAX_BODY`]
+/// bytes, declared JSON, and signed with a current or previous signing secret of the tenant
+/// `X-Signature-Key-Id` names (none: the deployment's own) within the allowed clock skew.
+pub struct SignedEvent(pub Arc<AppState>, pub Bytes);
 
-impl FromRequest<AppState> for SignedEvent {
+impl FromRequest<Intake> for SignedEvent {
     type Rejection = Refusal;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Refusal> {
+    async fn from_request(req: Request, intake: &Intake) -> Result<Self, Refusal> {
         let (parts, body) = req.into_parts();
         let body = read_body(body).await?;
         if !is_json(&parts.headers) {
             return Err(InputError::NotJson.into());
         }
-        let secrets = secrets(state).await?;
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let tenant = match header("x-signature-key-id") {
+            None => TenantId::default_tenant(),
+            Some(id) => TenantId::parse(id.trim()).map_err(|_| Refusal::Unauthorized)?,
+        };
+        let state = intake.tenant(&tenant).await?;
+        let secrets = secrets(&state).await?;
         let now = chrono::Utc::now().timestamp();
         let signed = auth::verify_signature(
             &secrets.signing_secrets,
@@ -77,55 +87,63 @@ impl FromRequest<AppState> for SignedEvent {
         if !signed {
             return Err(Refusal::Unauthorized);
         }
-        Ok(SignedEvent(body))
+        Ok(SignedEvent(state, body))
     }
 }
 
-/// The raw body of SproutVideo's webhook (`POST /webhooks/sproutvideo/{token}`): at most
-/// [`MAX_BODY`] bytes, on a path whose token is the secret's `webhook_token`.
-pub struct WebhookBody(pub Bytes);
+/// The raw body of SproutVideo's webhook (`POST /webhooks/sproutvideo/{token}`) and its
+/// tenant: at most [`MAX_BODY`] bytes, on a path whose token is the tenant's `webhook_token`
+/// (see [`Intake::tenant_of_token`]).
+pub struct WebhookBody(pub Arc<AppState>, pub Bytes);
 
-impl FromRequest<AppState> for WebhookBody {
+impl FromRequest<Intake> for WebhookBody {
     type Rejection = Refusal;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Refusal> {
+    async fn from_request(req: Request, intake: &Intake) -> Result<Self, Refusal> {
         let (mut parts, body) = req.into_parts();
         let Path(token) =
-            Path::<String>::from_request_parts(&mut parts, state).await.map_err(|_| Refusal::Unauthorized)?;
+            Path::<String>::from_request_parts(&mut parts, intake).await.map_err(|_| Refusal::Unauthorized)?;
         let body = read_body(body).await?;
-        let secrets = secrets(state).await?;
+        let state = intake.tenant_of_token(&token).await?;
+        let secrets = secrets(&state).await?;
         if !auth::token_matches(&secrets.webhook_token, &token) {
             return Err(Refusal::Unauthorized);
         }
-        Ok(WebhookBody(body))
+        Ok(WebhookBody(state, body))
     }
 }
 
 /// A body as received, at most [`MAX_BODY`] bytes (checked by the handler).
 pub struct RawBody(pub Bytes);
 
-impl FromRequest<AppState> for RawBody {
+impl FromRequest<Intake> for RawBody {
     type Rejection = Refusal;
 
-    async fn from_request(req: Request, _state: &AppState) -> Result<Self, Refusal> {
+    async fn from_request(req: Request, _state: &Intake) -> Result<Self, Refusal> {
         Ok(RawBody(read_body(req.into_body()).await?))
     }
 }
 
-/// A caller that presented the secret's `read_api_key` as `Authorization: Bearer <key>`.
-pub struct ReadKey;
+/// A caller that presented a tenant's `read_api_key` as `Authorization: Bearer <key>`, and that
+/// tenant (see [`Intake::tenant_of_token`]).
+pub struct ReadKey(pub Arc<AppState>);
 
-impl FromRequestParts<AppState> for ReadKey {
+impl FromRequestParts<Intake> for ReadKey {
     type Rejection = Refusal;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Refusal> {
-        let secrets = secrets(state).await?;
+    async fn from_request_parts(parts: &mut Parts, intake: &Intake) -> Result<Self, Refusal> {
         let presented = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if auth::token_matches(&secrets.read_api_key, presented) { Ok(ReadKey) } else { Err(Refusal::Unauthorized) }
+        let state = intake.tenant_of_token(presented).await?;
+        let secrets = secrets(&state).await?;
+        if auth::token_matches(&secrets.read_api_key, presented) {
+            Ok(ReadKey(state))
+        } else {
+            Err(Refusal::Unauthorized)
+        }
     }
 }

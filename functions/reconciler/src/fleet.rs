@@ -1,0 +1,164 @@
+//! Reconciles every tenant on the schedule: the deployment's own and each registered one, a few
+//! at a time, each with its own clients, budget and checkpoint. One tenant's failure (a bad key,
+//! a revoked token) is reported with that tenant and stops no other.
+//!
+//! A tenant that is running again after a pause first gets the commands held for it sent back
+//! to the queue (the backstop of `sv-admin tenant resume`); a paused tenant is skipped.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde::Serialize;
+use shared::tenants::{Lookup, TenantCache, TenantId, drain_held, held_count};
+use tokio::time::Instant;
+
+use crate::reconcile::{ReconcileError, ReconcileInput, Reconciler, Report};
+
+/// Tenants reconciled at once (each draws on its own GHL budget).
+pub const TENANTS_AT_ONCE: usize = 4;
+
+pub struct Fleet {
+    pub tenants: TenantCache<Reconciler>,
+}
+
+/// What became of one registered tenant in a run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum TenantOutcome {
+    Reconciled {
+        /// Commands held while the tenant was paused, sent back to the queue now.
+        resent_held: u64,
+        #[serde(flatten)]
+        report: Box<Report>,
+    },
+    Paused {
+        held: u64,
+    },
+    Failed {
+        error: String,
+        retryable: bool,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantRun {
+    pub tenant: TenantId,
+    #[serde(flatten)]
+    pub outcome: TenantOutcome,
+}
+
+/// A run over the fleet: the deployment's own report, as a single-location deployment has
+/// always had it, and one entry per registered tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    #[serde(flatten)]
+    pub own: Report,
+    pub tenants: Vec<TenantRun>,
+}
+
+impl FleetReport {
+    /// The tenants whose run failed.
+    pub fn failed(&self) -> impl Iterator<Item = &TenantRun> {
+        self.tenants.iter().filter(|t| matches!(t.outcome, TenantOutcome::Failed { .. }))
+    }
+}
+
+impl Fleet {
+    /// Reconciles the deployment's own tenant and every registered one (`only`: that tenant
+    /// alone). The own tenant's failure is the run's error; another's is in its entry.
+    pub async fn run(
+        &self,
+        input: ReconcileInput,
+        deadline: Option<Instant>,
+        only: Option<&TenantId>,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<FleetReport, ReconcileError> {
+        let mut ids: Vec<TenantId> = match only {
+            Some(t) if t.is_default() => Vec::new(),
+            Some(t) => vec![t.clone()],
+            None => match self.tenants.registry().list().await {
+                Ok(records) => records.into_iter().map(|r| r.id).collect(),
+                Err(e) => {
+                    // The own tenant is still reconciled; the others wait for the next run.
+                    progress(&format!("could not list the tenants ({e}); reconciling the deployment's own only"));
+                    Vec::new()
+                }
+            },
+        };
+        ids.retain(|t| !t.is_default());
+        let own = async {
+            if only.is_some_and(|t| !t.is_default()) {
+                return None;
+            }
+            let r = self.tenants.default_tenant();
+            Some(r.run(input.clone(), deadline, progress).await)
+        };
+        let others = futures::stream::iter(ids)
+            .map(|id| {
+                let input = input.clone();
+                async move {
+                    let outcome = self.run_tenant(&id, input, deadline, progress).await;
+                    if let TenantOutcome::Failed { error, .. } = &outcome {
+                        progress(&format!("tenant {id}: failed: {error}"));
+                    }
+                    TenantRun { tenant: id, outcome }
+                }
+            })
+            .buffered(TENANTS_AT_ONCE)
+            .collect::<Vec<_>>();
+        let (own, tenants) = futures::join!(own, others);
+        let own = match own {
+            Some(r) => r?,
+            None => Report { dry_run: input.dry_run, complete: true, ..Default::default() },
+        };
+        Ok(FleetReport { own, tenants })
+    }
+
+    async fn run_tenant(
+        &self,
+        id: &TenantId,
+        input: ReconcileInput,
+        deadline: Option<Instant>,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> TenantOutcome {
+        let failed = |error: String, retryable: bool| TenantOutcome::Failed { error, retryable };
+        let r = match self.tenants.get(id).await {
+            Ok(Lookup::Active(r)) => r,
+            Ok(Lookup::Paused(r)) => {
+                return match held_count(&*r.store).await {
+                    Ok(held) => TenantOutcome::Paused { held },
+                    Err(e) => failed(e.to_string(), e.is_retryable()),
+                };
+            }
+            Ok(Lookup::Unknown) => return failed(format!("the tenant '{id}' is not registered"), false),
+            Err(e) => return failed(e.to_string(), e.is_retryable()),
+        };
+        let tenant_progress = |line: &str| progress(&format!("tenant {id}: {line}"));
+        let resent_held = if input.dry_run {
+            0
+        } else {
+            match drain_held(&*r.store, &*r.queue, &|sent, total| {
+                tenant_progress(&format!("sent back {sent} of {total} held command(s)"))
+            })
+            .await
+            {
+                Ok(n) => n,
+                Err(e) => return failed(format!("could not send back the held commands: {e:#}"), true),
+            }
+        };
+        match r.run(input, deadline, &tenant_progress).await {
+            Ok(report) => TenantOutcome::Reconciled { resent_held, report: Box::new(report) },
+            Err(e) => failed(e.to_string(), e.is_retryable()),
+        }
+    }
+}
+
+/// The reconciler of a deployment with only its own tenant (tests and tools).
+pub fn single(own: Arc<Reconciler>) -> Fleet {
+    let registry = shared::tenants::Registry::new(own.store.clone());
+    Fleet {
+        tenants: TenantCache::new(registry, std::time::Duration::from_secs(30), own, |r| {
+            anyhow::bail!("this reconciler serves only its own tenant, not '{}'", r.id)
+        }),
+    }
+}

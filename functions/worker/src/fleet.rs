@@ -1,0 +1,110 @@
+//! One worker per tenant. A batch from the queue may hold several tenants' messages: each goes
+//! to its tenant's [`Worker`] (its own GHL token and budget, SproutVideo key, mapping and state),
+//! so one tenant's failure (a revoked token, a spent budget) touches only its own messages.
+//!
+//! - A paused tenant's messages are held in its state (in arrival order) and taken off the
+//!   queue; resuming the tenant sends them back (`sv-admin tenant resume`, and the reconciler).
+//! - A message of a tenant that is not registered (removed) is parked with that reason.
+//! - A tenant whose record cannot be used (its mapping does not load) or cannot be read has its
+//!   messages delivered again later.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use shared::commands::SyncCommand;
+use shared::tenants::{Lookup, TenantCache, TenantId};
+
+use crate::apply::{BatchOutcome, Deadline, Disposition, QueueMessage, Worker};
+
+pub struct Fleet {
+    pub tenants: TenantCache<Worker>,
+}
+
+impl Fleet {
+    /// A deployment with one tenant only (its own), for tests and tools.
+    pub fn single(worker: Arc<Worker>) -> Self {
+        let registry = shared::tenants::Registry::new(worker.store.clone());
+        Self {
+            tenants: TenantCache::new(registry, std::time::Duration::from_secs(30), worker, |r| {
+                anyhow::bail!("this worker serves only its own tenant, not '{}'", r.id)
+            }),
+        }
+    }
+
+    pub fn default_worker(&self) -> &Arc<Worker> {
+        self.tenants.default_tenant()
+    }
+
+    /// Applies a batch, each message with its tenant's worker; one outcome per tenant met.
+    pub async fn process_batch_within(
+        &self,
+        messages: Vec<QueueMessage>,
+        deadline: Deadline,
+    ) -> Vec<(TenantId, Arc<Worker>, BatchOutcome)> {
+        let mut by_tenant: BTreeMap<TenantId, Vec<QueueMessage>> = BTreeMap::new();
+        for m in messages {
+            // An undecodable message goes to the default worker, which parks it with the reason.
+            let tenant = SyncCommand::decode(&m.body).map(|c| c.tenant).unwrap_or_default();
+            by_tenant.entry(tenant).or_default().push(m);
+        }
+        futures::future::join_all(
+            by_tenant.into_iter().map(|(tenant, msgs)| self.process_tenant(tenant, msgs, deadline)),
+        )
+        .await
+    }
+
+    async fn process_tenant(
+        &self,
+        tenant: TenantId,
+        msgs: Vec<QueueMessage>,
+        deadline: Deadline,
+    ) -> (TenantId, Arc<Worker>, BatchOutcome) {
+        let fallback = self.default_worker().clone();
+        match self.tenants.get(&tenant).await {
+            Ok(Lookup::Active(w)) => {
+                let out = w.process_batch_within(msgs, deadline).await;
+                (tenant, w, out)
+            }
+            Ok(Lookup::Paused(w)) => {
+                let mut out = BatchOutcome::default();
+                for m in msgs {
+                    match shared::tenants::hold(&*w.store, &m.body).await {
+                        Ok(n) => {
+                            tracing::info!(tenant = %tenant, message_id = %m.id, held = n, "tenant paused; command held");
+                            out.held += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(tenant = %tenant, error = %e, "could not hold a paused tenant's command; it comes again");
+                            w.delay(&m, Disposition::Retry).await;
+                            out.failed.push(m.id);
+                        }
+                    }
+                }
+                (tenant, w, out)
+            }
+            Ok(Lookup::Unknown) => {
+                let reason = format!(
+                    "the tenant '{tenant}' is not registered (removed?): add it again with `sv-admin tenant add` and redrive the dead-letter queue"
+                );
+                let mut out = BatchOutcome::default();
+                for m in msgs {
+                    let cmd = SyncCommand::decode(&m.body).ok();
+                    match fallback.park(&m, cmd.as_ref(), &reason, None).await {
+                        Disposition::Parked => out.parked += 1,
+                        _ => out.failed.push(m.id),
+                    }
+                }
+                (tenant, fallback, out)
+            }
+            Err(e) => {
+                tracing::error!(tenant = %tenant, error = %e, retryable = e.is_retryable(), "the tenant's setup cannot be used; its messages come again");
+                let mut out = BatchOutcome::default();
+                for m in msgs {
+                    fallback.delay(&m, Disposition::Retry).await;
+                    out.failed.push(m.id);
+                }
+                (tenant, fallback, out)
+            }
+        }
+    }
+}
