@@ -97,7 +97,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
     match (args.next().as_deref(), args.next().as_deref()) {
         (Some("-h" | "--help") | None, _) => {
             println!("{USAGE}");
-            return Ok(());
+            Ok(())
         }
         (Some("tenant"), Some(cmd)) => {
             let cmd = cmd.to_string();

@@ -28,7 +28,7 @@ pub fn bin_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let dir = target.join("debug");
-    for b in ["dev-stack", "sv-intake", "sv-worker", "sv-reconciler", "local-ghl", "local-sproutvideo"] {
+    for b in ["dev-stack", "sv-intake", "sv-worker", "sv-reconciler", "sv-admin", "local-ghl", "local-sproutvideo"] {
         assert!(
             dir.join(b).is_file(),
             "{} is missing: build the binaries first (`make test` does: cargo build --workspace --bins)",
@@ -256,6 +256,93 @@ impl Pipeline {
             out[i] = n(A::ApproximateNumberOfMessages) + n(A::ApproximateNumberOfMessagesNotVisible);
         }
         (out[0], out[1])
+    }
+
+    /// Runs `sv-admin` against the stack with the admin's keys (`stdin` fed to it); its exit
+    /// status and output.
+    pub fn sv_admin(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+        use std::io::Write;
+        let a = &self.state["aws_admin"];
+        let mut child = Command::new(bin_dir().join("sv-admin"))
+            .args(args)
+            .env("AWS_ENDPOINT_URL", self.url("aws_endpoint_url"))
+            .env("AWS_ACCESS_KEY_ID", a["access_key_id"].as_str().unwrap())
+            .env("AWS_SECRET_ACCESS_KEY", a["secret_access_key"].as_str().unwrap())
+            .env("AWS_REGION", "us-east-1")
+            .env("SYNC_TABLE", self.state["table"].as_str().unwrap())
+            .env("SYNC_QUEUE_URL", self.url("queue_url"))
+            .env("TENANT_CACHE_TTL_SECS", "1")
+            .env_remove("TENANT_SECRET_PREFIX")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// A secret's JSON value, read with the admin's keys.
+    pub async fn secret_value(&self, secret_id: &str) -> Value {
+        let sdk = self.admin().sdk_config(&self.url("aws_endpoint_url"), "us-east-1").await;
+        let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+        let v = sm.get_secret_value().secret_id(secret_id).send().await.unwrap();
+        serde_json::from_str(v.secret_string().unwrap()).unwrap()
+    }
+
+    /// Sends a signed event as the tenant `key_id` (its signing secret).
+    pub async fn tenant_event(&self, key_id: &str, signing_secret: &str, body: Value) -> u16 {
+        let raw = body.to_string();
+        let ts = chrono::Utc::now().timestamp();
+        self.http
+            .post(format!("{}/v1/events", self.url("intake_url")))
+            .header("content-type", "application/json")
+            .header("x-signature-key-id", key_id)
+            .header("x-signature-timestamp", ts.to_string())
+            .header("x-signature", sign(signing_secret, ts, raw.as_bytes()))
+            .body(raw)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// The dead-letter queue's messages (received, left there): body, group and reason.
+    pub async fn dead_letters(&self) -> Vec<(String, String, String)> {
+        let sqs = self.sqs().await;
+        let mut out: Vec<(String, String, String)> = Vec::new();
+        for _ in 0..5 {
+            let r = sqs
+                .receive_message()
+                .queue_url(self.url("dlq_url"))
+                .max_number_of_messages(10)
+                .visibility_timeout(1)
+                .message_attribute_names("All")
+                .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
+                .send()
+                .await
+                .unwrap();
+            for m in r.messages.unwrap_or_default() {
+                let group = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId).cloned())
+                    .unwrap_or_default();
+                let reason = m
+                    .message_attributes
+                    .as_ref()
+                    .and_then(|a| a.get("reason"))
+                    .and_then(|v| v.string_value().map(str::to_string))
+                    .unwrap_or_default();
+                if !out.iter().any(|(b, _, _)| Some(b.as_str()) == m.body.as_deref()) {
+                    out.push((m.body.unwrap_or_default(), group, reason));
+                }
+            }
+        }
+        out
     }
 
     /// Every service log line, for the secrets check.

@@ -5,8 +5,6 @@
 //! A tenant that is running again after a pause first gets the commands held for it sent back
 //! to the queue (the backstop of `sv-admin tenant resume`); a paused tenant is skipped.
 
-use std::sync::Arc;
-
 use futures::StreamExt;
 use serde::Serialize;
 use shared::tenants::{Lookup, TenantCache, TenantId, drain_held, held_count};
@@ -16,6 +14,14 @@ use crate::reconcile::{ReconcileError, ReconcileInput, Reconciler, Report};
 
 /// Tenants reconciled at once (each draws on its own GHL budget).
 pub const TENANTS_AT_ONCE: usize = 4;
+
+/// No tenant's run starts with less than this left before the deadline.
+pub const MIN_TENANT_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The named value (in the deployment's own part of the table) holding the tenant the next
+/// scheduled run starts with, so that when a run cannot reach every tenant the next one starts
+/// where it stopped.
+const NEXT_TENANT: &str = "reconcile-next-tenant";
 
 pub struct Fleet {
     pub tenants: TenantCache<Reconciler>,
@@ -38,6 +44,8 @@ pub enum TenantOutcome {
         error: String,
         retryable: bool,
     },
+    /// The invocation's time ran out before its turn: the next run starts with it.
+    NotReached,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,6 +94,15 @@ impl Fleet {
             },
         };
         ids.retain(|t| !t.is_default());
+        // Start where the last run stopped (tenants sorted by id, wrapping around).
+        let own_store = self.tenants.default_tenant().store.clone();
+        if only.is_none()
+            && !ids.is_empty()
+            && let Ok(Some(next)) = own_store.get_value(NEXT_TENANT).await
+        {
+            let at = ids.iter().position(|t| t.as_str() >= next.as_str()).unwrap_or(0);
+            ids.rotate_left(at);
+        }
         let own = async {
             if only.is_some_and(|t| !t.is_default()) {
                 return None;
@@ -97,6 +114,9 @@ impl Fleet {
             .map(|id| {
                 let input = input.clone();
                 async move {
+                    if deadline.is_some_and(|d| d.saturating_duration_since(Instant::now()) < MIN_TENANT_TIME) {
+                        return TenantRun { tenant: id, outcome: TenantOutcome::NotReached };
+                    }
                     let outcome = self.run_tenant(&id, input, deadline, progress).await;
                     if let TenantOutcome::Failed { error, .. } = &outcome {
                         progress(&format!("tenant {id}: failed: {error}"));
@@ -107,6 +127,19 @@ impl Fleet {
             .buffered(TENANTS_AT_ONCE)
             .collect::<Vec<_>>();
         let (own, tenants) = futures::join!(own, others);
+        if only.is_none() && !input.dry_run {
+            // The next run starts with the first tenant this one did not reach, or this one's first.
+            let next = tenants
+                .iter()
+                .find(|t| matches!(t.outcome, TenantOutcome::NotReached))
+                .or(tenants.first())
+                .map(|t| t.tenant.to_string());
+            if let Some(next) = next
+                && let Err(e) = own_store.put_value(NEXT_TENANT, &next, None).await
+            {
+                progress(&format!("could not record where the next run starts ({e})"));
+            }
+        }
         let own = match own {
             Some(r) => r?,
             None => Report { dry_run: input.dry_run, complete: true, ..Default::default() },
@@ -150,15 +183,5 @@ impl Fleet {
             Ok(report) => TenantOutcome::Reconciled { resent_held, report: Box::new(report) },
             Err(e) => failed(e.to_string(), e.is_retryable()),
         }
-    }
-}
-
-/// The reconciler of a deployment with only its own tenant (tests and tools).
-pub fn single(own: Arc<Reconciler>) -> Fleet {
-    let registry = shared::tenants::Registry::new(own.store.clone());
-    Fleet {
-        tenants: TenantCache::new(registry, std::time::Duration::from_secs(30), own, |r| {
-            anyhow::bail!("this reconciler serves only its own tenant, not '{}'", r.id)
-        }),
     }
 }

@@ -30,7 +30,7 @@ pub async fn build_fleet(config: Config) -> anyhow::Result<(Fleet, Deps)> {
 /// The clients of the registered tenant `id` (for `--doctor --tenant`).
 pub async fn tenant_deps(deps: &Deps, id: &TenantId) -> anyhow::Result<Deps> {
     if id.is_default() {
-        return Ok(Deps::build(deps.aws.clone(), deps.config.clone(), TokenRefresh::Never)?);
+        return Deps::build(deps.aws.clone(), deps.config.clone(), TokenRefresh::Never);
     }
     let record = deps.registry().get(id).await?.ok_or_else(|| TenantError::Unknown(id.to_string()))?;
     Deps::build(deps.aws.clone(), deps.config.for_tenant(&record)?, TokenRefresh::Never)

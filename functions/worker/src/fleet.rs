@@ -21,16 +21,6 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// A deployment with one tenant only (its own), for tests and tools.
-    pub fn single(worker: Arc<Worker>) -> Self {
-        let registry = shared::tenants::Registry::new(worker.store.clone());
-        Self {
-            tenants: TenantCache::new(registry, std::time::Duration::from_secs(30), worker, |r| {
-                anyhow::bail!("this worker serves only its own tenant, not '{}'", r.id)
-            }),
-        }
-    }
-
     pub fn default_worker(&self) -> &Arc<Worker> {
         self.tenants.default_tenant()
     }

@@ -493,44 +493,145 @@ async fn failed_after(worker: &Worker, batch: Vec<QueueMessage>) -> anyhow::Resu
 
 // ---- 2b. Many locations -----------------------------------------------------------------------
 
-/// `tenants` locations, each with its own token (so its own window at the local GHL) and its
-/// own shared budget, four callers each, creating contacts for `secs` seconds on a window of
-/// 100 per 10 s. Returns each location's applied requests per second over the steady state.
+/// `tenants` registered tenants served by one worker fleet (`worker::Fleet`, as the Lambda
+/// runs it): each with its own location and token (so its own window at the local GHL), its own
+/// shared budget and its own state. Eight concurrent "invocations" take batches of ten from one
+/// queue where the tenants' new people are interleaved, as SQS delivers them, for `secs`
+/// seconds on a window of 100 per 10 s. Returns each location's applied requests per second over
+/// the steady state, and the 429s.
 async fn tenants_run(tenants: usize, secs: u64, dynamodb: bool) -> anyhow::Result<(Vec<f64>, usize)> {
     use shared::budget::{FleetBudget, Lane};
-    use shared::ghl::{GhlClient, GhlSettings, StaticToken, UpsertContactDto};
+    use shared::ghl::{GhlClient, GhlSettings, StaticToken};
+    use shared::state::StateStore;
+    use shared::tenants::{Registry, TenantCache, TenantId, TenantRecord};
+    use std::collections::VecDeque;
     let ghl = LocalGhl::new(GhlBehaviour::default());
     let url = url::Url::parse(&format!("http://{}/", ghl.spawn("127.0.0.1:0").await?))?;
-    let store: Arc<dyn shared::budget::BudgetStore> = if dynamodb {
-        let stack = Stack::create(StackNames::unique(&format!("ten{tenants}")), StackSettings::default(), None).await?;
-        Arc::new(shared::state::DynamoStore::new(stack.ddb.clone(), &stack.names.table))
-    } else {
-        Arc::new(shared::state::MemoryStore::new())
-    };
-    let until = Instant::now() + Duration::from_secs(secs);
-    let mut runs = Vec::new();
-    for t in 0..tenants {
-        let loc = format!("locTenant{t:011}");
-        let budget = Arc::new(FleetBudget::new(store.clone(), loc.clone(), Default::default()));
-        let client = GhlClient::new(
-            GhlSettings::new(url.clone(), loc.clone()),
-            Arc::new(StaticToken(secrecy::SecretString::from(format!("pit-tenant-{t}")))),
-        )?
-        .with_budget(budget, Lane::Bulk);
-        for c in 0..4 {
-            let (client, loc) = (client.clone(), loc.clone());
-            runs.push(tokio::spawn(async move {
-                let mut n = 0;
-                while Instant::now() < until {
-                    let email = format!("t{c}n{n}@{}.example.com", loc.to_lowercase());
-                    let body = UpsertContactDto { email: Some(email), location_id: loc.clone(), ..Default::default() };
-                    let _ = client.upsert_contact(&body).await;
-                    n += 1;
+    // The state table: the registry in its own part, each tenant's state and budget under its
+    // prefix, as the functions keep them (on moto, or in memory).
+    enum Table {
+        Dynamo(aws_sdk_dynamodb::Client, String),
+        Memory(std::sync::Mutex<BTreeMap<TenantId, Arc<shared::state::MemoryStore>>>),
+    }
+    impl Table {
+        fn part(&self, t: &TenantId) -> (Arc<dyn StateStore>, Arc<dyn shared::budget::BudgetStore>) {
+            match self {
+                Table::Dynamo(ddb, name) => {
+                    let s = Arc::new(
+                        shared::state::DynamoStore::new(ddb.clone(), name.clone()).with_prefix(t.key_prefix()),
+                    );
+                    (s.clone(), s)
                 }
-            }));
+                Table::Memory(parts) => {
+                    let s = parts.lock().unwrap().entry(t.clone()).or_default().clone();
+                    (s.clone(), s)
+                }
+            }
         }
     }
-    futures::future::join_all(runs).await;
+    let table = Arc::new(if dynamodb {
+        let stack = Stack::create(StackNames::unique(&format!("ten{tenants}")), StackSettings::default(), None).await?;
+        Table::Dynamo(stack.ddb.clone(), stack.names.table.clone())
+    } else {
+        Table::Memory(Default::default())
+    });
+    let registry = Registry::new(table.part(&TenantId::default()).0);
+    let queue = Arc::new(shared::queue::MemoryQueue::new());
+    let make = {
+        let (url, table, queue) = (url.clone(), table.clone(), queue.clone());
+        move |tenant: &TenantId, location: &str| -> anyhow::Result<Worker> {
+            let (state, budgets) = table.part(tenant);
+            let client = GhlClient::new(
+                GhlSettings::new(url.clone(), location),
+                Arc::new(StaticToken(secrecy::SecretString::from(format!("pit-{tenant}")))),
+            )?
+            .with_budget(Arc::new(FleetBudget::new(budgets, location, Default::default())), Lane::Bulk);
+            Ok(Worker {
+                ghl: client.clone(),
+                catalog: Arc::new(shared::mapping::CustomFieldCatalog::new(client)),
+                store: state,
+                queues: queue.clone(),
+                commands: queue.clone(),
+                sprout: shared::sprout::SproutClient::new(
+                    shared::sprout::SproutSettings::new(url::Url::parse("http://127.0.0.1:9/v1")?),
+                    Arc::new(shared::sprout::StaticKey(secrecy::SecretString::from("unused"))),
+                )?,
+                mapping: Arc::new(shared::mapping::Mapping::from_toml(RECON_MAPPING)?),
+                lease: Duration::from_secs(120),
+                ambiguity_grace: Duration::from_secs(30),
+                retry_base_secs: 5,
+                concurrency: 10,
+                lookback_days: 7,
+                identity_conflicts: Default::default(),
+                api_drift: Default::default(),
+            })
+        }
+    };
+    let ids: Vec<TenantId> = (0..tenants).map(|t| TenantId::parse(&format!("tenant{t:02}")).unwrap()).collect();
+    for (t, id) in ids.iter().enumerate() {
+        registry
+            .add(&TenantRecord {
+                id: id.clone(),
+                location_id: format!("locTenant{t:011}"),
+                secret_id: format!("sv-ghl-sync/tenants/{id}"),
+                mapping: None,
+                ghl_base_url: None,
+                sprout_base_url: None,
+                paused: false,
+                added_at: Utc::now(),
+            })
+            .await?;
+    }
+    let default_worker = Arc::new(make(&TenantId::default(), LOC)?);
+    let fleet = Arc::new(worker::Fleet {
+        tenants: TenantCache::new(registry, Duration::from_secs(30), default_worker, move |r| {
+            make(&r.id, &r.location_id)
+        }),
+    });
+    // The queue: each tenant's new people, interleaved.
+    let per_tenant = (secs as usize) * 12;
+    let now = Utc::now();
+    let mut pending = VecDeque::new();
+    for n in 0..per_tenant {
+        for id in &ids {
+            let email = Email::parse(&format!("p{n}@{id}.example.com"))?;
+            let mut c = SyncCommand::new(
+                Source::Event(format!("{id}-{n}")),
+                "upsert",
+                now,
+                CommandBody::UpsertContact { contact: DesiredContact::new(email) },
+            );
+            c.tenant = id.clone();
+            pending.push_back(c);
+        }
+    }
+    let pending = Arc::new(tokio::sync::Mutex::new(pending));
+    let until = Instant::now() + Duration::from_secs(secs);
+    let invocations: Vec<_> = (0..8)
+        .map(|_| {
+            let (fleet, pending) = (fleet.clone(), pending.clone());
+            tokio::spawn(async move {
+                let mut i = 0usize;
+                while Instant::now() < until {
+                    let batch: Vec<QueueMessage> = {
+                        let mut p = pending.lock().await;
+                        (0..10)
+                            .filter_map(|_| p.pop_front())
+                            .map(|c| {
+                                i += 1;
+                                msg(i, &c)
+                            })
+                            .collect()
+                    };
+                    if batch.is_empty() {
+                        break;
+                    }
+                    fleet.process_batch_within(batch, worker::Deadline::NONE).await;
+                }
+            })
+        })
+        .collect();
+    futures::future::join_all(invocations).await;
     let log = ghl.requests().await;
     let limited = log.iter().filter(|r| r.status == 429).count();
     let mut per: BTreeMap<String, Vec<i64>> = BTreeMap::new();
@@ -546,12 +647,12 @@ async fn many_locations() -> anyhow::Result<Vec<Row>> {
     let secs = 35;
     let mut rows = Vec::new();
     let mut one = 0.0;
-    // The budget records in memory: moto, one Python process on the same two cores, cannot serve
-    // sixteen busy locations' DynamoDB requests; the last row shows what it does serve.
+    // The state in memory: moto, one Python process on the same two cores, cannot serve sixteen
+    // busy tenants' DynamoDB requests; the last row shows what it does serve.
     for (tenants, dynamodb) in [(1usize, false), (4, false), (16, false), (16, true)] {
         let kept = if dynamodb { "DynamoDB on moto" } else { "memory" };
         eprintln!(
-            "bench: {tenants} location(s), each on its own window of 100 per 10 s, budgets in {kept}, {secs} s..."
+            "bench: {tenants} tenant(s) in one worker fleet, each location on its own window of 100 per 10 s, state in {kept}, {secs} s..."
         );
         let (rates, limited) = tenants_run(tenants, secs, dynamodb).await?;
         let total: f64 = rates.iter().sum();
@@ -561,13 +662,15 @@ async fn many_locations() -> anyhow::Result<Vec<Row>> {
         let fair = 10.0;
         let lowest = rates.iter().cloned().fold(f64::INFINITY, f64::min);
         rows.push(row(
-            &format!("aggregate applied GHL requests per second, {tenants} location(s), budget records in {kept}"),
+            &format!(
+                "aggregate applied GHL requests per second, {tenants} tenant(s) in one worker fleet, state in {kept}"
+            ),
             total,
             "req/s",
             one * tenants as f64,
-            &format!("{tenants} × one location's figure"),
+            &format!("{tenants} × one tenant's figure"),
             &format!(
-                "{} locations answered; lowest location {:.2} req/s = {:.2} of its ceiling; {limited} × 429",
+                "{} tenants answered; lowest tenant {:.2} req/s = {:.2} of its ceiling; {limited} × 429",
                 rates.len(),
                 lowest,
                 lowest / fair

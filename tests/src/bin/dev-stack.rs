@@ -29,7 +29,7 @@
 //! - `RECONCILE_EVERY` (60 seconds), `DEV_VISIBILITY_TIMEOUT` (30 seconds; the template's is 360),
 //!   `DEV_DIR` (.dev);
 //! - tuning variables (`GHL_*`, `WORKER_*`, `SPROUTVIDEO_*`, `RECONCILE_*`, `SYNC_*`,
-//!   `SECRET_CACHE_*`) are passed on to the functions.
+//!   `SECRET_CACHE_*`, `TENANT_*`) are passed on to the functions.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -204,7 +204,9 @@ fn passed_on_env() -> BTreeMap<String, String> {
         &["SYNC_SECRET_ID", "SYNC_QUEUE_URL", "SYNC_DLQ_URL", "SYNC_TABLE", "GHL_LOCATION_ID"];
     std::env::vars()
         .filter(|(k, _)| {
-            ["SYNC_", "GHL_", "WORKER_", "SPROUTVIDEO_", "RECONCILE_", "SECRET_CACHE_"].iter().any(|p| k.starts_with(p))
+            ["SYNC_", "GHL_", "WORKER_", "SPROUTVIDEO_", "RECONCILE_", "SECRET_CACHE_", "TENANT_"]
+                .iter()
+                .any(|p| k.starts_with(p))
                 && !SECRET_VARS.contains(&k.as_str())
                 && !RESOURCE_VARS.contains(&k.as_str())
         })

@@ -495,24 +495,43 @@ fn the_published_event_schema_is_the_one_generated_from_the_intake_types() {
 
 #[tokio::test]
 async fn a_persons_view_answers_from_its_reserve_while_writes_saturate_the_location() {
+    view_while_saturated(None).await;
+}
+
+#[tokio::test]
+async fn a_tenants_view_answers_from_its_reserve_while_writes_saturate_that_tenant_and_others_are_not_held_up() {
+    view_while_saturated(Some("acme")).await;
+}
+
+/// Forty writes fill the location's window of GHL; a person then asks for Ada's view and gets
+/// it within a second, from the places kept for views. With `tenant`, the location is that
+/// registered tenant's (found from its read key), and the deployment's own location, on the same
+/// GHL, answers its own view meanwhile.
+async fn view_while_saturated(tenant: Option<&str>) {
     use shared::budget::{BudgetSettings, FleetBudget, Lane};
     use shared::ghl::{GhlClient, GhlSettings, StaticToken, UpsertContactDto};
-    // GHL's window, time-scaled: 20 requests per 4 s. A view costs five reads (the lookup, then
-    // contact, tasks, notes and appointments), and five places of each window are kept for views.
+    use shared::tenants::{Registry, TenantCache, TenantId, TenantRecord};
+    const OWN_LOC: &str = "locIntakeOwn00000001";
+    // GHL's window, time-scaled: 20 requests per 4 s per token. A view costs five reads (the
+    // lookup, then contact, tasks, notes and appointments), and five places of each window are
+    // kept for views.
     let ghl = LocalGhl::new(GhlBehaviour { burst_max: 20, burst_interval_ms: 4000, ..Default::default() });
     let base = url::Url::parse(&format!("http://{}/", ghl.spawn("127.0.0.1:0").await.unwrap())).unwrap();
     ghl.insert_contact(LOC, json!({"email": "ada@example.com", "firstName": "Ada"})).await;
+    ghl.insert_contact(OWN_LOC, json!({"email": "grace@example.com", "firstName": "Grace"})).await;
     let store = Arc::new(shared::state::MemoryStore::new());
     let budget =
         BudgetSettings { max: 20, interval: Duration::from_secs(4), interactive_reserve: 5, ..Default::default() };
-    let client = |deadline: Duration, lane: Lane| {
-        let mut s = GhlSettings::new(base.clone(), LOC);
+    let client = |location: &str, token: &str, deadline: Duration, lane: Lane| {
+        let mut s = GhlSettings::new(base.clone(), location);
         (s.burst_max, s.burst_interval, s.retry.deadline) = (20, Duration::from_secs(4), Some(deadline));
-        let fleet = Arc::new(FleetBudget::new(store.clone(), LOC, budget.clone()));
-        GhlClient::new(s, Arc::new(StaticToken(SecretString::from("pit")))).unwrap().with_budget(fleet.clone(), lane)
+        let fleet = Arc::new(FleetBudget::new(store.clone(), location, budget.clone()));
+        GhlClient::new(s, Arc::new(StaticToken(SecretString::from(token.to_string()))))
+            .unwrap()
+            .with_budget(fleet.clone(), lane)
     };
     // A worker's backlog: forty new people at once, more than two windows' worth.
-    let writer = client(Duration::from_secs(60), Lane::Bulk);
+    let writer = client(LOC, "pit", Duration::from_secs(60), Lane::Bulk);
     let writes: Vec<_> = (0..40)
         .map(|i| {
             let writer = writer.clone();
@@ -532,12 +551,18 @@ async fn a_persons_view_answers_from_its_reserve_while_writes_saturate_the_locat
     while fleet.snapshot().await.unwrap().used() < 15 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let secret = secret_json(WEBHOOK_TOKEN, &[CURRENT_KEY], READ_KEY, "pit", None);
-    let app = intake::router(intake::AppState {
-        secrets: Arc::new(SecretCache::new(Arc::new(FixedSecret(secret)), Duration::from_secs(600))),
+    let read_key = match tenant {
+        Some(t) => format!("{t}.{READ_KEY}"),
+        None => READ_KEY.to_string(),
+    };
+    let state = |location: &str, token: &str, read_key: &str| intake::AppState {
+        secrets: Arc::new(SecretCache::new(
+            Arc::new(FixedSecret(secret_json(WEBHOOK_TOKEN, &[CURRENT_KEY], read_key, token, None))),
+            Duration::from_secs(600),
+        )),
         queue: Arc::new(CountingQueue(AtomicUsize::new(0))),
         mapping: Arc::new(shared::mapping::Mapping::default_mapping()),
-        ghl: client(Duration::from_secs(1), Lane::Interactive),
+        ghl: client(location, token, Duration::from_secs(1), Lane::Interactive),
         sprout: shared::sprout::SproutClient::new(
             shared::sprout::SproutSettings::new(url::Url::parse("http://127.0.0.1:9/v1").unwrap()),
             Arc::new(shared::sprout::StaticKey(secrecy::SecretString::from("k"))),
@@ -548,18 +573,58 @@ async fn a_persons_view_answers_from_its_reserve_while_writes_saturate_the_locat
             intake::ghl_webhook::WebhookKeys::from_lookup(|_| None).expect("the default keys load"),
             store.clone(),
         ),
-    });
-    let view = Request::get("/v1/contacts/ada@example.com")
-        .header("authorization", format!("Bearer {READ_KEY}"))
-        .body(Body::empty())
-        .unwrap();
-    let (status, body) = call(&app, view).await;
+    };
+    let app = match tenant {
+        None => intake::router(state(LOC, "pit", &read_key)),
+        Some(t) => {
+            let registry = Registry::new(store.clone());
+            registry
+                .add(&TenantRecord {
+                    id: TenantId::parse(t).unwrap(),
+                    location_id: LOC.into(),
+                    secret_id: format!("sv-ghl-sync/tenants/{t}"),
+                    mapping: None,
+                    ghl_base_url: None,
+                    sprout_base_url: None,
+                    paused: false,
+                    added_at: chrono::Utc::now(),
+                })
+                .await
+                .unwrap();
+            let theirs = state(LOC, "pit", &read_key);
+            let own = Arc::new(state(OWN_LOC, "pit-own", READ_KEY));
+            let tenants = TenantCache::new(registry, Duration::from_secs(30), own, move |r| {
+                assert_eq!(r.location_id, LOC);
+                Ok(theirs.clone())
+            });
+            intake::router_for(intake::Intake { tenants: Arc::new(tenants) })
+        }
+    };
+    let view = |email: &str, key: &str| {
+        Request::get(format!("/v1/contacts/{email}"))
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, body) = call(&app, view("ada@example.com", &read_key)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["contact"]["firstName"], "Ada", "{body}");
+    let mut reads = 5;
+    if tenant.is_some() {
+        // The deployment's own location has its own budget: its view does not wait for the tenant's.
+        let (status, body) = call(&app, view("grace@example.com", READ_KEY)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["contact"]["firstName"], "Grace", "{body}");
+        reads += 5;
+        for wrong in ["acme.not-the-key", "nobody.read-key-xyz", "read-key-wrong"] {
+            let (status, _) = call(&app, view("ada@example.com", wrong)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{wrong}");
+        }
+    }
     for w in writes {
         w.await.unwrap().expect("every write is applied in later windows");
     }
     let log = ghl.requests().await;
     assert_eq!(log.iter().filter(|r| r.status == 429).count(), 0, "nobody tripped GHL's window");
-    assert_eq!(log.len(), 45, "forty writes and five reads");
+    assert_eq!(log.len(), 40 + reads, "forty writes and the views' reads");
 }

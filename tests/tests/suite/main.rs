@@ -18,5 +18,6 @@ mod lambda_entry_points;
 mod pipeline;
 mod reconciler;
 mod sprout_client;
+mod tenants;
 mod worker;
 mod worker_logic;
