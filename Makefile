@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 CARGO ?= cargo
 
-.PHONY: test tools fmt-check clippy unit sam-lint build build-arm64 lambda-check dev doctor deploy bench soak fuzz clean
+.PHONY: test tools fmt-check clippy unit sam-lint build build-arm64 lambda-check dev doctor admin deploy bench soak fuzz clean
 
 ## test: every check (format, lint, unit, integration against moto + local fakes, SAM lint, Lambda build)
 test: tools fmt-check clippy sam-lint unit lambda-check
@@ -67,6 +67,10 @@ dev: tools
 ## CAPTURE=dir saves the answers it read, redacted
 doctor:
 	scripts/doctor.sh
+
+## admin: manage the tenants (ARGS="tenant list"; the deployment's environment, else `make dev`'s stack)
+admin:
+	scripts/sv-admin.sh $(ARGS)
 
 ## deploy: sam build + sam deploy (guided the first time)
 deploy: tools

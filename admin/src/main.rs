@@ -3,7 +3,7 @@
 //! "Many locations".
 //!
 //! Environment: `SYNC_TABLE` (the state table), `SYNC_QUEUE_URL` (for `resume`),
-//! `TENANT_SECRET_PREFIX` (the stack's `TenantSecretPrefix`, default `sv-ghl-sync/tenants/`),
+//! `TENANT_SECRET_PREFIX` (the stack's `TenantSecretPrefix` output, `<stack name>/tenants/`),
 //! `TENANT_CACHE_TTL_SECS` (the functions' setting, default 30) and the usual AWS variables.
 
 mod tenant;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::state::DynamoStore;
-use shared::tenants::{Registry, TenantId, TenantRecord, drain_held, held_count};
+use shared::tenants::{Registry, TenantId, TenantRecord, drain_held, has_held, held_count};
 
 const USAGE: &str = "\
 sv-admin tenant add ID --location LOCATION_ID [--secret-file FILE|-] [--secret-id NAME]
@@ -39,7 +39,9 @@ impl Env {
             table: get("SYNC_TABLE")
                 .ok_or_else(|| anyhow::anyhow!("SYNC_TABLE is not set; set it to the stack's StateTableName output"))?,
             queue_url: get("SYNC_QUEUE_URL"),
-            secret_prefix: get("TENANT_SECRET_PREFIX").unwrap_or_else(|| "sv-ghl-sync/tenants/".into()),
+            secret_prefix: get("TENANT_SECRET_PREFIX").ok_or_else(|| {
+                anyhow::anyhow!("TENANT_SECRET_PREFIX is not set; set it to the stack's TenantSecretPrefix output")
+            })?,
             cache_ttl: Duration::from_secs(match get("TENANT_CACHE_TTL_SECS") {
                 None => 30,
                 Some(v) => v.parse().map_err(|_| anyhow::anyhow!("TENANT_CACHE_TTL_SECS='{v}' is not a number"))?,
@@ -165,6 +167,9 @@ async fn add(admin: &Admin, mut args: impl Iterator<Item = String>) -> anyhow::R
     if admin.registry.get(&id).await?.is_some() {
         anyhow::bail!("the tenant '{id}' is registered already");
     }
+    if let Some(owner) = admin.registry.by_location(&location).await? {
+        anyhow::bail!("the location {location} belongs to the tenant '{owner}' already");
+    }
     let sm = admin.secrets();
     match secret_file {
         Some(path) => {
@@ -201,6 +206,7 @@ async fn add(admin: &Admin, mut args: impl Iterator<Item = String>) -> anyhow::R
         ghl_base_url: ghl_url,
         sprout_base_url: sprout_url,
         paused: false,
+        resuming: false,
         added_at: chrono::Utc::now(),
     };
     admin.registry.add(&record).await?;
@@ -241,10 +247,18 @@ async fn pause(admin: &Admin, id: &TenantId) -> anyhow::Result<()> {
 }
 
 async fn resume(admin: &Admin, id: &TenantId, wait: bool) -> anyhow::Result<()> {
-    admin.registry.update(id, |r| r.paused = false).await?;
-    println!("resumed {id}");
     let store = admin.tenant_store(id);
-    if held_count(&store).await? == 0 {
+    let held = has_held(&store).await?;
+    // While commands are held, new ones wait behind them (`resuming`) until all are sent back.
+    admin
+        .registry
+        .update(id, |r| {
+            r.paused = false;
+            r.resuming = held;
+        })
+        .await?;
+    println!("resumed {id}");
+    if !held {
         return Ok(());
     }
     let Some(queue_url) = admin.env.queue_url.clone() else {
@@ -260,7 +274,8 @@ async fn resume(admin: &Admin, id: &TenantId, wait: bool) -> anyhow::Result<()> 
     let queue = shared::queue::SqsQueue::new(aws_sdk_sqs::Client::new(&admin.aws), queue_url, None);
     let sent =
         drain_held(&store, &queue, &|sent, total| println!("sent back {sent} of {total} held command(s)")).await?;
-    println!("{sent} held command(s) are queued again; anything held later is sent by the next reconciliation");
+    admin.registry.update(id, |r| r.resuming = false).await?;
+    println!("{sent} held command(s) are queued again, in the order they came");
     Ok(())
 }
 

@@ -150,6 +150,13 @@ impl Config {
     /// The configuration of a registered tenant: the deployment's settings with the tenant's
     /// location, secret, mapping and (when set) API addresses.
     pub fn for_tenant(&self, record: &crate::tenants::TenantRecord) -> Result<Self, ConfigError> {
+        if record.location_id == self.ghl_location_id {
+            return Err(ConfigError::Invalid(
+                "GHL_LOCATION_ID",
+                record.location_id.clone(),
+                format!("is the deployment's own location; the tenant '{}' needs another", record.id),
+            ));
+        }
         let mut c = self.clone();
         c.tenant = record.id.clone();
         c.ghl_location_id = record.location_id.clone();

@@ -14,8 +14,9 @@
 //! its commands in its own FIFO groups (`<id>/...`), its GHL budget under its own location.
 //!
 //! A paused tenant's commands are not applied: the worker holds each in the state table
-//! (`t#<id>#kv#held#<n>`, in arrival order) and takes it off the queue; resuming sends them
-//! back in order ([`drain_held`]).
+//! (`t#<id>#kv#held#<n>`, in arrival order, without gaps) and takes it off the queue; resuming
+//! sends them back in order ([`drain_held`]), and while any is held a resuming tenant's new
+//! commands are held behind them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -153,6 +154,10 @@ pub struct TenantRecord {
     pub sprout_base_url: Option<url::Url>,
     #[serde(default)]
     pub paused: bool,
+    /// Resumed, and its held commands not all sent back yet: its workers keep holding new
+    /// commands behind them, so that none overtakes an older one (see [`drain_held`]).
+    #[serde(default)]
+    pub resuming: bool,
     pub added_at: DateTime<Utc>,
 }
 
@@ -166,6 +171,11 @@ impl TenantRecord {
 
 fn record_name(id: &TenantId) -> String {
     format!("tenant#{id}")
+}
+
+/// The location an id was first added with (kept after a removal).
+fn origin_name(id: &TenantId) -> String {
+    format!("tenant-origin#{id}")
 }
 
 fn location_name(location: &str) -> String {
@@ -247,21 +257,57 @@ impl Registry {
         Err(TenantError::State(StateError::Unavailable("the tenant list kept changing under this write".into())))
     }
 
-    /// Registers a new tenant: its location must belong to no other.
+    /// Registers a new tenant: its location must belong to no other, and an id used before
+    /// keeps the location it was first added with (its state, kept after a removal, is that
+    /// location's: people's contact ids, what was applied, commands held).
     pub async fn add(&self, record: &TenantRecord) -> Result<(), TenantError> {
         if record.id.is_default() {
             return Err(TenantError::IsDefault(record.id.to_string()));
+        }
+        if self.get(&record.id).await?.is_some() {
+            return Err(TenantError::Exists(record.id.to_string()));
+        }
+        let origin = origin_name(&record.id);
+        if let Some(first) = self.store.get_value(&origin).await?
+            && first != record.location_id
+        {
+            return Err(TenantError::Invalid {
+                tenant: record.id.to_string(),
+                reason: format!(
+                    "the id was used for the location {first}, whose state it keeps; choose another id for {}",
+                    record.location_id
+                ),
+            });
+        }
+        if let Some(owner) = self.by_location(&record.location_id).await? {
+            return Err(TenantError::LocationTaken { location: record.location_id.clone(), tenant: owner.to_string() });
         }
         let json = serde_json::to_string(record).expect("records serialise");
         if !self.store.swap_value(&record_name(&record.id), None, Some(&json)).await? {
             return Err(TenantError::Exists(record.id.to_string()));
         }
-        if !self.store.swap_value(&location_name(&record.location_id), None, Some(record.id.as_str())).await? {
-            let tenant = self.by_location(&record.location_id).await?.map(|t| t.to_string()).unwrap_or_default();
-            self.store.swap_value(&record_name(&record.id), Some(&json), None).await?;
-            return Err(TenantError::LocationTaken { location: record.location_id.clone(), tenant });
+        let undo_record = async {
+            let _ = self.store.swap_value(&record_name(&record.id), Some(&json), None).await;
+        };
+        match self.store.swap_value(&location_name(&record.location_id), None, Some(record.id.as_str())).await {
+            Ok(true) => {}
+            Ok(false) => {
+                undo_record.await;
+                let tenant = self.by_location(&record.location_id).await?.map(|t| t.to_string()).unwrap_or_default();
+                return Err(TenantError::LocationTaken { location: record.location_id.clone(), tenant });
+            }
+            Err(e) => {
+                undo_record.await;
+                return Err(e.into());
+            }
         }
-        self.change_list(|ids| ids.push(record.id.clone())).await
+        if let Err(e) = self.change_list(|ids| ids.push(record.id.clone())).await {
+            let _ = self.store.swap_value(&location_name(&record.location_id), Some(record.id.as_str()), None).await;
+            undo_record.await;
+            return Err(e);
+        }
+        self.store.swap_value(&origin, None, Some(&record.location_id)).await?;
+        Ok(())
     }
 
     /// Changes a registered tenant's record with `change` (version-checked).
@@ -307,14 +353,29 @@ pub enum Lookup<T> {
     Active(Arc<T>),
     /// Registered and paused: hold its work.
     Paused(Arc<T>),
+    /// Resumed, its held commands still being sent back: hold new work while any is held.
+    Resuming(Arc<T>),
     /// Not registered (never, or removed).
     Unknown,
 }
 
 struct Cached<T> {
     read_at: Instant,
-    record: Option<TenantRecord>,
-    built: Option<Arc<T>>,
+    record: TenantRecord,
+    built: Arc<T>,
+}
+
+impl<T> Cached<T> {
+    fn lookup(&self) -> Lookup<T> {
+        let b = self.built.clone();
+        if self.record.paused {
+            Lookup::Paused(b)
+        } else if self.record.resuming {
+            Lookup::Resuming(b)
+        } else {
+            Lookup::Active(b)
+        }
+    }
 }
 
 type Build<T> = Box<dyn Fn(&TenantRecord) -> anyhow::Result<T> + Send + Sync>;
@@ -349,38 +410,32 @@ impl<T> TenantCache<T> {
     }
 
     /// The tenant's clients, or what stops their use. A record that cannot be built (a bad
-    /// mapping, a bad URL) is [`TenantError::Invalid`].
+    /// mapping, a bad URL) is [`TenantError::Invalid`]. Only registered tenants are kept (an id
+    /// nobody registered is read again each time), and no lock is held while the registry is read.
     pub async fn get(&self, id: &TenantId) -> Result<Lookup<T>, TenantError> {
         if id.is_default() {
             return Ok(Lookup::Active(self.default.clone()));
         }
-        let mut entries = self.entries.lock().await;
-        let fresh = entries.get(id).is_some_and(|c| c.read_at.elapsed() < self.ttl);
-        if !fresh {
-            let record = self.registry.get(id).await?;
-            let old = entries.remove(id);
-            let built = match (&old, &record) {
-                (Some(Cached { record: Some(was), built: Some(b), .. }), Some(now)) if was.setup() == now.setup() => {
-                    Some(b.clone())
-                }
-                _ => None,
-            };
-            entries.insert(id.clone(), Cached { read_at: Instant::now(), record, built });
+        if let Some(c) = self.entries.lock().await.get(id).filter(|c| c.read_at.elapsed() < self.ttl) {
+            return Ok(c.lookup());
         }
-        let cached = entries.get_mut(id).expect("inserted above");
-        let Some(record) = &cached.record else { return Ok(Lookup::Unknown) };
-        let built = match &cached.built {
-            Some(b) => b.clone(),
-            None => {
-                let b = Arc::new(
-                    (self.build)(record)
-                        .map_err(|e| TenantError::Invalid { tenant: id.to_string(), reason: format!("{e:#}") })?,
-                );
-                cached.built = Some(b.clone());
-                b
-            }
+        let Some(record) = self.registry.get(id).await? else {
+            self.entries.lock().await.remove(id);
+            return Ok(Lookup::Unknown);
         };
-        Ok(if record.paused { Lookup::Paused(built) } else { Lookup::Active(built) })
+        let kept =
+            self.entries.lock().await.get(id).filter(|c| c.record.setup() == record.setup()).map(|c| c.built.clone());
+        let built = match kept {
+            Some(b) => b,
+            None => Arc::new(
+                (self.build)(&record)
+                    .map_err(|e| TenantError::Invalid { tenant: id.to_string(), reason: format!("{e:#}") })?,
+            ),
+        };
+        let cached = Cached { read_at: Instant::now(), record, built };
+        let lookup = cached.lookup();
+        self.entries.lock().await.insert(id.clone(), cached);
+        Ok(lookup)
     }
 
     /// Forgets what was read, so the next [`TenantCache::get`] reads the registry again.
@@ -417,13 +472,17 @@ impl CommandQueue for TenantQueue {
 const HELD_NEXT: &str = "held-next";
 const HELD_FIRST: &str = "held-first";
 
+/// What a held place holds once its command was sent back (kept, so no late writer takes the
+/// place again; gone after [`SENT_TTL`]).
+const SENT: &str = "-";
+
+/// How long a sent place stays taken: far longer than a worker takes between reading where the
+/// held commands end and writing its own.
+pub const SENT_TTL: Duration = Duration::from_secs(7 * 86_400);
+
 fn held_name(n: u64) -> String {
     format!("held#{n:012}")
 }
-
-/// How long a reserved place that never got its command is waited for before a drain passes it
-/// (the worker that reserved it stopped; its message came back and was held again elsewhere).
-pub const HELD_GAP_GRACE: Duration = Duration::from_secs(600);
 
 async fn read_counter(store: &dyn StateStore, name: &str) -> Result<(Option<String>, u64), StateError> {
     let raw = store.get_value(name).await?;
@@ -431,76 +490,94 @@ async fn read_counter(store: &dyn StateStore, name: &str) -> Result<(Option<Stri
     Ok((raw, n.unwrap_or(0)))
 }
 
-/// Holds a paused tenant's command (its message body) in the tenant's store, after every
-/// command held before it. `store` is the tenant's (prefixed) store.
-pub async fn hold(store: &dyn StateStore, body: &str) -> Result<u64, StateError> {
-    for _ in 0..50 {
-        let (raw, next) = read_counter(store, HELD_NEXT).await?;
-        if store.swap_value(HELD_NEXT, raw.as_deref(), Some(&(next + 1).to_string())).await? {
-            store.put_value(&held_name(next), body, None).await?;
-            return Ok(next);
+/// Moves a counter forward to `to` (never back).
+async fn advance(store: &dyn StateStore, name: &str, to: u64) -> Result<(), StateError> {
+    for _ in 0..20 {
+        let (raw, now) = read_counter(store, name).await?;
+        if now >= to || store.swap_value(name, raw.as_deref(), Some(&to.to_string())).await? {
+            return Ok(());
         }
     }
-    Err(StateError::Unavailable("the held-command counter kept changing under this write".into()))
+    Err(StateError::Unavailable(format!("kv#{name} kept changing under this write")))
 }
 
-/// How many commands are held.
+/// Holds a paused tenant's command (its message body) in the tenant's store, after every
+/// command held before it: in the first free place from where the held commands end, taken
+/// with a conditional write (of two workers, one gets each place), so the places fill without a
+/// gap. `store` is the tenant's (prefixed) store. Returns the place.
+pub async fn hold(store: &dyn StateStore, body: &str) -> Result<u64, StateError> {
+    let (_, next) = read_counter(store, HELD_NEXT).await?;
+    let (_, first) = read_counter(store, HELD_FIRST).await?;
+    for n in (next.max(first)..).take(100) {
+        if store.swap_value(&held_name(n), None, Some(body)).await? {
+            // A hint for the next writer; a writer that stops here leaves it behind, which
+            // only costs the next one a probe.
+            advance(store, HELD_NEXT, n + 1).await?;
+            return Ok(n);
+        }
+    }
+    Err(StateError::Unavailable("could not find a free place for a held command".into()))
+}
+
+/// Whether commands are held: from where the next drain starts, a place holds a command before
+/// the first free one (places already sent are passed over).
+/// (One item read at a time: the worker, which asks, reads no batches.)
+pub async fn has_held(store: &dyn StateStore) -> Result<bool, StateError> {
+    let (_, mut n) = read_counter(store, HELD_FIRST).await?;
+    loop {
+        match store.get_value(&held_name(n)).await?.as_deref() {
+            None => return Ok(false),
+            Some(SENT) => n += 1,
+            Some(_) => return Ok(true),
+        }
+    }
+}
+
+/// How many commands are held (at least; a writer that stopped before moving the end is
+/// counted by the next drain).
 pub async fn held_count(store: &dyn StateStore) -> Result<u64, StateError> {
     let (_, first) = read_counter(store, HELD_FIRST).await?;
     let (_, next) = read_counter(store, HELD_NEXT).await?;
     Ok(next.saturating_sub(first))
 }
 
-/// Sends a resumed tenant's held commands back to the queue, in the order they were held, and
-/// forgets each once the queue took it. Each goes with a new deduplication id (SQS would drop
-/// one sent again within five minutes under its old id); applying it twice is harmless (the
-/// idempotency ledger). Returns how many were sent; stops at a place reserved but not written
-/// yet, unless it stayed empty for [`HELD_GAP_GRACE`].
+/// Sends a resumed tenant's held commands back to the queue, in the order they were held, until
+/// none is left (including any held meanwhile). Each goes with a new deduplication id (SQS would
+/// drop one sent again within five minutes under its old id); applying one twice is harmless
+/// (the idempotency ledger). Its place is then marked sent. Returns how many were sent.
 pub async fn drain_held(
     store: &dyn StateStore,
     queue: &dyn CommandQueue,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<u64, anyhow::Error> {
-    let (_, next) = read_counter(store, HELD_NEXT).await?;
     let (mut first_raw, mut first) = read_counter(store, HELD_FIRST).await?;
-    let total = next.saturating_sub(first);
     let mut sent = 0;
-    while first < next {
-        let end = (first + crate::queue::SQS_BATCH_MAX as u64).min(next);
-        let names: Vec<String> = (first..end).map(held_name).collect();
+    loop {
+        let names: Vec<String> = (first..first + crate::queue::SQS_BATCH_MAX as u64).map(held_name).collect();
         let found = store.get_values(&names).await?;
         let mut batch = Vec::new();
         let mut upto = first;
-        for (i, name) in names.iter().enumerate() {
-            let n = first + i as u64;
+        for name in &names {
             match found.get(name) {
+                Some(body) if body == SENT => {}
                 Some(body) => {
                     let mut cmd = SyncCommand::decode(body)
-                        .map_err(|e| anyhow::anyhow!("held command {n} cannot be read: {e}"))?;
+                        .map_err(|e| anyhow::anyhow!("the held command {name} cannot be read: {e}"))?;
                     cmd.resent += 1;
                     batch.push(cmd);
                 }
-                None => {
-                    let gap = format!("held-gap#{n:012}");
-                    let now = Utc::now().timestamp();
-                    store.put_value_if_absent(&gap, &now.to_string(), Duration::from_secs(86_400)).await?;
-                    let seen: i64 = store.get_value(&gap).await?.and_then(|v| v.parse().ok()).unwrap_or(now);
-                    if now - seen < HELD_GAP_GRACE.as_secs() as i64 {
-                        break;
-                    }
-                }
+                None => break,
             }
-            upto = n + 1;
+            upto += 1;
         }
         if upto == first {
-            break;
+            return Ok(sent);
         }
         if !batch.is_empty() {
             queue.send(&batch).await?;
         }
-        for n in first..upto {
-            store.delete_value(&held_name(n)).await?;
-        }
+        let marks: Vec<(String, String)> = (first..upto).map(|n| (held_name(n), SENT.to_string())).collect();
+        store.put_values(&marks, Some(SENT_TTL)).await?;
         sent += batch.len() as u64;
         let new = upto.to_string();
         if !store.swap_value(HELD_FIRST, first_raw.as_deref(), Some(&new)).await? {
@@ -508,9 +585,9 @@ pub async fn drain_held(
         }
         first_raw = Some(new);
         first = upto;
-        progress(sent, total);
+        let (_, next) = read_counter(store, HELD_NEXT).await?;
+        progress(sent, sent + next.saturating_sub(first));
     }
-    Ok(sent)
 }
 
 #[cfg(test)]
@@ -543,6 +620,7 @@ mod tests {
             ghl_base_url: None,
             sprout_base_url: None,
             paused: false,
+            resuming: false,
             added_at: Utc::now(),
         }
     }
@@ -569,6 +647,63 @@ mod tests {
         let ids: Vec<String> = reg.list().await.unwrap().into_iter().map(|r| r.id.to_string()).collect();
         assert_eq!(ids, ["beta"]);
         reg.add(&record("gamma", "locA")).await.unwrap();
+        // A removed id comes back only with its own location (its state is that location's).
+        let e = reg.add(&record("acme", "locZ")).await.unwrap_err().to_string();
+        assert!(e.contains("used for the location locA"), "{e}");
+        reg.remove(&TenantId::parse("gamma").unwrap()).await.unwrap();
+        reg.add(&record("acme", "locA")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn held_commands_go_back_in_order_once_each_with_new_dedup_ids() {
+        let store = MemoryStore::new();
+        let queue = crate::queue::MemoryQueue::new();
+        let cmd = |i: usize| {
+            let mut c = SyncCommand::new(
+                crate::commands::Source::Event(format!("e{i}")),
+                "add_note",
+                Utc::now(),
+                crate::commands::CommandBody::AddNote {
+                    identity: crate::identity::Identity {
+                        email: crate::identity::Email::parse("ada@example.com").unwrap(),
+                        phone: None,
+                    },
+                    body: format!("note {i}"),
+                },
+            );
+            c.tenant = TenantId::parse("acme").unwrap();
+            c
+        };
+        assert!(!has_held(&store).await.unwrap());
+        // In the order they came...
+        for i in 0..3 {
+            assert_eq!(hold(&store, &cmd(i).encode()).await.unwrap(), i as u64);
+        }
+        // ...and workers holding at once each get their own place, without a gap.
+        let bodies: Vec<String> = (3..12).map(|i| cmd(i).encode()).collect();
+        let places = futures::future::join_all(bodies.iter().map(|b| hold(&store, b))).await;
+        let mut places: Vec<u64> = places.into_iter().map(Result::unwrap).collect();
+        places.sort();
+        assert_eq!(places, (3..12).collect::<Vec<u64>>());
+        assert!(has_held(&store).await.unwrap());
+        assert_eq!(held_count(&store).await.unwrap(), 12);
+
+        assert_eq!(drain_held(&store, &queue, &|_, _| {}).await.unwrap(), 12);
+        assert!(!has_held(&store).await.unwrap());
+        let got = queue.commands();
+        let first: Vec<SyncCommand> = got.iter().take(3).cloned().collect();
+        assert_eq!(
+            first.iter().map(|c| c.key.clone()).collect::<Vec<_>>(),
+            (0..3).map(|i| cmd(i).key).collect::<Vec<_>>()
+        );
+        assert!(got.iter().all(|c| c.resent == 1 && c.tenant.as_str() == "acme"));
+        assert!(first.iter().zip(0..3).all(|(c, i)| c.dedup_id() != cmd(i).dedup_id()), "a new deduplication id");
+        assert_eq!(drain_held(&store, &queue, &|_, _| {}).await.unwrap(), 0, "each goes back once");
+
+        // Held later: after the sent ones, and sent on the next drain.
+        assert_eq!(hold(&store, &cmd(99).encode()).await.unwrap(), 12);
+        assert_eq!(drain_held(&store, &queue, &|_, _| {}).await.unwrap(), 1);
+        assert_eq!(queue.commands().len(), 13);
     }
 
     #[tokio::test]

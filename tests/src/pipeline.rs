@@ -272,7 +272,7 @@ impl Pipeline {
             .env("SYNC_TABLE", self.state["table"].as_str().unwrap())
             .env("SYNC_QUEUE_URL", self.url("queue_url"))
             .env("TENANT_CACHE_TTL_SECS", "1")
-            .env_remove("TENANT_SECRET_PREFIX")
+            .env("TENANT_SECRET_PREFIX", self.state["tenant_secret_prefix"].as_str().unwrap())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -111,15 +111,22 @@ impl Intake {
     /// events are still taken (its worker holds them).
     pub async fn tenant(&self, id: &TenantId) -> Result<Arc<AppState>, Refusal> {
         match self.tenants.get(id).await {
-            Ok(Lookup::Active(s) | Lookup::Paused(s)) => Ok(s),
+            Ok(Lookup::Active(s) | Lookup::Paused(s) | Lookup::Resuming(s)) => Ok(s),
             Ok(Lookup::Unknown) => Err(Refusal::Unauthorized),
             Err(e) => Err(Refusal::TenantUnavailable(e)),
         }
     }
 
-    /// The tenant a token names (see [`Intake`]).
+    /// The tenant a token names (see [`Intake`]): a token whose first part names no registered
+    /// tenant is checked as the deployment's own (whose tokens may hold a dot too).
     pub async fn tenant_of_token(&self, token: &str) -> Result<Arc<AppState>, Refusal> {
-        self.tenant(&TenantId::from_token(token).unwrap_or_default()).await
+        match TenantId::from_token(token) {
+            Some(id) => match self.tenant(&id).await {
+                Err(Refusal::Unauthorized) => Ok(self.own().clone()),
+                other => other,
+            },
+            None => Ok(self.own().clone()),
+        }
     }
 
     /// The tenant a HighLevel location belongs to.
@@ -298,22 +305,25 @@ async fn ghl_webhook(State(intake): State<Intake>, headers: axum::http::HeaderMa
     if let Err(e) = keys.verify(header("x-ghl-signature"), header("x-wh-signature"), &body) {
         return ghl_refusal(e);
     }
-    // Signed by HighLevel: the location it names is whose delivery it is.
-    let state = match ghl_webhook::delivery_location(&body) {
-        Some(location) => match intake.tenant_of_location(&location).await {
-            Ok(s) => s,
-            Err(Refusal::Unauthorized) => {
-                tracing::info!(location, "HighLevel delivery for a location no tenant has; ignored");
-                return (StatusCode::OK, axum::Json(json!({ "ignored": "no tenant has this location" })))
-                    .into_response();
-            }
-            Err(refusal) => return ghl_retry_later(&refusal.to_string()),
-        },
-        None => intake.own().clone(),
+    // Signed by HighLevel: the location it names is whose delivery it is. What is checked
+    // without reading anything (window, event type, ids) is checked first.
+    let own_location = intake.own().ghl.location_id().to_string();
+    let location = ghl_webhook::delivery_location(&body).unwrap_or(own_location);
+    let delivery = match ghl_webhook::signed_delivery(&body, &location, keys.max_age_secs(), chrono::Utc::now()) {
+        Ok(d @ Delivery::Change { .. }) => d,
+        Ok(d) => return take_ghl_delivery(intake.own(), d).await,
+        Err(e) => return ghl_refusal(e),
     };
-    match ghl_webhook::signed_delivery(&body, state.ghl.location_id(), keys.max_age_secs(), chrono::Utc::now()) {
-        Ok(d) => take_ghl_delivery(&state, d).await,
-        Err(e) => ghl_refusal(e),
+    match intake.tenant_of_location(&location).await {
+        Ok(state) => take_ghl_delivery(&state, delivery).await,
+        Err(Refusal::Unauthorized) => {
+            tracing::info!(location, "HighLevel delivery for a location no tenant has; ignored");
+            (StatusCode::OK, axum::Json(json!({ "ignored": "no tenant has this location" }))).into_response()
+        }
+        Err(refusal) => {
+            tracing::error!(location, error = %refusal, "could not find the delivery's tenant; asking for a redelivery");
+            ghl_retry_later("temporarily unavailable; retry later")
+        }
     }
 }
 

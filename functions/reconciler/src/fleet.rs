@@ -110,23 +110,26 @@ impl Fleet {
             let r = self.tenants.default_tenant();
             Some(r.run(input.clone(), deadline, progress).await)
         };
-        let others = futures::stream::iter(ids)
-            .map(|id| {
+        let others = futures::stream::iter(ids.into_iter().enumerate())
+            .map(|(i, id)| {
                 let input = input.clone();
                 async move {
                     if deadline.is_some_and(|d| d.saturating_duration_since(Instant::now()) < MIN_TENANT_TIME) {
-                        return TenantRun { tenant: id, outcome: TenantOutcome::NotReached };
+                        return (i, TenantRun { tenant: id, outcome: TenantOutcome::NotReached });
                     }
                     let outcome = self.run_tenant(&id, input, deadline, progress).await;
                     if let TenantOutcome::Failed { error, .. } = &outcome {
                         progress(&format!("tenant {id}: failed: {error}"));
                     }
-                    TenantRun { tenant: id, outcome }
+                    (i, TenantRun { tenant: id, outcome })
                 }
             })
-            .buffered(TENANTS_AT_ONCE)
+            // A slow tenant holds only its own slot.
+            .buffer_unordered(TENANTS_AT_ONCE)
             .collect::<Vec<_>>();
-        let (own, tenants) = futures::join!(own, others);
+        let (own, mut tenants) = futures::join!(own, others);
+        tenants.sort_by_key(|(i, _)| *i);
+        let tenants: Vec<TenantRun> = tenants.into_iter().map(|(_, t)| t).collect();
         if only.is_none() && !input.dry_run {
             // The next run starts with the first tenant this one did not reach, or this one's first.
             let next = tenants
@@ -155,8 +158,9 @@ impl Fleet {
         progress: &(dyn Fn(&str) + Sync),
     ) -> TenantOutcome {
         let failed = |error: String, retryable: bool| TenantOutcome::Failed { error, retryable };
-        let r = match self.tenants.get(id).await {
-            Ok(Lookup::Active(r)) => r,
+        let (r, resuming) = match self.tenants.get(id).await {
+            Ok(Lookup::Active(r)) => (r, false),
+            Ok(Lookup::Resuming(r)) => (r, true),
             Ok(Lookup::Paused(r)) => {
                 return match held_count(&*r.store).await {
                     Ok(held) => TenantOutcome::Paused { held },
@@ -179,6 +183,12 @@ impl Fleet {
                 Err(e) => return failed(format!("could not send back the held commands: {e:#}"), true),
             }
         };
+        if resuming && !input.dry_run {
+            // Everything held is queued again: new commands need not wait behind it any more.
+            if let Err(e) = self.tenants.registry().update(id, |rec| rec.resuming = false).await {
+                tenant_progress(&format!("could not mark the tenant resumed ({e}); the next run does"));
+            }
+        }
         match r.run(input, deadline, &tenant_progress).await {
             Ok(report) => TenantOutcome::Reconciled { resent_held, report: Box::new(report) },
             Err(e) => failed(e.to_string(), e.is_retryable()),

@@ -1028,12 +1028,13 @@ impl Worker {
 
     /// One CloudWatch embedded-metric-format line for this invocation.
     /// The batch's metrics as a CloudWatch embedded-metric line, for the whole deployment and
-    /// by `Tenant`.
-    pub fn emf_line(&self, tenant: &shared::tenants::TenantId, outcome: &BatchOutcome) -> String {
+    /// by `Tenant`. `client_figures`: whether this worker's GHL client figures belong to
+    /// `tenant` (false when this worker only parked or returned another tenant's messages).
+    pub fn emf_line(&self, tenant: &shared::tenants::TenantId, outcome: &BatchOutcome, client_figures: bool) -> String {
         let stats = self.ghl.stats();
         let remaining = stats.last_remaining.load(Ordering::Relaxed);
         let budget = self.ghl.budget().map(|b| b.stats());
-        json!({
+        let mut line = json!({
             "_aws": {
                 "Timestamp": chrono::Utc::now().timestamp_millis(),
                 "CloudWatchMetrics": [{
@@ -1074,8 +1075,25 @@ impl Worker {
             "GhlBudgetWaitMs": budget.map(|b| b.waited_ms.load(Ordering::Relaxed)),
             "GhlBudgetWrites": budget.map(|b| b.writes.load(Ordering::Relaxed)),
             "GhlBudgetConflicts": budget.map(|b| b.conflicts.load(Ordering::Relaxed)),
-        })
-        .to_string()
+        });
+        if !client_figures && let Some(o) = line.as_object_mut() {
+            for k in [
+                "GhlCalls",
+                "GhlRateLimited",
+                "GhlRateHeadroom",
+                "GhlDailyRemaining",
+                "GhlDailyQuotaRefusals",
+                "GhlBudgetWaitMs",
+                "GhlBudgetWrites",
+                "GhlBudgetConflicts",
+            ] {
+                o.remove(k);
+            }
+            if let Some(list) = o["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array_mut() {
+                list.retain(|m| !m["Name"].as_str().is_some_and(|n| n.starts_with("Ghl")));
+            }
+        }
+        line.to_string()
     }
 }
 

@@ -26,11 +26,7 @@ impl Fleet {
     }
 
     /// Applies a batch, each message with its tenant's worker; one outcome per tenant met.
-    pub async fn process_batch_within(
-        &self,
-        messages: Vec<QueueMessage>,
-        deadline: Deadline,
-    ) -> Vec<(TenantId, Arc<Worker>, BatchOutcome)> {
+    pub async fn process_batch_within(&self, messages: Vec<QueueMessage>, deadline: Deadline) -> Vec<TenantBatch> {
         let mut by_tenant: BTreeMap<TenantId, Vec<QueueMessage>> = BTreeMap::new();
         for m in messages {
             // An undecodable message goes to the default worker, which parks it with the reason.
@@ -43,34 +39,45 @@ impl Fleet {
         .await
     }
 
-    async fn process_tenant(
-        &self,
-        tenant: TenantId,
-        msgs: Vec<QueueMessage>,
-        deadline: Deadline,
-    ) -> (TenantId, Arc<Worker>, BatchOutcome) {
+    async fn process_tenant(&self, tenant: TenantId, msgs: Vec<QueueMessage>, deadline: Deadline) -> TenantBatch {
         let fallback = self.default_worker().clone();
+        let ran = |worker: Arc<Worker>, outcome| TenantBatch { tenant: tenant.clone(), worker, ran: true, outcome };
         match self.tenants.get(&tenant).await {
             Ok(Lookup::Active(w)) => {
                 let out = w.process_batch_within(msgs, deadline).await;
-                (tenant, w, out)
+                ran(w, out)
             }
             Ok(Lookup::Paused(w)) => {
-                let mut out = BatchOutcome::default();
-                for m in msgs {
-                    match shared::tenants::hold(&*w.store, &m.body).await {
-                        Ok(n) => {
-                            tracing::info!(tenant = %tenant, message_id = %m.id, held = n, "tenant paused; command held");
-                            out.held += 1;
-                        }
-                        Err(e) => {
-                            tracing::warn!(tenant = %tenant, error = %e, "could not hold a paused tenant's command; it comes again");
+                let out = hold_all(&tenant, &w, msgs).await;
+                ran(w, out)
+            }
+            Ok(Lookup::Resuming(w)) => {
+                // Commands sent back by the drain are applied; a new one waits behind what is
+                // still held, so that none overtakes an older one.
+                match shared::tenants::has_held(&*w.store).await {
+                    Ok(false) => {
+                        let out = w.process_batch_within(msgs, deadline).await;
+                        ran(w, out)
+                    }
+                    Ok(true) => {
+                        let (resent, new): (Vec<_>, Vec<_>) =
+                            msgs.into_iter().partition(|m| SyncCommand::decode(&m.body).is_ok_and(|c| c.resent > 0));
+                        let mut out = w.process_batch_within(resent, deadline).await;
+                        let held = hold_all(&tenant, &w, new).await;
+                        out.held += held.held;
+                        out.failed.extend(held.failed);
+                        ran(w, out)
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant = %tenant, error = %e, "could not read whether commands are held; the batch comes again");
+                        let mut out = BatchOutcome::default();
+                        for m in msgs {
                             w.delay(&m, Disposition::Retry).await;
                             out.failed.push(m.id);
                         }
+                        ran(w, out)
                     }
                 }
-                (tenant, w, out)
             }
             Ok(Lookup::Unknown) => {
                 let reason = format!(
@@ -84,7 +91,7 @@ impl Fleet {
                         _ => out.failed.push(m.id),
                     }
                 }
-                (tenant, fallback, out)
+                TenantBatch { tenant, worker: fallback, ran: false, outcome: out }
             }
             Err(e) => {
                 tracing::error!(tenant = %tenant, error = %e, retryable = e.is_retryable(), "the tenant's setup cannot be used; its messages come again");
@@ -93,8 +100,44 @@ impl Fleet {
                     fallback.delay(&m, Disposition::Retry).await;
                     out.failed.push(m.id);
                 }
-                (tenant, fallback, out)
+                TenantBatch { tenant, worker: fallback, ran: false, outcome: out }
             }
         }
     }
+}
+
+/// What became of one tenant's part of a batch.
+pub struct TenantBatch {
+    pub tenant: TenantId,
+    /// The tenant's worker, or the default's when the tenant's could not be used.
+    pub worker: Arc<Worker>,
+    /// Whether `worker` is the tenant's own (its client figures belong to this tenant).
+    pub ran: bool,
+    pub outcome: BatchOutcome,
+}
+
+/// Holds a paused tenant's messages in order. Once one of a message group cannot be held, the
+/// group's later messages are not held either (they come again after it, in order).
+async fn hold_all(tenant: &TenantId, w: &Worker, msgs: Vec<QueueMessage>) -> BatchOutcome {
+    let mut out = BatchOutcome::default();
+    let mut stuck: Vec<Option<String>> = Vec::new();
+    for m in msgs {
+        if stuck.contains(&m.group_id) {
+            out.failed.push(m.id);
+            continue;
+        }
+        match shared::tenants::hold(&*w.store, &m.body).await {
+            Ok(n) => {
+                tracing::info!(tenant = %tenant, message_id = %m.id, held = n, "command held for the paused tenant");
+                out.held += 1;
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, error = %e, "could not hold a paused tenant's command; it comes again");
+                w.delay(&m, Disposition::Retry).await;
+                stuck.push(m.group_id.clone());
+                out.failed.push(m.id);
+            }
+        }
+    }
+    out
 }

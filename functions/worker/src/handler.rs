@@ -60,8 +60,9 @@ pub async fn handle(fleet: &Fleet, event: LambdaEvent<SqsEvent>, ghl_request_tim
 pub async fn handle_batch(fleet: &Fleet, event: SqsEvent, deadline: Deadline) -> SqsBatchResponse {
     let msgs = event.records.into_iter().map(from_sqs).collect();
     let mut all = BatchOutcome::default();
-    for (tenant, worker, outcome) in fleet.process_batch_within(msgs, deadline).await {
-        println!("{}", worker.emf_line(&tenant, &outcome));
+    for b in fleet.process_batch_within(msgs, deadline).await {
+        let (tenant, outcome) = (&b.tenant, &b.outcome);
+        println!("{}", b.worker.emf_line(tenant, outcome, b.ran));
         tracing::info!(
             tenant = %tenant,
             applied = outcome.applied,
@@ -71,7 +72,7 @@ pub async fn handle_batch(fleet: &Fleet, event: SqsEvent, deadline: Deadline) ->
             retrying = outcome.failed.len(),
             "batch done"
         );
-        all.failed.extend(outcome.failed);
+        all.failed.extend(b.outcome.failed);
     }
     response(&all)
 }

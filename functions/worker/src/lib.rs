@@ -11,6 +11,6 @@ pub mod handler;
 pub mod wiring;
 
 pub use apply::{Applied, ApplyError, BatchOutcome, Deadline, QueueMessage, Worker};
-pub use fleet::Fleet;
+pub use fleet::{Fleet, TenantBatch};
 pub use handler::{handle, handle_batch};
 pub use wiring::{build, build_fleet};

@@ -410,9 +410,10 @@ impl StateStore for DynamoStore {
     }
 
     async fn swap_value(&self, name: &str, expected: Option<&str>, new: Option<&str>) -> Result<bool, StateError> {
+        // An expired item DynamoDB has not deleted yet counts as absent (as everywhere here).
         let (cond, old) = match expected {
-            None => ("attribute_not_exists(pk)", None),
-            Some(v) => ("#v = :old", Some(s(v))),
+            None => ("attribute_not_exists(pk) OR expires_at <= :now", None),
+            Some(v) => ("#v = :old AND (attribute_not_exists(expires_at) OR expires_at > :now)", Some(s(v))),
         };
         let r = match new {
             Some(v) => {
@@ -422,7 +423,8 @@ impl StateStore for DynamoStore {
                     .table_name(&self.table)
                     .item("pk", self.k(&value_pk(name)))
                     .item("value", s(v))
-                    .condition_expression(cond);
+                    .condition_expression(cond)
+                    .expression_attribute_values(":now", n(now()));
                 if let Some(old) = old {
                     put = put.expression_attribute_names("#v", "value").expression_attribute_values(":old", old);
                 }
@@ -434,7 +436,8 @@ impl StateStore for DynamoStore {
                     .delete_item()
                     .table_name(&self.table)
                     .key("pk", self.k(&value_pk(name)))
-                    .condition_expression(cond);
+                    .condition_expression(cond)
+                    .expression_attribute_values(":now", n(now()));
                 if let Some(old) = old {
                     del = del.expression_attribute_names("#v", "value").expression_attribute_values(":old", old);
                 }

@@ -578,6 +578,7 @@ async fn tenants_run(tenants: usize, secs: u64, dynamodb: bool) -> anyhow::Resul
                 ghl_base_url: None,
                 sprout_base_url: None,
                 paused: false,
+                resuming: false,
                 added_at: Utc::now(),
             })
             .await?;

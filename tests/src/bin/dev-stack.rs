@@ -365,6 +365,8 @@ fn write_state(
         "lambda_api_url": format!("http://{}", s.lambda_api_addr),
         "ghl_base_url": ghl, "sproutvideo_base_url": sprout, "ghl_location_id": location,
         "queue_url": stack.queue_url, "dlq_url": stack.dlq_url, "table": stack.names.table, "secret_id": stack.names.secret,
+        // The template's TenantSecretPrefix output: where `sv-admin` puts tenants' secrets.
+        "tenant_secret_prefix": format!("{STACK_NAME}/tenants/"),
         "aws_endpoint_url": std::env::var("AWS_ENDPOINT_URL").unwrap_or_default(),
         // moto checks every call: use these keys for your own (aws CLI, tests).
         "aws_admin": {"access_key_id": d.admin.access_key_id, "secret_access_key": d.admin.secret_access_key},

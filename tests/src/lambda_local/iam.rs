@@ -56,7 +56,12 @@ pub fn policy_document(statements: &[StatementDef]) -> String {
 
 /// Everything, for the harness's own calls (creating resources, reading queues in tests).
 pub fn admin_statements() -> Vec<StatementDef> {
-    vec![StatementDef { effect: "Allow".into(), actions: vec!["*".into()], resources: vec!["*".into()] }]
+    vec![StatementDef {
+        effect: "Allow".into(),
+        actions: vec!["*".into()],
+        resources: vec!["*".into()],
+        condition: None,
+    }]
 }
 
 /// What the SQS event-source mapping may do (SAM attaches `AWSLambdaSQSQueueExecutionRole` to a
@@ -66,6 +71,7 @@ pub fn sqs_poller_statements() -> Vec<StatementDef> {
         effect: "Allow".into(),
         actions: vec!["sqs:ReceiveMessage".into(), "sqs:DeleteMessage".into(), "sqs:GetQueueAttributes".into()],
         resources: vec!["*".into()],
+        condition: None,
     }]
 }
 
@@ -240,6 +246,7 @@ mod tests {
                 effect: "Allow".into(),
                 actions: vec!["sqs:SendMessage".into(), "sqs:ChangeMessageVisibility".into()],
                 resources: vec!["arn:q".into()],
+                condition: None,
             }],
         }];
         let e = |key: &str, action: &str, allowed| AuditEntry {

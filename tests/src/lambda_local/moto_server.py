@@ -11,6 +11,11 @@ batch calls are checked under their own names, which IAM does not have. This lau
   sqs:SendMessage, sqs:DeleteMessage and sqs:ChangeMessageVisibility, as IAM does;
 - appends one JSON line per authorization decision to $MOTO_IAM_AUDIT_LOG:
   {"key": access key id, "action": "sqs:SendMessage", "resource": arn, "allowed": true};
+- checks `dynamodb:LeadingKeys` (a `ForAllValues:StringLike` condition, as the template writes
+  it) against the partition keys a DynamoDB request names: moto ignores conditions, so a
+  function reading an item its policy's condition leaves out would pass here and be refused in
+  AWS; and answers a refused DynamoDB call as AWS does (JSON `AccessDeniedException`, 400), not
+  with moto's XML, which the SDK cannot read;
 - applies DynamoDB requests on one item one at a time (and requests on many items alone).
   DynamoDB applies a conditional write atomically, so of two racing conditional writes on one
   item at most one succeeds; moto's threaded server checks the condition and writes without a
@@ -25,13 +30,15 @@ Usage: python moto_server.py [moto_server arguments]
 import contextlib
 import json
 import os
+import re
 import sys
 import threading
 
 from moto import settings
 from moto.core.authorization import ActionAuthenticatorMixin
+from moto.core.exceptions import AccessDeniedError, JsonRESTError
 from moto.dynamodb.responses import DynamoHandler
-from moto.iam.access_control import IAMRequestBase
+from moto.iam.access_control import IAMPolicy, IAMPolicyStatement, IAMRequestBase
 from moto.secretsmanager.models import secretsmanager_backends
 from moto.secretsmanager.responses import SecretsManagerResponse
 from moto.server import main
@@ -83,12 +90,94 @@ IAMRequestBase.__init__ = _init
 
 _original_authorize = ActionAuthenticatorMixin._authenticate_and_authorize_action
 
+# The partition keys of the DynamoDB request being authorized (None for other requests).
+_request = threading.local()
+
+
+def _leading_keys(self):
+    """The partition key values a DynamoDB request names, or None when it names none."""
+    params = getattr(self, "params", None) or {}
+    action = self._get_action()
+
+    def hash_attr(table):
+        try:
+            return self.dynamodb_backend.get_table(table).hash_key_attr
+        except Exception:
+            return None
+
+    def value(item, attr):
+        v = (item or {}).get(attr) or {}
+        return next(iter(v.values()), None) if isinstance(v, dict) else None
+
+    keys = []
+    if action in _SINGLE_ITEM:
+        attr = hash_attr(params.get("TableName"))
+        keys.append(value(params.get("Key") or params.get("Item"), attr))
+    elif action == "BatchGetItem":
+        for table, ka in (params.get("RequestItems") or {}).items():
+            attr = hash_attr(table)
+            keys += [value(k, attr) for k in ka.get("Keys") or []]
+    elif action == "BatchWriteItem":
+        for table, reqs in (params.get("RequestItems") or {}).items():
+            attr = hash_attr(table)
+            for r in reqs:
+                keys.append(value((r.get("PutRequest") or {}).get("Item") or (r.get("DeleteRequest") or {}).get("Key"), attr))
+    else:
+        return None
+    return [str(k) for k in keys if k is not None] or None
+
+
+def _like(pattern, value):
+    """IAM's StringLike: `*` is any run of characters, `?` one character."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.S) is not None
+
+
+_original_check = IAMRequestBase.check_action_permitted
+
+
+def _check_action_permitted(self, resource):
+    _original_check(self, resource)
+    keys = getattr(_request, "leading_keys", None)
+    if not keys or not self._action.startswith("dynamodb:"):
+        return
+    # Some Allow statement for this action and resource must admit every key.
+    for policy in self._access_key.collect_policies():
+        statements = IAMPolicy(policy)._policy_json.get("Statement") or []
+        for s in statements if isinstance(statements, list) else [statements]:
+            st = IAMPolicyStatement(s)
+            if s.get("Effect") != "Allow" or "Action" not in s or not st._check_element_matches("Action", self._action):
+                continue
+            if s.get("Resource") and not st._check_element_matches("Resource", resource):
+                continue
+            patterns = None
+            for op, values in (s.get("Condition") or {}).items():
+                if "dynamodb:LeadingKeys" in values:
+                    v = values["dynamodb:LeadingKeys"]
+                    patterns = (v if isinstance(v, list) else [v]) if op == "ForAllValues:StringLike" else []
+            if patterns is None or all(any(_like(p, k) for p in patterns) for k in keys):
+                return
+    self._raise_access_denied()
+
+
+IAMRequestBase.check_action_permitted = _check_action_permitted
+
 
 def _authorize(self, iam_request_cls, resource="*"):
     enforced = ActionAuthenticatorMixin.request_count >= settings.INITIAL_NO_AUTH_ACTION_COUNT
     allowed = False
+    dynamodb = isinstance(self, DynamoHandler)
+    _request.leading_keys = _leading_keys(self) if dynamodb else None
     try:
-        _original_authorize(self, iam_request_cls, resource)
+        try:
+            _original_authorize(self, iam_request_cls, resource)
+        except AccessDeniedError as e:
+            if not dynamodb:
+                raise
+            # DynamoDB speaks JSON: AccessDeniedException, status 400, as AWS answers it.
+            denied = JsonRESTError("AccessDeniedException", e.message)
+            denied.code = 400
+            raise denied from None
         allowed = True
     finally:
         if enforced and AUDIT:

@@ -220,6 +220,9 @@ struct StatementDoc {
     effect: String,
     action: OneOrMany<String>,
     resource: Exprs,
+    /// Plain values only (no intrinsic functions), as the template writes them.
+    #[serde(default)]
+    condition: Option<serde_json::Value>,
 }
 
 /// One expression or a list of them.
@@ -395,6 +398,9 @@ pub struct StatementDef {
     pub actions: Vec<String>,
     #[serde(rename = "Resource")]
     pub resources: Vec<String>,
+    /// The statement's `Condition` (the local moto launcher checks `dynamodb:LeadingKeys`).
+    #[serde(rename = "Condition", default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<serde_json::Value>,
 }
 
 /// A function as the template declares it, resolved.
@@ -599,7 +605,12 @@ impl Template {
             let statements: Vec<StatementDoc> = Self::typed(&w, &statements)?;
             for s in statements {
                 let resources = s.resource.0.iter().map(|e| r.resolve(&w, e)).collect::<Result<Vec<_>, _>>()?;
-                def.statements.push(StatementDef { effect: s.effect, actions: s.action.into_vec(), resources });
+                def.statements.push(StatementDef {
+                    effect: s.effect,
+                    actions: s.action.into_vec(),
+                    resources,
+                    condition: s.condition,
+                });
             }
         }
         Ok(def)

@@ -78,9 +78,51 @@ async fn a_permission_missing_from_a_policy_is_refused_and_reported() {
         effect: "Allow".into(),
         actions: vec!["secretsmanager:GetSecretValue".into()],
         resources: vec!["*".into()],
+        condition: None,
     }];
     let (status, report, queue) = intake_with("missing", Some(only_secret)).await;
     println!("{report}");
     assert_eq!(status, 503, "the queue refused the intake, so the sender is told to retry");
     assert_eq!(report.denied(), vec![("sv-intake".to_string(), ("sqs:SendMessage".to_string(), queue))]);
+}
+
+#[tokio::test]
+async fn a_dynamodb_leading_keys_condition_admits_only_the_keys_it_names() {
+    use sync_tests::lambda_local::iam::create_user;
+    let dir = std::env::temp_dir().join(format!("sv-iam-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let moto = Moto::start(&dir).await.unwrap();
+    let setup = Credentials::unchecked().sdk_config(&moto.endpoint, REGION).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&setup);
+    shared::state::create_table(&ddb, "keys").await.unwrap();
+    let table_arn = format!("arn:aws:dynamodb:{REGION}:*:table/keys");
+    // As the template writes the intake's: one read on the tenant registry only.
+    let reader = create_user(
+        &aws_sdk_iam::Client::new(&setup),
+        "reader",
+        &[StatementDef {
+            effect: "Allow".into(),
+            actions: vec!["dynamodb:GetItem".into()],
+            resources: vec![table_arn],
+            condition: Some(serde_json::json!({
+                "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["kv#tenant#*", "t#*#budget#*"]}
+            })),
+        }],
+    )
+    .await
+    .unwrap();
+    sync_tests::lambda_local::moto::enforce_iam(&moto.endpoint).await.unwrap();
+    let as_reader = aws_sdk_dynamodb::Client::new(&reader.sdk_config(&moto.endpoint, REGION).await);
+    let get = |pk: &str| {
+        as_reader.get_item().table_name("keys").key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk.into())).send()
+    };
+    assert!(get("kv#tenant#acme").await.is_ok(), "a key the condition names");
+    assert!(get("t#acme#budget#loc1").await.is_ok(), "a key the condition names");
+    for refused in ["person#ada@example.com", "kv#tenants", "t#acme#kv#tenant#x"] {
+        let e = get(refused).await.expect_err(refused);
+        assert!(shared::aws::error_text(&e).starts_with("AccessDenied"), "{refused}: {e:?}");
+    }
+    drop(moto);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,8 +2,8 @@
 //! location (the dev stack's local GHL and SproutVideo) and a tenant added with `sv-admin`, whose
 //! GHL and SproutVideo are fakes of its own. Events reach each tenant's GHL only; a revoked
 //! token in one tenant parks only that tenant's messages; a paused tenant's events are held and
-//! applied on resume, none lost. Every call goes through the functions' Lambda entry points with
-//! their template policies enforced.
+//! applied on resume, none lost; a tenant whose reconciliation fails stops no other. Every call
+//! goes through the functions' Lambda entry points with their template policies enforced.
 
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,8 @@ impl Tenant {
             Some(&given.to_string()),
         );
         assert!(ok, "sv-admin tenant add failed: {out}");
-        let secret = p.secret_value(&format!("sv-ghl-sync/tenants/{id}")).await;
+        let prefix = p.state["tenant_secret_prefix"].as_str().unwrap();
+        let secret = p.secret_value(&format!("{prefix}{id}")).await;
         for key in ["webhook_token", "read_api_key", "ghl_workflow_token"] {
             let token = secret[key].as_str().unwrap();
             assert!(token.starts_with(&format!("{id}.")), "{key} names the tenant");
@@ -153,6 +154,47 @@ async fn two_tenants_with_their_own_ghl_and_sproutvideo_each_get_only_their_own_
     assert_eq!(hook(acme.secret["webhook_token"].as_str().unwrap()).await.unwrap().status(), 202);
     assert_eq!(hook("acme.wrong").await.unwrap().status(), 401);
 
+    // HighLevel's signed webhooks (one URL for the whole Marketplace app) go to the tenant whose
+    // location the delivery names; a location nobody serves is ignored. The dev stack's GHL signs
+    // them with the key the intake trusts.
+    let mut statuses = Vec::new();
+    for (location, email) in [(ACME_LOC, "hook@acme.example.com"), ("locNobodysLocation01", "hook@nobody.example.com")]
+    {
+        let (status, created) = p
+            .ghl_call(reqwest::Method::POST, "contacts/upsert", Some(json!({"locationId": location, "email": email})))
+            .await;
+        assert!(status < 300, "{status} {created}");
+        let id = created["contact"]["id"].as_str().unwrap().to_string();
+        let tagged =
+            p.ghl_call(reqwest::Method::POST, &format!("contacts/{id}/tags"), Some(json!({"tags": ["vip"]}))).await;
+        assert!(tagged.0 < 300, "{tagged:?}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let hooks: Value = p
+                .http
+                .get(format!("{}/_admin/webhooks", p.url("ghl_base_url")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let mine = hooks["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["contact_id"] == id.as_str() && d["status"].is_u64())
+                .cloned();
+            if let Some(s) = mine.and_then(|d| d["status"].as_u64()) {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "no answered delivery for {email}: {hooks}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [202, 200], "the tenant's delivery is queued, the unknown location's ignored");
+
     assert!(p.wait_drained(60).await, "the queue drains");
     let read = acme.sprout.requests().await;
     assert!(
@@ -192,6 +234,16 @@ async fn a_revoked_token_in_one_tenant_parks_only_that_tenants_messages() {
         assert!(!reason.contains("pit-acme"), "no token in a reason: {reason}");
     }
     assert!(acme.contacts().await.is_empty());
+
+    // The scheduled reconciliation: the tenant's failure is in its entry; the deployment's own
+    // run completes.
+    let report = p.reconcile_once().await;
+    assert_eq!(report["complete"], true, "{report}");
+    let entry = report["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == "acme").cloned();
+    let entry = entry.unwrap_or_else(|| panic!("no entry for acme in {report}"));
+    assert_eq!(entry["outcome"], "failed", "{entry}");
+    assert!(entry["error"].as_str().unwrap().contains("401"), "{entry}");
+    assert_eq!(entry["retryable"], false, "{entry}");
     assert!(!p.service_logs().contains("pit-acme"), "no tenant token in any log");
     p.stop();
 }
@@ -234,10 +286,26 @@ async fn a_paused_tenant_holds_its_events_and_applies_them_all_on_resume() {
     let (ok, out) = p.sv_admin(&["tenant", "list"], None);
     assert!(ok && out.lines().any(|l| l.starts_with("acme ") && l.contains("running")), "{out}");
 
-    // Removed: its later messages are parked with the reason, and the registry forgets it.
+    // Removed: the registry forgets it, its tokens open nothing, and its id comes back only with
+    // its own location.
     let (ok, out) = p.sv_admin(&["tenant", "remove", "acme"], None);
     assert!(ok, "{out}");
     let (_, out) = p.sv_admin(&["tenant", "list"], None);
     assert!(out.contains("no tenants are registered"), "{out}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(acme.event(&p, lead("acme-gone", "gina@example.com", "Gina")).await, 401);
+    let (ok, out) = p.sv_admin(
+        &[
+            "tenant",
+            "add",
+            "acme",
+            "--location",
+            "locSomewhereElse0001",
+            "--secret-id",
+            &format!("{}acme", p.state["tenant_secret_prefix"].as_str().unwrap()),
+        ],
+        None,
+    );
+    assert!(!ok && out.contains("used for the location"), "{out}");
     p.stop();
 }

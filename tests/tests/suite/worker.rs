@@ -339,7 +339,8 @@ async fn eve_with_bobs_phone_is_written_without_it_and_bob_is_untouched() {
     let out = w.process_batch(vec![msg("e", &upsert_with_phone("e1", "eve@example.com", "Eve", BOB_PHONE))]).await;
     assert_eq!((out.applied, out.parked, out.failed.len()), (1, 0, 0), "{out:?}");
     assert_eq!(out.identity_conflicts, 1);
-    let line = w.emf_line(&shared::tenants::TenantId::default(), &out);
+    let line = w.emf_line(&shared::tenants::TenantId::default(), &out, true);
+    assert!(!w.emf_line(&shared::tenants::TenantId::default(), &out, false).contains("GhlCalls"));
     assert!(line.contains("\"IdentityConflicts\":1") && line.contains("\"Tenant\":\"default\""), "{line}");
 
     assert_eq!(bob_record(&env, &bob_id).await, bob_before, "Bob's record is byte-for-byte unchanged");
