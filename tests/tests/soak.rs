@@ -200,8 +200,11 @@ async fn chaos_soak_loses_and_doubles_nothing() {
     let gone = "soak0000@example.com";
     let old_id = contacts.iter().find(|c| c["email"] == gone).map(|c| c["id"].as_str().unwrap().to_string());
     let old_id = old_id.expect("the first person exists");
-    let (status, _) = p.ghl_call(reqwest::Method::DELETE, &format!("/contacts/{old_id}"), None).await;
-    assert!(status < 300, "delete answered {status}");
+    let (status, answer) = p.ghl_call(reqwest::Method::DELETE, &format!("/contacts/{old_id}"), None).await;
+    // GHL's faults are on: a delete applied and then answered 500 is met as "no such contact"
+    // (400) on the retry. Either way the contact must be gone.
+    let still_there = p.ghl_contacts().await.iter().any(|c| c["id"] == old_id.as_str());
+    assert!(status < 300 || (status == 400 && !still_there), "delete answered {status}: {answer}");
     let after = json!({"id": "s-after-delete", "type": "note.create", "occurred_at": chrono::Utc::now().to_rfc3339(),
                        "contact": {"email": gone}, "note": {"body": "after the delete"}});
     sent += 1;
