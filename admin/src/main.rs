@@ -206,7 +206,6 @@ async fn add(admin: &Admin, mut args: impl Iterator<Item = String>) -> anyhow::R
         ghl_base_url: ghl_url,
         sprout_base_url: sprout_url,
         paused: false,
-        resuming: false,
         added_at: chrono::Utc::now(),
     };
     admin.registry.add(&record).await?;
@@ -247,22 +246,18 @@ async fn pause(admin: &Admin, id: &TenantId) -> anyhow::Result<()> {
 }
 
 async fn resume(admin: &Admin, id: &TenantId, wait: bool) -> anyhow::Result<()> {
-    let store = admin.tenant_store(id);
-    let held = has_held(&store).await?;
-    // While commands are held, new ones wait behind them (`resuming`) until all are sent back.
-    admin
-        .registry
-        .update(id, |r| {
-            r.paused = false;
-            r.resuming = held;
-        })
-        .await?;
+    admin.registry.update(id, |r| r.paused = false).await?;
     println!("resumed {id}");
-    if !held {
+    let store = admin.tenant_store(id);
+    if !has_held(&store).await? {
         return Ok(());
     }
+    // While commands are held, the workers hold the tenant's new ones behind them.
     let Some(queue_url) = admin.env.queue_url.clone() else {
-        println!("commands are held for it; the next reconciliation sends them (set SYNC_QUEUE_URL to send them now)");
+        println!(
+            "commands are held for it, and its new ones wait behind them: the next reconciliation sends them \
+             (set SYNC_QUEUE_URL to send them now)"
+        );
         return Ok(());
     };
     if wait {
@@ -274,7 +269,6 @@ async fn resume(admin: &Admin, id: &TenantId, wait: bool) -> anyhow::Result<()> 
     let queue = shared::queue::SqsQueue::new(aws_sdk_sqs::Client::new(&admin.aws), queue_url, None);
     let sent =
         drain_held(&store, &queue, &|sent, total| println!("sent back {sent} of {total} held command(s)")).await?;
-    admin.registry.update(id, |r| r.resuming = false).await?;
     println!("{sent} held command(s) are queued again, in the order they came");
     Ok(())
 }

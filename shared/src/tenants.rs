@@ -15,8 +15,8 @@
 //!
 //! A paused tenant's commands are not applied: the worker holds each in the state table
 //! (`t#<id>#kv#held#<n>`, in arrival order, without gaps) and takes it off the queue; resuming
-//! sends them back in order ([`drain_held`]), and while any is held a resuming tenant's new
-//! commands are held behind them.
+//! sends them back in order ([`drain_held`]), and while any is held a running tenant's new
+//! commands are held behind them (so that none overtakes an older one).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -154,10 +154,6 @@ pub struct TenantRecord {
     pub sprout_base_url: Option<url::Url>,
     #[serde(default)]
     pub paused: bool,
-    /// Resumed, and its held commands not all sent back yet: its workers keep holding new
-    /// commands behind them, so that none overtakes an older one (see [`drain_held`]).
-    #[serde(default)]
-    pub resuming: bool,
     pub added_at: DateTime<Utc>,
 }
 
@@ -221,6 +217,16 @@ impl Registry {
                 .map_err(|e| TenantError::State(StateError::Corrupt(format!("kv#{LIST_NAME}: {e}"))))?,
         };
         Ok((raw, ids))
+    }
+
+    /// Marks `location` as the deployment's own, so that no tenant can be added for it (the
+    /// functions build no tenant on it either). `true` when the mark is (now) there.
+    pub async fn claim_own_location(&self, location: &str) -> Result<bool, TenantError> {
+        let name = location_name(location);
+        if self.store.swap_value(&name, None, Some(DEFAULT_TENANT)).await? {
+            return Ok(true);
+        }
+        Ok(self.store.get_value(&name).await?.as_deref() == Some(DEFAULT_TENANT))
     }
 
     /// Every registered tenant, by id.
@@ -306,7 +312,9 @@ impl Registry {
             undo_record.await;
             return Err(e);
         }
-        self.store.swap_value(&origin, None, Some(&record.location_id)).await?;
+        if let Err(e) = self.store.swap_value(&origin, None, Some(&record.location_id)).await {
+            tracing::warn!(tenant = %record.id, error = %e, "could not record the location the id was added with");
+        }
         Ok(())
     }
 
@@ -353,8 +361,6 @@ pub enum Lookup<T> {
     Active(Arc<T>),
     /// Registered and paused: hold its work.
     Paused(Arc<T>),
-    /// Resumed, its held commands still being sent back: hold new work while any is held.
-    Resuming(Arc<T>),
     /// Not registered (never, or removed).
     Unknown,
 }
@@ -368,13 +374,7 @@ struct Cached<T> {
 impl<T> Cached<T> {
     fn lookup(&self) -> Lookup<T> {
         let b = self.built.clone();
-        if self.record.paused {
-            Lookup::Paused(b)
-        } else if self.record.resuming {
-            Lookup::Resuming(b)
-        } else {
-            Lookup::Active(b)
-        }
+        if self.record.paused { Lookup::Paused(b) } else { Lookup::Active(b) }
     }
 }
 
@@ -419,6 +419,7 @@ impl<T> TenantCache<T> {
         if let Some(c) = self.entries.lock().await.get(id).filter(|c| c.read_at.elapsed() < self.ttl) {
             return Ok(c.lookup());
         }
+        let read_at = Instant::now();
         let Some(record) = self.registry.get(id).await? else {
             self.entries.lock().await.remove(id);
             return Ok(Lookup::Unknown);
@@ -432,9 +433,13 @@ impl<T> TenantCache<T> {
                     .map_err(|e| TenantError::Invalid { tenant: id.to_string(), reason: format!("{e:#}") })?,
             ),
         };
-        let cached = Cached { read_at: Instant::now(), record, built };
+        let cached = Cached { read_at, record, built };
         let lookup = cached.lookup();
-        self.entries.lock().await.insert(id.clone(), cached);
+        let mut entries = self.entries.lock().await;
+        // A read that started later (another caller's) is the newer one: keep it.
+        if entries.get(id).is_none_or(|c| c.read_at <= read_at) {
+            entries.insert(id.clone(), cached);
+        }
         Ok(lookup)
     }
 
@@ -456,6 +461,16 @@ impl CommandQueue for TenantQueue {
     async fn send(&self, commands: &[SyncCommand]) -> Result<(), QueueError> {
         if self.tenant.is_default() && commands.iter().all(|c| c.tenant.is_default()) {
             return self.inner.send(commands).await;
+        }
+        if let Some(other) = commands.iter().find(|c| !c.tenant.is_default() && c.tenant != self.tenant) {
+            return Err(QueueError::Rejected {
+                failed: 1,
+                total: commands.len(),
+                reason: format!(
+                    "a command of the tenant '{}' sent through the queue of '{}'",
+                    other.tenant, self.tenant
+                ),
+            });
         }
         let stamped: Vec<SyncCommand> = commands
             .iter()
@@ -512,7 +527,9 @@ pub async fn hold(store: &dyn StateStore, body: &str) -> Result<u64, StateError>
         if store.swap_value(&held_name(n), None, Some(body)).await? {
             // A hint for the next writer; a writer that stops here leaves it behind, which
             // only costs the next one a probe.
-            advance(store, HELD_NEXT, n + 1).await?;
+            if let Err(e) = advance(store, HELD_NEXT, n + 1).await {
+                tracing::warn!(error = %e, "could not move the held commands' end forward; the next writer probes past it");
+            }
             return Ok(n);
         }
     }
@@ -620,7 +637,6 @@ mod tests {
             ghl_base_url: None,
             sprout_base_url: None,
             paused: false,
-            resuming: false,
             added_at: Utc::now(),
         }
     }

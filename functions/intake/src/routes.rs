@@ -111,7 +111,7 @@ impl Intake {
     /// events are still taken (its worker holds them).
     pub async fn tenant(&self, id: &TenantId) -> Result<Arc<AppState>, Refusal> {
         match self.tenants.get(id).await {
-            Ok(Lookup::Active(s) | Lookup::Paused(s) | Lookup::Resuming(s)) => Ok(s),
+            Ok(Lookup::Active(s) | Lookup::Paused(s)) => Ok(s),
             Ok(Lookup::Unknown) => Err(Refusal::Unauthorized),
             Err(e) => Err(Refusal::TenantUnavailable(e)),
         }

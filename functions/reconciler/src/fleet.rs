@@ -94,6 +94,11 @@ impl Fleet {
             },
         };
         ids.retain(|t| !t.is_default());
+        // The deployment's own location can be no tenant's.
+        let own_location = self.tenants.default_tenant().ghl.location_id().to_string();
+        if let Err(e) = self.tenants.registry().claim_own_location(&own_location).await {
+            progress(&format!("could not mark the deployment's own location in the tenant registry ({e})"));
+        }
         // Start where the last run stopped (tenants sorted by id, wrapping around).
         let own_store = self.tenants.default_tenant().store.clone();
         if only.is_none()
@@ -158,9 +163,8 @@ impl Fleet {
         progress: &(dyn Fn(&str) + Sync),
     ) -> TenantOutcome {
         let failed = |error: String, retryable: bool| TenantOutcome::Failed { error, retryable };
-        let (r, resuming) = match self.tenants.get(id).await {
-            Ok(Lookup::Active(r)) => (r, false),
-            Ok(Lookup::Resuming(r)) => (r, true),
+        let r = match self.tenants.get(id).await {
+            Ok(Lookup::Active(r)) => r,
             Ok(Lookup::Paused(r)) => {
                 return match held_count(&*r.store).await {
                     Ok(held) => TenantOutcome::Paused { held },
@@ -183,12 +187,6 @@ impl Fleet {
                 Err(e) => return failed(format!("could not send back the held commands: {e:#}"), true),
             }
         };
-        if resuming && !input.dry_run {
-            // Everything held is queued again: new commands need not wait behind it any more.
-            if let Err(e) = self.tenants.registry().update(id, |rec| rec.resuming = false).await {
-                tenant_progress(&format!("could not mark the tenant resumed ({e}); the next run does"));
-            }
-        }
         match r.run(input, deadline, &tenant_progress).await {
             Ok(report) => TenantOutcome::Reconciled { resent_held, report: Box::new(report) },
             Err(e) => failed(e.to_string(), e.is_retryable()),

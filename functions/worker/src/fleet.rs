@@ -4,6 +4,7 @@
 //!
 //! - A paused tenant's messages are held in its state (in arrival order) and taken off the
 //!   queue; resuming the tenant sends them back (`sv-admin tenant resume`, and the reconciler).
+//!   While any is held, the tenant's new messages are held behind them.
 //! - A message of a tenant that is not registered (removed) is parked with that reason.
 //! - A tenant whose record cannot be used (its mapping does not load) or cannot be read has its
 //!   messages delivered again later.
@@ -43,7 +44,8 @@ impl Fleet {
         let fallback = self.default_worker().clone();
         let ran = |worker: Arc<Worker>, outcome| TenantBatch { tenant: tenant.clone(), worker, ran: true, outcome };
         match self.tenants.get(&tenant).await {
-            Ok(Lookup::Active(w)) => {
+            // The deployment's own tenant is never paused: nothing is ever held for it.
+            Ok(Lookup::Active(w)) if tenant.is_default() => {
                 let out = w.process_batch_within(msgs, deadline).await;
                 ran(w, out)
             }
@@ -51,9 +53,10 @@ impl Fleet {
                 let out = hold_all(&tenant, &w, msgs).await;
                 ran(w, out)
             }
-            Ok(Lookup::Resuming(w)) => {
-                // Commands sent back by the drain are applied; a new one waits behind what is
-                // still held, so that none overtakes an older one.
+            Ok(Lookup::Active(w)) => {
+                // While commands are held (a pause just ended, or a worker had not seen it yet),
+                // new ones wait behind them, so that none overtakes an older one; commands the
+                // drain sent back are applied.
                 match shared::tenants::has_held(&*w.store).await {
                     Ok(false) => {
                         let out = w.process_batch_within(msgs, deadline).await;

@@ -499,39 +499,86 @@ async fn failed_after(worker: &Worker, batch: Vec<QueueMessage>) -> anyhow::Resu
 /// queue where the tenants' new people are interleaved, as SQS delivers them, for `secs`
 /// seconds on a window of 100 per 10 s. Returns each location's applied requests per second over
 /// the steady state, and the 429s.
-async fn tenants_run(tenants: usize, secs: u64, dynamodb: bool) -> anyhow::Result<(Vec<f64>, usize)> {
+/// One tenants run's scenario.
+#[derive(Clone, Copy)]
+struct Scenario {
+    tenants: usize,
+    secs: u64,
+    dynamodb: bool,
+    /// Worker invocations running at once.
+    invocations: usize,
+    /// How long the local GHL takes to answer each request.
+    latency_ms: u64,
+}
+
+/// What a tenants run measured.
+struct TenantsRun {
+    /// Each tenant's applied GHL requests per second over the steady state.
+    rates: Vec<f64>,
+    limited: usize,
+    /// Applied GHL requests, commands applied, state-table calls and budget-record requests.
+    ghl_ok: usize,
+    commands: usize,
+    state_calls: u64,
+    budget_requests: u64,
+}
+
+async fn tenants_run(s: Scenario) -> anyhow::Result<TenantsRun> {
+    let Scenario { tenants, secs, dynamodb, invocations, latency_ms } = s;
     use shared::budget::{FleetBudget, Lane};
     use shared::ghl::{GhlClient, GhlSettings, StaticToken};
     use shared::state::StateStore;
     use shared::tenants::{Registry, TenantCache, TenantId, TenantRecord};
     use std::collections::VecDeque;
     let ghl = LocalGhl::new(GhlBehaviour::default());
+    if latency_ms > 0 {
+        ghl.set_faults(sync_tests::local_ghl::Faults { latency_ms, ..Default::default() }).await;
+    }
     let url = url::Url::parse(&format!("http://{}/", ghl.spawn("127.0.0.1:0").await?))?;
     // The state table: the registry in its own part, each tenant's state and budget under its
-    // prefix, as the functions keep them (on moto, or in memory).
+    // prefix, as the functions keep them (on moto, or in memory); state calls are counted.
+    type Counted = Arc<sync_tests::faulty_store::FaultyStore>;
     enum Table {
-        Dynamo(aws_sdk_dynamodb::Client, String),
-        Memory(std::sync::Mutex<BTreeMap<TenantId, Arc<shared::state::MemoryStore>>>),
+        Dynamo(aws_sdk_dynamodb::Client, String, std::sync::Mutex<Vec<Counted>>),
+        Memory(std::sync::Mutex<BTreeMap<TenantId, (Arc<shared::state::MemoryStore>, Counted)>>),
     }
     impl Table {
         fn part(&self, t: &TenantId) -> (Arc<dyn StateStore>, Arc<dyn shared::budget::BudgetStore>) {
+            use sync_tests::faulty_store::FaultyStore;
             match self {
-                Table::Dynamo(ddb, name) => {
+                Table::Dynamo(ddb, name, counted) => {
                     let s = Arc::new(
                         shared::state::DynamoStore::new(ddb.clone(), name.clone()).with_prefix(t.key_prefix()),
                     );
-                    (s.clone(), s)
+                    let c = Arc::new(FaultyStore::new(s.clone()));
+                    counted.lock().unwrap().push(c.clone());
+                    (c, s)
                 }
                 Table::Memory(parts) => {
-                    let s = parts.lock().unwrap().entry(t.clone()).or_default().clone();
-                    (s.clone(), s)
+                    let (m, c) = parts
+                        .lock()
+                        .unwrap()
+                        .entry(t.clone())
+                        .or_insert_with(|| {
+                            let m = Arc::new(shared::state::MemoryStore::new());
+                            (m.clone(), Arc::new(FaultyStore::new(m)))
+                        })
+                        .clone();
+                    (c, m)
                 }
+            }
+        }
+        fn state_calls(&self) -> u64 {
+            let n = |c: &sync_tests::faulty_store::FaultyStore| c.calls.load(Ordering::Relaxed);
+            match self {
+                Table::Dynamo(_, _, counted) => counted.lock().unwrap().iter().map(|c| n(c)).sum(),
+                Table::Memory(parts) => parts.lock().unwrap().values().map(|(_, c)| n(c)).sum(),
             }
         }
     }
     let table = Arc::new(if dynamodb {
         let stack = Stack::create(StackNames::unique(&format!("ten{tenants}")), StackSettings::default(), None).await?;
-        Table::Dynamo(stack.ddb.clone(), stack.names.table.clone())
+        Table::Dynamo(stack.ddb.clone(), stack.names.table.clone(), Default::default())
     } else {
         Table::Memory(Default::default())
     });
@@ -578,7 +625,6 @@ async fn tenants_run(tenants: usize, secs: u64, dynamodb: bool) -> anyhow::Resul
                 ghl_base_url: None,
                 sprout_base_url: None,
                 paused: false,
-                resuming: false,
                 added_at: Utc::now(),
             })
             .await?;
@@ -608,8 +654,10 @@ async fn tenants_run(tenants: usize, secs: u64, dynamodb: bool) -> anyhow::Resul
     }
     let pending = Arc::new(tokio::sync::Mutex::new(pending));
     let until = Instant::now() + Duration::from_secs(secs);
-    let invocations: Vec<_> = (0..8)
+    let applied = Arc::new(AtomicUsize::new(0));
+    let invocations: Vec<_> = (0..invocations)
         .map(|_| {
+            let applied = applied.clone();
             let (fleet, pending) = (fleet.clone(), pending.clone());
             tokio::spawn(async move {
                 let mut i = 0usize;
@@ -627,7 +675,9 @@ async fn tenants_run(tenants: usize, secs: u64, dynamodb: bool) -> anyhow::Resul
                     if batch.is_empty() {
                         break;
                     }
-                    fleet.process_batch_within(batch, worker::Deadline::NONE).await;
+                    for b in fleet.process_batch_within(batch, worker::Deadline::NONE).await {
+                        applied.fetch_add(b.outcome.applied + b.outcome.unchanged, Ordering::Relaxed);
+                    }
                 }
             })
         })
@@ -640,8 +690,25 @@ async fn tenants_run(tenants: usize, secs: u64, dynamodb: bool) -> anyhow::Resul
         let loc = r.body.get("locationId").and_then(Value::as_str).unwrap_or("?").to_string();
         per.entry(loc).or_default().push(r.at_ms);
     }
+    let ghl_ok = per.values().map(Vec::len).sum();
     let rates = per.into_values().map(|at| steady_rate(at, 10_000).0).collect();
-    Ok((rates, limited))
+    let mut budget_requests = 0;
+    for id in ids.iter().chain([&TenantId::default()]) {
+        if let Ok(shared::tenants::Lookup::Active(w)) = fleet.tenants.get(id).await
+            && let Some(b) = w.ghl.budget()
+        {
+            let st = b.stats();
+            budget_requests += st.reads.load(Ordering::Relaxed) + st.writes.load(Ordering::Relaxed);
+        }
+    }
+    Ok(TenantsRun {
+        rates,
+        limited,
+        ghl_ok,
+        commands: applied.load(Ordering::Relaxed),
+        state_calls: table.state_calls(),
+        budget_requests,
+    })
 }
 
 async fn many_locations() -> anyhow::Result<Vec<Row>> {
@@ -655,7 +722,8 @@ async fn many_locations() -> anyhow::Result<Vec<Row>> {
         eprintln!(
             "bench: {tenants} tenant(s) in one worker fleet, each location on its own window of 100 per 10 s, state in {kept}, {secs} s..."
         );
-        let (rates, limited) = tenants_run(tenants, secs, dynamodb).await?;
+        let run = tenants_run(Scenario { tenants, secs, dynamodb, invocations: 8, latency_ms: 0 }).await?;
+        let (rates, limited) = (run.rates, run.limited);
         let total: f64 = rates.iter().sum();
         if tenants == 1 {
             one = total;
@@ -676,6 +744,66 @@ async fn many_locations() -> anyhow::Result<Vec<Row>> {
                 lowest,
                 lowest / fair
             ),
+        ));
+    }
+    rows.extend(thousand_locations().await?);
+    Ok(rows)
+}
+
+/// 1,000 busy locations, simulated: a worker fleet with more tenants than its invocations can
+/// keep busy, against a GHL that answers in `LATENCY_MS` (an assumption: the local GHL answers
+/// in microseconds), measures what one invocation applies and what each GHL request costs in
+/// DynamoDB requests and queue messages; scaled to 1,000 locations at their ceiling (10,000 GHL
+/// requests per second) and set against the services' published default quotas, the largest
+/// ratio names the limit that binds first.
+async fn thousand_locations() -> anyhow::Result<Vec<Row>> {
+    const LATENCY_MS: u64 = 200;
+    const LOCATIONS: f64 = 1000.0;
+    let s = Scenario { tenants: 48, secs: 30, dynamodb: false, invocations: 8, latency_ms: LATENCY_MS };
+    eprintln!(
+        "bench: simulating many locations: {} tenants, {} invocations, GHL answering in {LATENCY_MS} ms, {} s...",
+        s.tenants, s.invocations, s.secs
+    );
+    let run = tenants_run(s).await?;
+    let total: f64 = run.rates.iter().sum();
+    let per_invocation = total / s.invocations as f64;
+    let ghl = run.ghl_ok.max(1) as f64;
+    let ddb_per_request = (run.state_calls + run.budget_requests) as f64 / ghl;
+    let messages_per_request = run.commands as f64 / ghl;
+    let need_ghl = LOCATIONS * 10.0;
+    // Published default quotas (each adjustable): Lambda concurrency per account and region;
+    // DynamoDB on-demand throughput per table (40,000 read and 40,000 write request units a
+    // second; reads and writes counted together here, so the ratio errs high); SQS
+    // high-throughput FIFO, 70,000 transactions a second per API action in the largest regions
+    // (a batch of ten messages is one transaction; counted per message here, erring high).
+    let limits = [
+        ("Lambda concurrent executions (worker invocations)", need_ghl / per_invocation, 1000.0, "invocations"),
+        ("DynamoDB requests per second on the state table", need_ghl * ddb_per_request, 40_000.0, "req/s"),
+        ("SQS FIFO messages per second", need_ghl * messages_per_request, 70_000.0, "msg/s"),
+    ];
+    let binding = limits.iter().max_by(|a, b| (a.1 / a.2).total_cmp(&(b.1 / b.2))).map(|l| l.0).unwrap_or("none");
+    let mut rows = vec![row(
+        &format!(
+            "simulation: applied GHL requests per second per worker invocation, {} tenants on {} invocations, GHL answering in {LATENCY_MS} ms",
+            s.tenants, s.invocations
+        ),
+        per_invocation,
+        "req/s",
+        10.0,
+        "10 req/s, one location's ceiling",
+        &format!(
+            "{:.1} req/s in all, {} × 429; {ddb_per_request:.2} DynamoDB requests and {messages_per_request:.2} queue messages per GHL request",
+            total, run.limited
+        ),
+    )];
+    for (name, need, quota, unit) in limits {
+        rows.push(row(
+            &format!("1,000 busy locations (10,000 GHL req/s): {name}"),
+            need,
+            unit,
+            quota,
+            "the published default quota",
+            if name == binding { "binds first" } else { "" },
         ));
     }
     Ok(rows)

@@ -587,7 +587,6 @@ async fn view_while_saturated(tenant: Option<&str>) {
                     ghl_base_url: None,
                     sprout_base_url: None,
                     paused: false,
-                    resuming: false,
                     added_at: chrono::Utc::now(),
                 })
                 .await
