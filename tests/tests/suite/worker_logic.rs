@@ -519,3 +519,97 @@ async fn new_people_sent_as_a_lead_then_a_note_cost_three_ghl_requests_each() {
         kinds
     });
 }
+
+/// Another worker over `w`'s GHL, SproutVideo, store and queue.
+fn worker_of(w: &World) -> Worker {
+    Worker {
+        ghl: w.worker.ghl.clone(),
+        catalog: w.worker.catalog.clone(),
+        store: w.store.clone(),
+        queues: w.queue.clone(),
+        commands: w.queue.clone(),
+        sprout: w.worker.sprout.clone(),
+        mapping: w.worker.mapping.clone(),
+        lease: LEASE,
+        ambiguity_grace: GRACE,
+        retry_base_secs: 5,
+        concurrency: 4,
+        lookback_days: 30,
+        identity_conflicts: Default::default(),
+        api_drift: Default::default(),
+    }
+}
+
+/// The worker fleet: the deployment's own worker over `own`, and for the registered tenant
+/// `acme` a worker over `acme` (its own GHL, store and queue).
+fn fleet(own: &World, acme: &World, registry: Arc<MemoryStore>) -> worker::Fleet {
+    use shared::tenants::{Registry, TenantCache};
+    let acme_worker = std::sync::Mutex::new(Some(worker_of(acme)));
+    worker::Fleet {
+        tenants: TenantCache::new(Registry::new(registry), Duration::ZERO, Arc::new(worker_of(own)), move |r| {
+            assert_eq!(r.id.as_str(), "acme");
+            acme_worker.lock().unwrap().take().ok_or_else(|| anyhow::anyhow!("the tenant's setup did not change"))
+        }),
+    }
+}
+
+fn for_tenant(mut c: SyncCommand, tenant: &str) -> SyncCommand {
+    c.tenant = shared::tenants::TenantId::parse(tenant).unwrap();
+    c
+}
+
+#[tokio::test]
+async fn a_removed_tenants_message_is_parked_and_a_resumed_tenants_new_commands_wait_behind_its_held_ones() {
+    use shared::tenants::{Registry, TenantId, TenantRecord, drain_held};
+    let (own, acme) = (World::new().await, World::new().await);
+    let registry = Arc::new(MemoryStore::new());
+    let fleet = fleet(&own, &acme, registry.clone());
+    let acme_id = TenantId::parse("acme").unwrap();
+
+    // A tenant nobody registered (removed): parked with the reason, nothing written anywhere.
+    let gone = for_tenant(upsert("g-1", "gina@example.com"), "gone");
+    let out = fleet.process_batch_within(vec![msg("m-gone", &gone)], worker::Deadline::NONE).await;
+    assert_eq!(out.iter().map(|b| b.outcome.parked).sum::<usize>(), 1);
+    let parked = own.queue.take_parked();
+    assert!(parked[0].reason.contains("'gone' is not registered"), "{}", parked[0].reason);
+    assert!(parked[0].group_id.as_str().starts_with("gone/"));
+
+    // Paused: held, nothing applied.
+    Registry::new(registry.clone())
+        .add(&TenantRecord {
+            id: acme_id.clone(),
+            location_id: "locAcmeLogic00000001".into(),
+            secret_id: "unused".into(),
+            mapping: None,
+            ghl_base_url: None,
+            sprout_base_url: None,
+            paused: true,
+            added_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    let first = for_tenant(upsert("a-1", "ada@example.com"), "acme");
+    let out = fleet.process_batch_within(vec![msg("m-1", &first)], worker::Deadline::NONE).await;
+    assert_eq!(out[0].outcome.held, 1);
+    assert_eq!(acme.count("POST", "/contacts/upsert").await, 0);
+
+    // Resumed, its held command not sent back yet: a new one waits behind it.
+    Registry::new(registry.clone()).update(&acme_id, |r| r.paused = false).await.unwrap();
+    let second = for_tenant(upsert("a-2", "ada.b@example.com"), "acme");
+    let out = fleet.process_batch_within(vec![msg("m-2", &second)], worker::Deadline::NONE).await;
+    assert_eq!((out[0].outcome.held, out[0].outcome.applied), (1, 0), "{:?}", out[0].outcome);
+
+    // The drain sends both back in order; applied then, and nothing is held any more.
+    let resend = MemoryQueue::new();
+    assert_eq!(drain_held(&*acme.store, &resend, &|_, _| {}).await.unwrap(), 2);
+    let back: Vec<SyncCommand> = resend.commands();
+    assert_eq!(back.iter().map(|c| c.key.clone()).collect::<Vec<_>>(), [first.key.clone(), second.key.clone()]);
+    let msgs: Vec<QueueMessage> = back.iter().enumerate().map(|(i, c)| msg(&format!("r-{i}"), c)).collect();
+    let out = fleet.process_batch_within(msgs, worker::Deadline::NONE).await;
+    assert_eq!(out[0].outcome.applied, 2, "{:?}", out[0].outcome);
+    acme.contact("ada@example.com").await;
+    acme.contact("ada.b@example.com").await;
+    let third = for_tenant(upsert("a-3", "ada.c@example.com"), "acme");
+    let out = fleet.process_batch_within(vec![msg("m-3", &third)], worker::Deadline::NONE).await;
+    assert_eq!((out[0].outcome.held, out[0].outcome.applied), (0, 1), "running as before");
+}
