@@ -164,12 +164,8 @@ async fn add(admin: &Admin, mut args: impl Iterator<Item = String>) -> anyhow::R
             Some(text)
         }
     };
-    if admin.registry.get(&id).await?.is_some() {
-        anyhow::bail!("the tenant '{id}' is registered already");
-    }
-    if let Some(owner) = admin.registry.by_location(&location).await? {
-        anyhow::bail!("the location {location} belongs to the tenant '{owner}' already");
-    }
+    // Checked before anything is created for it.
+    admin.registry.check_new(&id, &location).await?;
     let sm = admin.secrets();
     match secret_file {
         Some(path) => {

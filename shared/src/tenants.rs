@@ -263,31 +263,37 @@ impl Registry {
         Err(TenantError::State(StateError::Unavailable("the tenant list kept changing under this write".into())))
     }
 
+    /// Whether a tenant `id` could be added for `location` now (see [`Registry::add`]): to check
+    /// before creating anything for it.
+    pub async fn check_new(&self, id: &TenantId, location: &str) -> Result<(), TenantError> {
+        if id.is_default() {
+            return Err(TenantError::IsDefault(id.to_string()));
+        }
+        if self.get(id).await?.is_some() {
+            return Err(TenantError::Exists(id.to_string()));
+        }
+        if let Some(first) = self.store.get_value(&origin_name(id)).await?
+            && first != location
+        {
+            return Err(TenantError::Invalid {
+                tenant: id.to_string(),
+                reason: format!(
+                    "the id was used for the location {first}, whose state it keeps; choose another id for {location}"
+                ),
+            });
+        }
+        if let Some(owner) = self.by_location(location).await? {
+            return Err(TenantError::LocationTaken { location: location.to_string(), tenant: owner.to_string() });
+        }
+        Ok(())
+    }
+
     /// Registers a new tenant: its location must belong to no other, and an id used before
     /// keeps the location it was first added with (its state, kept after a removal, is that
     /// location's: people's contact ids, what was applied, commands held).
     pub async fn add(&self, record: &TenantRecord) -> Result<(), TenantError> {
-        if record.id.is_default() {
-            return Err(TenantError::IsDefault(record.id.to_string()));
-        }
-        if self.get(&record.id).await?.is_some() {
-            return Err(TenantError::Exists(record.id.to_string()));
-        }
+        self.check_new(&record.id, &record.location_id).await?;
         let origin = origin_name(&record.id);
-        if let Some(first) = self.store.get_value(&origin).await?
-            && first != record.location_id
-        {
-            return Err(TenantError::Invalid {
-                tenant: record.id.to_string(),
-                reason: format!(
-                    "the id was used for the location {first}, whose state it keeps; choose another id for {}",
-                    record.location_id
-                ),
-            });
-        }
-        if let Some(owner) = self.by_location(&record.location_id).await? {
-            return Err(TenantError::LocationTaken { location: record.location_id.clone(), tenant: owner.to_string() });
-        }
         let json = serde_json::to_string(record).expect("records serialise");
         if !self.store.swap_value(&record_name(&record.id), None, Some(&json)).await? {
             return Err(TenantError::Exists(record.id.to_string()));
