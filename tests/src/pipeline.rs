@@ -130,6 +130,40 @@ impl Pipeline {
             .unwrap_or_default()
     }
 
+    /// The local SproutVideo's logins and access grants (`GET /_admin/access`).
+    pub async fn sprout_access(&self) -> Value {
+        let base = self.url("sproutvideo_base_url");
+        let url = format!("{}/_admin/access", base.trim_end_matches("/v1"));
+        self.http.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// The values the contacts of the stack's location hold in the custom field `field_key`, as
+    /// (contact id, email, value) (contacts without a value are left out).
+    pub async fn custom_field_values(&self, field_key: &str) -> Vec<(String, String, String)> {
+        let url = format!("{}/_admin/state", self.url("ghl_base_url"));
+        let state: Value = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        let loc = &state["locations"][self.state["ghl_location_id"].as_str().unwrap()];
+        let Some(field) = loc["customFields"].as_array().into_iter().flatten().find(|f| f["fieldKey"] == field_key)
+        else {
+            return Vec::new();
+        };
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        loc["contacts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| {
+                c["customFields"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|f| f["id"] == field["id"])
+                    .map(|f| (text(&c["id"]), text(&c["email"]), text(&f["value"])))
+            })
+            .filter(|(_, _, v)| !v.is_empty())
+            .collect()
+    }
+
     pub async fn wait_for(&self, what: &str, secs: u64, mut ok: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {

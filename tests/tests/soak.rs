@@ -325,16 +325,7 @@ struct Access {
 }
 
 async fn learner_access(p: &Pipeline, learners: usize) -> Access {
-    let base = p.url("sproutvideo_base_url");
-    let a: Value = p
-        .http
-        .get(format!("{}/_admin/access", base.trim_end_matches("/v1")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a = p.sprout_access().await;
     let mut out = Access::default();
     for i in 0..learners {
         let email = learner(i);
@@ -364,26 +355,10 @@ async fn learner_access(p: &Pipeline, learners: usize) -> Access {
 
 /// The passwords the sync wrote to the learners' GHL field.
 async fn learner_passwords(p: &Pipeline) -> Vec<String> {
-    let state: Value =
-        p.http.get(format!("{}/_admin/state", p.url("ghl_base_url"))).send().await.unwrap().json().await.unwrap();
-    let loc = p.state["ghl_location_id"].as_str().unwrap();
-    let field = state["locations"][loc]["customFields"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|f| f["fieldKey"] == "contact.sv_password")
-        .map(|f| f["id"].clone())
-        .unwrap_or_default();
-    p.ghl_contacts()
-        .await
-        .iter()
-        .filter(|c| c["email"].as_str().is_some_and(|e| e.starts_with("learner")))
-        .flat_map(|c| c["customFields"].as_array().cloned().unwrap_or_default())
-        .filter(|f| f["id"] == field)
-        .filter_map(|f| f["value"].as_str().map(str::to_string))
-        .filter(|v| !v.is_empty())
-        .collect()
+    let values = p.custom_field_values("contact.sv_password").await;
+    values.into_iter().filter(|(_, email, _)| email.starts_with("learner")).map(|(_, _, v)| v).collect()
 }
+
 const BOB_PHONE_AS_SENT: &str = "(415) 555-0100";
 
 /// Every fourth person's sender gives them Bob's phone.

@@ -629,16 +629,7 @@ async fn chain_the_one_view_shows_the_login_and_grants_and_never_the_password() 
 
 /// The login and grants the local SproutVideo holds for an email: (login id, granted video ids sorted).
 async fn sprout_access(p: &Pipeline, email: &str) -> (Option<String>, Vec<String>) {
-    let base = p.url("sproutvideo_base_url");
-    let a: Value = p
-        .http
-        .get(format!("{}/_admin/access", base.trim_end_matches("/v1")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a = p.sprout_access().await;
     let login = a["logins"].as_array().unwrap().iter().find(|l| l["email"] == email).map(|l| l["id"].clone());
     let Some(login) = login else { return (None, Vec::new()) };
     let mut videos: Vec<String> = a["access_grants"]
@@ -697,23 +688,13 @@ async fn pipeline_tagging_course_a_in_ghl_grants_the_course_and_untagging_revoke
     wait_access(&p, email, "the login and the course's grants", |(l, v)| l.is_some() && *v == course).await;
 
     // The password sits in the GHL custom field, ready for a workflow to email it.
-    let state: Value = p.http.get(format!("{ghl_admin}/_admin/state")).send().await.unwrap().json().await.unwrap();
-    let field_id = state["locations"][&loc]["customFields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["fieldKey"] == "contact.sv_password")
-        .unwrap()["id"]
-        .clone();
-    let contact = p.ghl_contacts().await.into_iter().find(|c| c["id"] == id.as_str()).unwrap();
-    let password = contact["customFields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["id"] == field_id)
-        .and_then(|f| f["value"].as_str())
-        .expect("the password is in contact.sv_password")
-        .to_string();
+    let password = p
+        .custom_field_values("contact.sv_password")
+        .await
+        .into_iter()
+        .find(|(contact, _, _)| *contact == id)
+        .map(|(_, _, v)| v)
+        .expect("the password is in contact.sv_password");
     assert!(password.len() >= 20);
     let (login, _) = sprout_access(&p, email).await;
 
