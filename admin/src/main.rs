@@ -195,14 +195,10 @@ async fn add(admin: &Admin, mut args: impl Iterator<Item = String>) -> anyhow::R
         }
     }
     let record = TenantRecord {
-        id: id.clone(),
-        location_id: location.clone(),
-        secret_id: secret_id.clone(),
         mapping,
         ghl_base_url: ghl_url,
         sprout_base_url: sprout_url,
-        paused: false,
-        added_at: chrono::Utc::now(),
+        ..TenantRecord::new(id.clone(), location.clone(), secret_id.clone())
     };
     admin.registry.add(&record).await?;
     println!("added the tenant {id} (location {location})");

@@ -158,6 +158,20 @@ pub struct TenantRecord {
 }
 
 impl TenantRecord {
+    /// A running tenant added now, with the deployment's mapping and API addresses.
+    pub fn new(id: TenantId, location_id: impl Into<String>, secret_id: impl Into<String>) -> Self {
+        Self {
+            id,
+            location_id: location_id.into(),
+            secret_id: secret_id.into(),
+            mapping: None,
+            ghl_base_url: None,
+            sprout_base_url: None,
+            paused: false,
+            added_at: Utc::now(),
+        }
+    }
+
     /// Everything the functions build the tenant's clients from (all but `paused`): a change
     /// here rebuilds them.
     fn setup(&self) -> impl PartialEq + '_ {
@@ -635,16 +649,7 @@ mod tests {
     }
 
     fn record(id: &str, loc: &str) -> TenantRecord {
-        TenantRecord {
-            id: TenantId::parse(id).unwrap(),
-            location_id: loc.into(),
-            secret_id: format!("sv/{id}"),
-            mapping: None,
-            ghl_base_url: None,
-            sprout_base_url: None,
-            paused: false,
-            added_at: Utc::now(),
-        }
+        TenantRecord::new(TenantId::parse(id).unwrap(), loc, format!("sv/{id}"))
     }
 
     #[tokio::test]

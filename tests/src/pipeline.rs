@@ -114,16 +114,13 @@ impl Pipeline {
             .unwrap_or_default()
     }
 
+    /// A GET's JSON answer (the local fakes' admin paths).
+    pub async fn get_json(&self, url: &str) -> Value {
+        self.http.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
     pub async fn ghl_contacts(&self) -> Vec<Value> {
-        let v: Value = self
-            .http
-            .get(format!("{}/_admin/state", self.url("ghl_base_url")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = self.get_json(&format!("{}/_admin/state", self.url("ghl_base_url"))).await;
         v["locations"][self.state["ghl_location_id"].as_str().unwrap()]["contacts"]
             .as_array()
             .cloned()
@@ -133,15 +130,13 @@ impl Pipeline {
     /// The local SproutVideo's logins and access grants (`GET /_admin/access`).
     pub async fn sprout_access(&self) -> Value {
         let base = self.url("sproutvideo_base_url");
-        let url = format!("{}/_admin/access", base.trim_end_matches("/v1"));
-        self.http.get(url).send().await.unwrap().json().await.unwrap()
+        self.get_json(&format!("{}/_admin/access", base.trim_end_matches("/v1"))).await
     }
 
     /// The values the contacts of the stack's location hold in the custom field `field_key`, as
     /// (contact id, email, value) (contacts without a value are left out).
     pub async fn custom_field_values(&self, field_key: &str) -> Vec<(String, String, String)> {
-        let url = format!("{}/_admin/state", self.url("ghl_base_url"));
-        let state: Value = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        let state = self.get_json(&format!("{}/_admin/state", self.url("ghl_base_url"))).await;
         let loc = &state["locations"][self.state["ghl_location_id"].as_str().unwrap()];
         let Some(field) = loc["customFields"].as_array().into_iter().flatten().find(|f| f["fieldKey"] == field_key)
         else {
@@ -202,19 +197,7 @@ impl Pipeline {
     }
 
     pub async fn event(&self, body: Value) -> u16 {
-        let raw = body.to_string();
-        let ts = chrono::Utc::now().timestamp();
-        self.http
-            .post(format!("{}/v1/events", self.url("intake_url")))
-            .header("content-type", "application/json")
-            .header("x-signature-timestamp", ts.to_string())
-            .header("x-signature", sign("dev-signing-secret", ts, raw.as_bytes()))
-            .body(raw)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        self.signed_event(None, "dev-signing-secret", body).await
     }
 
     /// Invokes the reconciler through Lambda's Invoke API with the schedule's input (`{}`), as
@@ -328,20 +311,23 @@ impl Pipeline {
 
     /// Sends a signed event as the tenant `key_id` (its signing secret).
     pub async fn tenant_event(&self, key_id: &str, signing_secret: &str, body: Value) -> u16 {
+        self.signed_event(Some(key_id), signing_secret, body).await
+    }
+
+    /// Posts `body` to `/v1/events`, signed with `signing_secret` (and naming `key_id`).
+    async fn signed_event(&self, key_id: Option<&str>, signing_secret: &str, body: Value) -> u16 {
         let raw = body.to_string();
         let ts = chrono::Utc::now().timestamp();
-        self.http
+        let mut req = self
+            .http
             .post(format!("{}/v1/events", self.url("intake_url")))
             .header("content-type", "application/json")
-            .header("x-signature-key-id", key_id)
             .header("x-signature-timestamp", ts.to_string())
-            .header("x-signature", sign(signing_secret, ts, raw.as_bytes()))
-            .body(raw)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+            .header("x-signature", sign(signing_secret, ts, raw.as_bytes()));
+        if let Some(k) = key_id {
+            req = req.header("x-signature-key-id", k);
+        }
+        req.body(raw).send().await.unwrap().status().as_u16()
     }
 
     /// The dead-letter queue's messages (received, left there): body, group and reason.

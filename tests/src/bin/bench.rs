@@ -617,16 +617,7 @@ async fn tenants_run(s: Scenario) -> anyhow::Result<TenantsRun> {
     let ids: Vec<TenantId> = (0..tenants).map(|t| TenantId::parse(&format!("tenant{t:02}")).unwrap()).collect();
     for (t, id) in ids.iter().enumerate() {
         registry
-            .add(&TenantRecord {
-                id: id.clone(),
-                location_id: format!("locTenant{t:011}"),
-                secret_id: format!("sv-ghl-sync/tenants/{id}"),
-                mapping: None,
-                ghl_base_url: None,
-                sprout_base_url: None,
-                paused: false,
-                added_at: Utc::now(),
-            })
+            .add(&TenantRecord::new(id.clone(), format!("locTenant{t:011}"), format!("sv-ghl-sync/tenants/{id}")))
             .await?;
     }
     let default_worker = Arc::new(make(&TenantId::default(), LOC)?);

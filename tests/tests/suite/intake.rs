@@ -579,16 +579,7 @@ async fn view_while_saturated(tenant: Option<&str>) {
         Some(t) => {
             let registry = Registry::new(store.clone());
             registry
-                .add(&TenantRecord {
-                    id: TenantId::parse(t).unwrap(),
-                    location_id: LOC.into(),
-                    secret_id: format!("sv-ghl-sync/tenants/{t}"),
-                    mapping: None,
-                    ghl_base_url: None,
-                    sprout_base_url: None,
-                    paused: false,
-                    added_at: chrono::Utc::now(),
-                })
+                .add(&TenantRecord::new(TenantId::parse(t).unwrap(), LOC, format!("sv-ghl-sync/tenants/{t}")))
                 .await
                 .unwrap();
             let theirs = state(LOC, "pit", &read_key);

@@ -170,15 +170,7 @@ async fn two_tenants_with_their_own_ghl_and_sproutvideo_each_get_only_their_own_
         assert!(tagged.0 < 300, "{tagged:?}");
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
-            let hooks: Value = p
-                .http
-                .get(format!("{}/_admin/webhooks", p.url("ghl_base_url")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let hooks = p.get_json(&format!("{}/_admin/webhooks", p.url("ghl_base_url"))).await;
             let mine = hooks["deliveries"]
                 .as_array()
                 .unwrap()

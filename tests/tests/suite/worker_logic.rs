@@ -62,22 +62,8 @@ impl World {
         let clock = ManualClock::starting_now();
         let store = Arc::new(MemoryStore::with_clock(Arc::new(clock.clone())));
         let queue = Arc::new(MemoryQueue::with_clock(Arc::new(clock.clone())));
-        let worker = Worker {
-            ghl: client.clone(),
-            catalog: Arc::new(CustomFieldCatalog::new(client)),
-            store: store.clone(),
-            queues: queue.clone(),
-            commands: queue.clone(),
-            sprout: sprout_client,
-            mapping: Arc::new(mapping),
-            lease: LEASE,
-            ambiguity_grace: GRACE,
-            retry_base_secs: 5,
-            concurrency: 4,
-            lookback_days: 30,
-            identity_conflicts: Default::default(),
-            api_drift: Default::default(),
-        };
+        let catalog = Arc::new(CustomFieldCatalog::new(client.clone()));
+        let worker = worker_over(client, catalog, sprout_client, Arc::new(mapping), &store, &queue);
         Self { ghl, sprout, clock, store, queue, worker }
     }
 
@@ -520,16 +506,23 @@ async fn new_people_sent_as_a_lead_then_a_note_cost_three_ghl_requests_each() {
     });
 }
 
-/// Another worker over `w`'s GHL, SproutVideo, store and queue.
-fn worker_of(w: &World) -> Worker {
+/// A worker over these clients, store and queue, with the tests' lease and grace.
+fn worker_over(
+    ghl: GhlClient,
+    catalog: Arc<CustomFieldCatalog>,
+    sprout: SproutClient,
+    mapping: Arc<Mapping>,
+    store: &Arc<MemoryStore>,
+    queue: &Arc<MemoryQueue>,
+) -> Worker {
     Worker {
-        ghl: w.worker.ghl.clone(),
-        catalog: w.worker.catalog.clone(),
-        store: w.store.clone(),
-        queues: w.queue.clone(),
-        commands: w.queue.clone(),
-        sprout: w.worker.sprout.clone(),
-        mapping: w.worker.mapping.clone(),
+        ghl,
+        catalog,
+        store: store.clone(),
+        queues: queue.clone(),
+        commands: queue.clone(),
+        sprout,
+        mapping,
         lease: LEASE,
         ambiguity_grace: GRACE,
         retry_base_secs: 5,
@@ -538,6 +531,12 @@ fn worker_of(w: &World) -> Worker {
         identity_conflicts: Default::default(),
         api_drift: Default::default(),
     }
+}
+
+/// Another worker over `w`'s GHL, SproutVideo, store and queue.
+fn worker_of(w: &World) -> Worker {
+    let x = &w.worker;
+    worker_over(x.ghl.clone(), x.catalog.clone(), x.sprout.clone(), x.mapping.clone(), &w.store, &w.queue)
 }
 
 /// The worker fleet: the deployment's own worker over `own`, and for the registered tenant
@@ -576,16 +575,7 @@ async fn a_removed_tenants_message_is_parked_and_a_resumed_tenants_new_commands_
 
     // Paused: held, nothing applied.
     Registry::new(registry.clone())
-        .add(&TenantRecord {
-            id: acme_id.clone(),
-            location_id: "locAcmeLogic00000001".into(),
-            secret_id: "unused".into(),
-            mapping: None,
-            ghl_base_url: None,
-            sprout_base_url: None,
-            paused: true,
-            added_at: Utc::now(),
-        })
+        .add(&TenantRecord { paused: true, ..TenantRecord::new(acme_id.clone(), "locAcmeLogic00000001", "unused") })
         .await
         .unwrap();
     let first = for_tenant(upsert("a-1", "ada@example.com"), "acme");
